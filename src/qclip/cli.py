@@ -1,0 +1,202 @@
+"""`qclip {run,world,ingest,caption,pretrain,transfer,eval,report}`: one subcommand per stage.
+
+Every subcommand takes `--config FILE` and dotted overrides (`train.batch_size=64`), and writes the resolved
+config, package versions and git commit next to its outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .config import Config, ConfigError, load_config
+
+_NOT_YET = {
+    "caption": "issue #4 (quality captions)",
+    "pretrain": "issue #3 (CLIP pretraining engine)",
+    "transfer": "issue #5 (dense transfer)",
+    "eval": "issue #5 (zero-shot evaluation)",
+    "report": "issue #6 (the study and its report)",
+}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML config file (see configs/); built-in defaults if omitted")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. train.batch_size=64 world.n_pool=2000")
+
+
+def _load(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
+    return load_config(args.config, [*args.overrides, *extra])
+
+
+# ---------------------------------------------------------------------------------------------------
+# world
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from .data.world_shards import build_world, summary_line, write_preview
+    from .provenance import write_run_info
+
+    extra = []
+    if args.n is not None:
+        extra.append(f"world.n_pool={args.n}")
+    if args.seed is not None:
+        extra.append(f"seed={args.seed}")
+    if args.workers is not None:
+        extra.append(f"world.workers={args.workers}")
+    cfg = _load(args, extra)
+    info = build_world(cfg, args.out, progress=not args.quiet)
+    write_run_info(args.out, cfg, "world", {"summary": info})
+    print(summary_line(info))
+    if args.preview:
+        path = write_preview(args.out, Path(args.out) / "preview.png")
+        print(f"world: preview written to {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# ingest
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from .data import importers as im
+    from .provenance import write_run_info
+
+    cfg = _load(args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise im.IngestError(f"output '{out}' exists; pass --overwrite to replace it (atomically, when done)")
+    side: list = []
+    if args.source == "table":
+        cands, total = im.table_candidates(args.images, args.table, args.path_column, args.caption_column)
+        source = f"table:{Path(args.table).name}"
+    elif args.source == "coco":
+        cands, total = im.coco_candidates(args.images, args.annotations)
+        source = f"coco:{Path(args.annotations).name}"
+    else:
+        cands, total = im.img2dataset_candidates(im.expand_shards(args.shards), side), None
+        source = "img2dataset"
+    summary = im.ingest(cands, out, cfg.ingest, source, total=total, progress=not args.quiet, side_skips=side)
+    write_run_info(out, cfg, "ingest", {"summary": summary})
+    print(summary["line"])
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# run (the main job)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .data.shards import ShardReader
+    from .data.world_shards import build_world, summary_line, write_preview
+    from .provenance import write_run_info
+
+    t0 = time.time()
+    cfg = _load(args)
+    out = Path(args.out)
+    world_dir = out / "world"
+    print(f"qclip run: study in {out} (seed {cfg.seed})")
+    print("[1/5] world: generating the embedded world")
+    info = build_world(cfg, world_dir, progress=not args.quiet)
+    print("      " + summary_line(info))
+    for split in info["splits"]:
+        n = ShardReader(world_dir / split).verify()
+        print(f"      verified {split}: {n:,} samples, counts and sha256 match manifest.json")
+    preview = write_preview(world_dir, out / "world_preview.png")
+    print(f"      preview: {preview}")
+    write_run_info(out, cfg, "run", {"world": info, "wall_seconds": round(time.time() - t0, 2)})
+    print("[2-5/5] caption, pretrain, transfer, report: not yet available in this version "
+          "(issues #3-#6); the study stops after the world stage")
+    print(f"qclip run: done in {time.time() - t0:.1f}s; config and versions in {out}/config.yaml, {out}/run.json")
+    return 0
+
+
+def cmd_not_yet(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"qclip {name}: not yet available (tracked in {_NOT_YET[name]})", file=sys.stderr)
+        return 3
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qclip", formatter_class=_Formatter,
+        description="CLIP with quality captions: data -> captions -> CLIP pretraining -> dense transfer -> report.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the whole study from one config (the main job)", formatter_class=_Formatter)
+    p.add_argument("--out", default="runs/demo", help="output directory of the study")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("world", help="generate the embedded procedural world as shards", formatter_class=_Formatter)
+    p.add_argument("--out", required=True, help="output directory (one dataset per split inside)")
+    p.add_argument("--n", type=int, default=None, help="pool size (sets world.n_pool; default from config: 10000)")
+    p.add_argument("--seed", type=int, default=None, help="seed (sets seed; default from config: 0)")
+    p.add_argument("--workers", type=int, default=None, help="generator processes (sets world.workers; default 2)")
+    p.add_argument("--preview", action="store_true", help="also write OUT/preview.png (images, masks, depth, captions)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("ingest", help="import image-text pairs into a qclip dataset", formatter_class=_Formatter)
+    isub = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    q = isub.add_parser("table", help="folder of images + CSV/TSV/JSONL/Parquet table", formatter_class=_Formatter)
+    q.add_argument("--images", required=True, help="folder the table's paths are relative to")
+    q.add_argument("--table", required=True, help=".csv, .tsv, .jsonl or .parquet")
+    q.add_argument("--path-column", default="path", help="column with the image path")
+    q.add_argument("--caption-column", default="caption", help="column with the caption (a string or a list)")
+    q = isub.add_parser("coco", help="COCO captions JSON (all captions per image kept)", formatter_class=_Formatter)
+    q.add_argument("--images", required=True, help="image folder, e.g. coco/train2017")
+    q.add_argument("--annotations", required=True, help="e.g. annotations/captions_train2017.json")
+    q = isub.add_parser("img2dataset", help="existing img2dataset WebDataset shards", formatter_class=_Formatter)
+    q.add_argument("--shards", required=True, help="folder, glob, or brace pattern like 'data/{00000..00009}.tar'")
+    for q in isub.choices.values():
+        q.add_argument("--out", required=True, help="output dataset directory")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_config_args(q)
+        q.set_defaults(func=cmd_ingest)
+
+    for name, help_text in [("caption", "recaption a dataset with a captioning model"),
+                            ("pretrain", "pretrain CLIP on a dataset"),
+                            ("transfer", "transfer an image encoder to segmentation or depth"),
+                            ("eval", "zero-shot retrieval and classification"),
+                            ("report", "tables, plots and an HTML page from results")]:
+        p = sub.add_parser(name, help=f"{help_text} (not yet available)", formatter_class=_Formatter)
+        _add_config_args(p)
+        p.set_defaults(func=cmd_not_yet(name))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .data.dense import DenseDataError
+    from .data.importers import IngestError
+    from .data.shards import ShardIntegrityError
+    from .data.skips import TooManyBadSamples
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, IngestError, TooManyBadSamples, ShardIntegrityError, DenseDataError) as e:
+        print(f"qclip {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"qclip {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

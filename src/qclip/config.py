@@ -1,0 +1,222 @@
+"""Dataclass configs loaded from YAML, with dotted command-line overrides.
+
+One tree (`Config`) describes a whole study; each stage reads its own section. Unknown keys and wrong
+types are errors that name the key and list the valid ones, so a typo never silently runs the default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied; the message names the key and the fix."""
+
+
+@dataclass
+class WorldConfig:
+    """The embedded procedural world (`qclip world`): sizes of each split and how noisy alt-text is."""
+
+    image_size: int = 64
+    n_pool: int = 10000  # alt-text only: what CLIP pretrains on
+    n_curated: int = 1000  # reference descriptions: what the captioner trains on
+    n_dense: int = 1000  # labelled (masks + depth) training set for the transfer stage
+    n_val: int = 500  # held out: dense evaluation and retrieval
+    min_objects: int = 2
+    max_objects: int = 4
+    alt_text_relevance: float = 0.3  # probability that alt-text mentions something actually in the image
+    descriptions_per_image: int = 5  # reference descriptions per curated image, as COCO has 5
+    shard_size: int = 1000
+    image_format: str = "png"  # png (lossless) or jpg
+    workers: int = 2  # processes generating shards in parallel
+
+
+@dataclass
+class IngestConfig:
+    """Limits applied by every importer; a sample that breaks one is skipped and counted."""
+
+    shard_size: int = 1000
+    max_bad_fraction: float = 0.05  # above this the stage fails and leaves no dataset behind
+    min_image_side: int = 8
+    max_image_pixels: int = 64_000_000  # decompression-bomb guard
+    max_caption_chars: int = 2000
+
+
+@dataclass
+class TrainConfig:
+    """CLIP pretraining (`qclip pretrain`)."""
+
+    model: str = "qclip-vit-tiny"
+    batch_size: int = 128
+    steps: int = 400
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 40
+    caption_policy: str = "raw"
+
+
+@dataclass
+class Config:
+    """A whole study. Stages read their own section; `seed` seeds every stage."""
+
+    seed: int = 0
+    world: WorldConfig = field(default_factory=WorldConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin in (list, tuple, Sequence):
+        (item_tp,) = typing.get_args(tp)[:1] or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' is a section; expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        full = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            where = f"section '{prefix}'" if prefix else "the top level"
+            raise ConfigError(f"unknown config key '{full}'; valid keys in {where}: {', '.join(names)}")
+        kwargs[k] = _coerce(v, hints[k], full)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, cls: type) -> None:
+    parts = dotted.split(".")
+    node, node_cls, path = tree, cls, []
+    for i, part in enumerate(parts):
+        names = {f.name: f for f in dataclasses.fields(node_cls)}
+        path.append(part)
+        if part not in names:
+            where = f"section '{'.'.join(path[:-1])}'" if i else "the top level"
+            raise ConfigError(
+                f"unknown config key '{'.'.join(path)}'; valid keys in {where}: {', '.join(names)}"
+            )
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            sub_cls = typing.get_type_hints(node_cls)[part]
+            if not dataclasses.is_dataclass(sub_cls):
+                raise ConfigError(f"config key '{'.'.join(path)}' is a value, not a section; cannot set '{dotted}'")
+            node = node.setdefault(part, {})
+            node_cls = sub_cls
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
+    """Parse `key.sub=value` strings; values are read as YAML scalars (`64`, `0.1`, `true`, `[1, 2]`)."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value (e.g. train.batch_size=64)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from None
+        out.append((key.strip(), value))
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config) -> Any:
+    """Defaults <- YAML file <- dotted overrides, validated as a whole."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist (see configs/ for examples)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping at the top level, got {type(loaded).__name__}")
+        tree = loaded
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value, cls)
+    cfg = from_dict(cls, tree)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    w = cfg.world
+    checks = [
+        (w.image_size >= 32, "world.image_size must be >= 32"),
+        (all(n >= 0 for n in (w.n_pool, w.n_curated, w.n_dense, w.n_val)), "world split sizes must be >= 0"),
+        (1 <= w.min_objects <= w.max_objects <= 8, "need 1 <= world.min_objects <= world.max_objects <= 8"),
+        (0.0 <= w.alt_text_relevance <= 1.0, "world.alt_text_relevance must be in [0, 1]"),
+        (w.image_format in ("png", "jpg"), "world.image_format must be 'png' or 'jpg'"),
+        (w.shard_size >= 1 and cfg.ingest.shard_size >= 1, "shard_size must be >= 1"),
+        (w.workers >= 1, "world.workers must be >= 1"),
+        (0.0 <= cfg.ingest.max_bad_fraction <= 1.0, "ingest.max_bad_fraction must be in [0, 1]"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

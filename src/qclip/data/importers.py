@@ -1,0 +1,260 @@
+"""`qclip ingest`: turn image-text pairs from common layouts into a qclip dataset (shards + manifest).
+
+Sources: a folder of images with a CSV / JSONL / Parquet table, COCO captions JSON, existing img2dataset
+WebDataset shards. Every importer produces `Candidate`s; one loop validates, skips-and-counts and writes
+them, so all sources share the same checks and the same summary line.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from tqdm import tqdm
+
+from ..config import IngestConfig
+from .images import BadImage, normalise_image_bytes
+from .sample import Sample, empty_captions
+from .shards import ShardIntegrityError, ShardWriter, iter_tar_members
+from .skips import SkipCounter
+
+
+class IngestError(ValueError):
+    """Input that cannot be ingested at all (missing table, unknown column); names the file and the fix."""
+
+
+@dataclass
+class Candidate:
+    where: str  # file (and row) that a skip message names
+    read_image: Callable[[], bytes]
+    captions: list[Any]  # str or bytes, validated by the loop
+    meta: dict = field(default_factory=dict)
+    bad: str | None = None  # a reason decided while reading the source (e.g. malformed row)
+
+
+def _read_file(path: Path) -> Callable[[], bytes]:
+    def read() -> bytes:
+        return path.read_bytes()
+    return read
+
+
+def clean_caption(text: Any, max_chars: int) -> tuple[str | None, str | None]:
+    """(caption, None) or (None, skip reason)."""
+    if text is None:
+        return None, "empty caption"
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "non-UTF-8 caption"
+    if not isinstance(text, str):
+        if isinstance(text, float) and text != text:  # NaN from a table
+            return None, "empty caption"
+        text = str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: the table held non-UTF-8 bytes
+        return None, "non-UTF-8 caption"
+    text = " ".join(text.split())
+    if not text:
+        return None, "empty caption"
+    if len(text) > max_chars:
+        return None, "caption too long"
+    return text, None
+
+
+def ingest(candidates: Iterable[Candidate], out: str | Path, cfg: IngestConfig, source: str,
+           total: int | None = None, progress: bool = True, side_skips: Iterable[SkipCounter] = ()) -> dict:
+    """Validate and write candidates to `out`; returns a summary dict (kept, seen, skipped, line).
+
+    `side_skips` are counters the source filled while reading (e.g. unsafe tar members it dropped).
+    """
+    skips = SkipCounter()
+    seen = kept = 0
+    writer = ShardWriter(out, prefix="data", shard_size=cfg.shard_size)
+    with writer:
+        for cand in tqdm(candidates, total=total, desc=f"ingest {source}", unit="img", disable=not progress):
+            seen += 1
+            if cand.bad:
+                skips.skip(cand.bad, cand.where)
+                continue
+            captions, reason = [], None
+            for c in cand.captions:
+                text, reason = clean_caption(c, cfg.max_caption_chars)
+                if text is None:
+                    break
+                captions.append(text)
+            if reason or not captions:
+                skips.skip(reason or "empty caption", cand.where)
+                continue
+            try:
+                data = cand.read_image()
+            except FileNotFoundError:
+                skips.skip("missing file", cand.where)
+                continue
+            except OSError as e:
+                skips.skip("unreadable file", f"{cand.where} ({e.strerror})")
+                continue
+            try:
+                data, ext, rgb = normalise_image_bytes(data, cfg.max_image_pixels, cfg.min_image_side)
+            except BadImage as e:
+                skips.skip(e.reason, cand.where)
+                continue
+            captions_rec = empty_captions()
+            captions_rec["raw"] = captions
+            meta = {"captions": captions_rec, "scores": {}, "source": source,
+                    "width": rgb.width, "height": rgb.height, **cand.meta}
+            writer.write(Sample(key=f"{kept:09d}", image=data, image_ext=ext, meta=meta))
+            kept += 1
+        for side in side_skips:
+            seen += side.total
+            skips.merge(side)
+        if seen == 0:
+            raise IngestError(f"ingest {source}: the input holds no samples")
+        skips.check_fraction(seen, cfg.max_bad_fraction, f"ingest {source}")
+        writer.close({"name": Path(out).name, "source": source, "seen": seen, "skipped": skips.as_dict()})
+    return {"kept": kept, "seen": seen, "skipped": skips.as_dict(), "line": skips.summary("ingested", kept, seen)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Folder + table
+
+
+def _table_rows(table: Path) -> Iterator[dict | str]:
+    """Rows of a CSV / JSONL / Parquet table as dicts; a string stands for a row that could not be read."""
+    suffix = table.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        with open(table, "rb") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line.decode("utf-8"))
+                except UnicodeDecodeError:
+                    yield f"non-UTF-8 row@{i}"
+                    continue
+                except json.JSONDecodeError:
+                    yield f"malformed row@{i}"
+                    continue
+                yield row if isinstance(row, dict) else f"malformed row@{i}"
+        return
+    import pandas as pd
+
+    if suffix in (".csv", ".tsv"):
+        df = pd.read_csv(table, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",",
+                         encoding="utf-8", encoding_errors="surrogateescape")
+    elif suffix in (".parquet", ".pq"):
+        df = pd.read_parquet(table)
+    else:
+        raise IngestError(f"{table}: unknown table format '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
+    yield from df.to_dict(orient="records")
+
+
+def table_candidates(images: str | Path, table: str | Path, path_column: str = "path",
+                     caption_column: str = "caption") -> tuple[list[Candidate], int]:
+    images, table = Path(images), Path(table)
+    if not images.is_dir():
+        raise IngestError(f"image folder '{images}' does not exist")
+    if not table.is_file():
+        raise IngestError(f"table '{table}' does not exist")
+    out: list[Candidate] = []
+    for i, row in enumerate(_table_rows(table), 1):
+        if isinstance(row, str):
+            reason, line = row.split("@")
+            out.append(Candidate(f"{table.name}:{line}", bytes, [], bad=reason))
+            continue
+        if path_column not in row or caption_column not in row:
+            raise IngestError(
+                f"{table}: row {i} has no column '{path_column}' or '{caption_column}' (columns: "
+                f"{', '.join(map(str, row))}); pass --path-column/--caption-column"
+            )
+        rel = row[path_column]
+        caps = row[caption_column]
+        caps = list(caps) if isinstance(caps, (list, tuple)) or hasattr(caps, "tolist") and not isinstance(caps, str) else [caps]
+        where = f"{table.name}:{i} ({rel})"
+        if not isinstance(rel, str) or not rel:
+            out.append(Candidate(where, bytes, caps, bad="missing path"))
+            continue
+        p = Path(rel) if Path(rel).is_absolute() else images / rel
+        if not Path(rel).is_absolute() and ".." in Path(rel).parts:
+            out.append(Candidate(where, bytes, caps, bad="path outside image folder"))
+            continue
+        extra = {k: v for k, v in row.items() if k not in (path_column, caption_column)
+                 and isinstance(v, (str, int, float, bool)) and v == v}
+        out.append(Candidate(where, _read_file(p), caps, meta={"source_path": rel, **({"extra": extra} if extra else {})}))
+    return out, len(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# COCO captions
+
+
+def coco_candidates(images: str | Path, annotations: str | Path) -> tuple[list[Candidate], int]:
+    images, annotations = Path(images), Path(annotations)
+    if not annotations.is_file():
+        raise IngestError(f"COCO annotations '{annotations}' do not exist (e.g. annotations/captions_train2017.json)")
+    try:
+        data = json.loads(annotations.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IngestError(f"{annotations}: not a COCO captions JSON ({e})") from None
+    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+        raise IngestError(f"{annotations}: a COCO captions file needs 'images' and 'annotations' lists")
+    caps: dict[Any, list[str]] = defaultdict(list)
+    for ann in data["annotations"]:
+        caps[ann.get("image_id")].append(ann.get("caption"))
+    out = []
+    for im in data["images"]:
+        name = str(im.get("file_name", ""))
+        where = f"{annotations.name}:image {im.get('id')} ({name})"
+        bad = "path outside image folder" if ".." in Path(name).parts or Path(name).is_absolute() else None
+        out.append(Candidate(where, _read_file(images / name), caps.get(im.get("id"), []), bad=bad,
+                             meta={"source_path": name, "coco_id": im.get("id")}))
+    return out, len(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# img2dataset shards
+
+
+def img2dataset_candidates(shards: Iterable[str | Path], skips_out: list[SkipCounter]) -> Iterator[Candidate]:
+    """Samples of existing img2dataset WebDataset shards (KEY.jpg + KEY.txt + KEY.json)."""
+    for shard in shards:
+        shard = Path(shard)
+        tar_skips = SkipCounter()
+        skips_out.append(tar_skips)
+        try:
+            for m in iter_tar_members(shard, tar_skips):
+                key = m.get("__key__", "?")
+                where = f"{shard.name}:{key}"
+                img = next((m[e] for e in ("jpg", "jpeg", "png", "webp") if e in m), None)
+                meta: dict = {}
+                if "json" in m:
+                    try:
+                        meta = json.loads(m["json"].decode("utf-8"))
+                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        meta = {}
+                cap = m["txt"] if "txt" in m else meta.get("caption")
+                extra = {k: meta[k] for k in ("url", "key", "width", "height") if k in meta}
+                yield Candidate(where, (lambda b=img: b), [cap],
+                                meta={"source_path": where, "img2dataset": extra},
+                                bad=None if img is not None else "missing image")
+        except ShardIntegrityError:
+            yield Candidate(str(shard), bytes, [], bad="unreadable shard")
+
+
+def expand_shards(spec: str) -> list[Path]:
+    """A folder, a glob, or a brace pattern (`data/{00000..00009}.tar`) -> tar paths."""
+    import glob
+
+    from braceexpand import braceexpand
+
+    p = Path(spec)
+    if p.is_dir():
+        paths = sorted(p.glob("*.tar"))
+    else:
+        paths = sorted(Path(x) for pat in braceexpand(spec) for x in glob.glob(pat))
+    if not paths:
+        raise IngestError(f"no .tar shards found at '{spec}' (a folder, glob or {{00000..00009}} pattern)")
+    return paths

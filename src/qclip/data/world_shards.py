@@ -1,0 +1,169 @@
+"""`qclip world`: write the embedded world's splits as qclip datasets, in parallel and resumably.
+
+Splits (each a dataset directory under OUT/):
+  curated  reference descriptions + alt-text: trains the captioner
+  pool     alt-text only: what CLIP pretrains on (recaptioned by `qclip caption`)
+  dense    masks + depth: labelled training data for the transfer stage
+  val      everything: held-out dense evaluation and retrieval
+"""
+from __future__ import annotations
+
+import io
+import multiprocessing as mp
+import textwrap
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..atomic import atomic_write_bytes, atomic_write_json, remove_tree
+from ..config import Config
+from .sample import Sample
+from .shards import MANIFEST, ShardReader, ShardWriter, is_dataset, write_shard_file
+from .world import SEG_CLASSES, WorldSpec, make_sample
+
+SPLITS = ("curated", "dense", "val", "pool")
+_FINGERPRINT = "world.json"
+
+
+def split_plan(cfg: Config) -> dict[str, tuple[WorldSpec, int]]:
+    w = cfg.world
+    sizes = {"curated": w.n_curated, "dense": w.n_dense, "val": w.n_val, "pool": w.n_pool}
+    plan = {}
+    for split in SPLITS:
+        spec = WorldSpec(
+            seed=cfg.seed, split=split, image_size=w.image_size, min_objects=w.min_objects,
+            max_objects=w.max_objects, alt_text_relevance=w.alt_text_relevance,
+            descriptions_per_image=w.descriptions_per_image, image_format=w.image_format,
+            with_reference=split in ("curated", "val"), with_dense=split in ("dense", "val"),
+        )
+        plan[split] = (spec, sizes[split])
+    return plan
+
+
+def _fingerprint(spec: WorldSpec, n: int, shard_size: int) -> dict:
+    return {**asdict(spec), "num_samples": n, "shard_size": shard_size}
+
+
+def _shard_task(args: tuple) -> tuple[str, int]:
+    spec, path, start, count = args
+    write_shard_file(path, (make_sample(spec, i) for i in range(start, start + count)))
+    return spec.split, count
+
+
+def build_world(cfg: Config, out: str | Path, progress: bool = True) -> dict:
+    """Generate every split that is missing or stale; keep finished ones and finished shards. Returns a summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    shard_size = cfg.world.shard_size
+    writers: dict[str, ShardWriter] = {}
+    tasks, reused, counts = [], [], {}
+    for split, (spec, n) in split_plan(cfg).items():
+        final = out / split
+        fp = _fingerprint(spec, n, shard_size)
+        counts[split] = n
+        if is_dataset(final) and ShardReader(final).manifest.get("world") == fp:
+            reused.append(split)
+            continue
+        staging = final.with_name(final.name + ".partial")
+        fp_file = staging / _FINGERPRINT
+        if staging.exists() and (not fp_file.is_file() or _read_json(fp_file) != fp):
+            remove_tree(staging)  # a different config's leftovers: never mix them into this split
+        writer = ShardWriter(final, prefix=split, shard_size=shard_size, resume=True)
+        atomic_write_json(fp_file, fp)
+        done = writer.done_shards()
+        for idx, start in enumerate(range(0, n, shard_size)):
+            if idx not in done:
+                tasks.append((spec, writer.shard_path(idx), start, min(shard_size, n - start)))
+        writers[split] = writer
+
+    todo = sum(t[3] for t in tasks)
+    bar = tqdm(total=todo, desc="world", unit="img", disable=not progress or todo == 0)
+    workers = min(cfg.world.workers, max(1, len(tasks)))
+    if workers > 1:
+        # spawn, not fork: the caller may already hold torch thread pools, which fork does not survive
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for _, count in pool.imap_unordered(_shard_task, tasks):
+                bar.update(count)
+    else:
+        for task in tasks:
+            bar.update(_shard_task(task)[1])
+    bar.close()
+
+    for split, writer in writers.items():
+        spec, n = split_plan(cfg)[split]
+        (writer.staging / _FINGERPRINT).unlink(missing_ok=True)
+        writer.close({
+            "name": split, "source": "qclip world", "world": _fingerprint(spec, n, shard_size),
+            "seg_classes": list(SEG_CLASSES), "hflip_safe": False,
+            "fields": ["image", "json", "txt"] + (["seg.png", "depth.npy"] if spec.with_dense else []),
+        })
+    seconds = time.time() - t0
+    return {"out": str(out), "splits": counts, "generated": todo, "reused": reused, "seconds": round(seconds, 2)}
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def summary_line(info: dict) -> str:
+    parts = ", ".join(f"{k} {v:,}" for k, v in info["splits"].items())
+    reused = f"; reused {', '.join(info['reused'])}" if info["reused"] else ""
+    return f"world: {sum(info['splits'].values()):,} samples ({parts}) in {info['out']}, " \
+           f"generated {info['generated']:,} in {info['seconds']:.1f}s{reused}"
+
+
+def write_preview(world_dir: str | Path, path: str | Path, n: int = 6) -> Path:
+    """PNG grid: image, class mask, depth, and both caption kinds, for the first `n` val samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    world_dir, path = Path(world_dir), Path(path)
+    src = world_dir / "val" if is_dataset(world_dir / "val") else world_dir / "dense"
+    samples: list[Sample] = []
+    for s in ShardReader(src):
+        samples.append(s)
+        if len(samples) >= n:
+            break
+    if not samples:
+        raise ValueError(f"{src}: no samples to preview (set world.n_val > 0)")
+    cmap = matplotlib.colormaps["tab10"]
+    fig, axes = plt.subplots(len(samples), 4, figsize=(13, 2.4 * len(samples)),
+                             gridspec_kw={"width_ratios": [1, 1, 1, 2.6]})
+    axes = np.atleast_2d(axes)
+    for row, s in zip(axes, samples):
+        row[0].imshow(s.pil())
+        row[1].imshow(s.seg, cmap=cmap, vmin=0, vmax=9, interpolation="nearest")
+        im = row[2].imshow(s.depth, cmap="viridis")
+        fig.colorbar(im, ax=row[2], fraction=0.046, label="m")
+        raw = s.captions.get("raw") or ["(empty)"]
+        ref = s.captions.get("reference") or ["(none)"]
+        parts = [f"alt-text [{s.meta.get('alt_text_kind')}]: {raw[0]}", f"reference: {ref[0]}"]
+        row[3].text(0, 0.5, "\n\n".join(textwrap.fill(t, 70) for t in parts), va="center", fontsize=8)
+        for ax in row:
+            ax.set_xticks([]), ax.set_yticks([])
+        row[3].axis("off")
+        row[0].set_ylabel(s.key, fontsize=7)
+    axes[0, 0].set_title("image")
+    axes[0, 1].set_title("mask: " + ", ".join(f"{i}={c}" for i, c in enumerate(SEG_CLASSES)), fontsize=7)
+    axes[0, 2].set_title("depth")
+    axes[0, 3].set_title("captions")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+__all__ = ["SPLITS", "build_world", "write_preview", "summary_line", "split_plan", "MANIFEST"]
