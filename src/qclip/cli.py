@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_world)
 
-    p = sub.add_parser("ingest", help="import image-text pairs into a qclip dataset", formatter_class=_Formatter)
+    p = sub.add_parser("ingest", help="import image-text pairs into a qclip dataset", formatter_class=_Formatter,
+                       epilog="Each SOURCE has its own options: qclip ingest SOURCE --help")
     isub = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
     q = isub.add_parser("table", help="folder of images + CSV/TSV/JSONL/Parquet table", formatter_class=_Formatter)
     q.add_argument("--images", required=True, help="folder the table's paths are relative to")

@@ -140,15 +140,18 @@ def _table_rows(table: Path) -> Iterator[dict | str]:
                     continue
                 yield row if isinstance(row, dict) else f"malformed row@{i}"
         return
+    if suffix in (".csv", ".tsv"):
+        import csv
+
+        # surrogateescape keeps non-UTF-8 bytes as lone surrogates, so one bad row is skipped, not the file
+        with open(table, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            yield from csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+        return
+    if suffix not in (".parquet", ".pq"):
+        raise IngestError(f"{table}: unknown table format '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
     import pandas as pd
 
-    if suffix in (".csv", ".tsv"):
-        df = pd.read_csv(table, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",",
-                         encoding="utf-8", encoding_errors="surrogateescape")
-    elif suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(table)
-    else:
-        raise IngestError(f"{table}: unknown table format '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
+    df = pd.read_parquet(table)
     yield from df.to_dict(orient="records")
 
 

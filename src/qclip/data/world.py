@@ -46,6 +46,7 @@ WALLS = {"white": (0.9, 0.9, 0.88), "gray": (0.62, 0.63, 0.65), "blue": (0.55, 0
 # words a caption may use for each attribute; `captions.quality` maps them back to the scene graph
 SHAPE_WORDS = {"cube": ("cube", "block", "box"), "sphere": ("sphere", "ball"), "cylinder": ("cylinder",), "cone": ("cone",)}
 SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
+FOV_DEG = 55.0
 SPLIT_CODES = {"pool": 1, "curated": 2, "dense": 3, "val": 4}
 _EPS = 1e-4
 
@@ -61,7 +62,7 @@ class WorldObject:
     size: str
     x: float
     z: float
-    yaw: float
+    yaw: float  # degrees about the vertical axis (cubes)
 
     @property
     def radius(self) -> float:
@@ -94,17 +95,18 @@ def sample_scene(rng: np.random.Generator, min_objects: int, max_objects: int) -
         x = float(rng.uniform(-half_width + r, half_width - r))
         if any(math.hypot(x - o.x, z - o.z) < r + o.radius + 0.15 for o in objects):
             continue
+        x, z = round(x, 3), round(z, 3)  # stored at this precision in KEY.json: the record is exact
         objects.append(WorldObject(shape=str(rng.choice(SHAPES)), colour=str(rng.choice(list(COLOURS))),
-                                   size=size, x=x, z=z, yaw=float(rng.uniform(0, math.pi / 2))))
+                                   size=size, x=x, z=z, yaw=round(float(rng.uniform(0, 90)), 3)))
     az, el = rng.uniform(-1.0, 1.0), rng.uniform(0.6, 1.1)
     light = np.array([math.sin(az) * math.cos(el), math.sin(el), -math.cos(az) * math.cos(el) * 0.6])
     return Scene(
         objects=objects,
         floor=str(rng.choice(list(FLOORS))),
         wall=str(rng.choice(list(WALLS))),
-        wall_z=float(rng.uniform(8.0, 9.5)),
-        cam_height=float(rng.uniform(1.6, 2.0)),
-        pitch=float(np.deg2rad(rng.uniform(20, 28))),
+        wall_z=round(float(rng.uniform(8.0, 9.5)), 6),
+        cam_height=round(float(rng.uniform(1.6, 2.0)), 6),
+        pitch=math.radians(round(float(rng.uniform(20, 28)), 6)),
         light=light / np.linalg.norm(light),
         brightness=float(rng.uniform(0.85, 1.15)),
         tile=float(rng.uniform(0.5, 1.0)),
@@ -198,7 +200,7 @@ def _hit_object(obj: WorldObject, O, D):
         return _hit_sphere(O, D, np.array([obj.x, r, obj.z]), r)
     if obj.shape == "cube":
         h = 0.82 * r
-        return _hit_box(O, D, np.array([obj.x, h, obj.z]), h, obj.yaw)
+        return _hit_box(O, D, np.array([obj.x, h, obj.z]), h, math.radians(obj.yaw))
     if obj.shape == "cylinder":
         return _hit_cylinder(O, D, obj.x, obj.z, 0.8 * r, 1.9 * r)
     return _hit_cone(O, D, obj.x, obj.z, r, 2.3 * r)
@@ -214,7 +216,7 @@ class Rendered:
 
 def render(scene: Scene, size: int, rng: np.random.Generator) -> Rendered:
     S = size
-    fov = math.radians(55)
+    fov = math.radians(FOV_DEG)
     focal = (S / 2) / math.tan(fov / 2)
     p = scene.pitch
     fwd = np.array([0.0, -math.sin(p), math.cos(p)])
@@ -286,12 +288,14 @@ def scene_record(scene: Scene, r: Rendered) -> dict:
         visible = len(xs) >= MIN_VISIBLE_PIXELS
         objs.append({
             "shape": o.shape, "colour": o.colour, "size": o.size,
-            "x": round(o.x, 3), "z": round(o.z, 3),
+            "x": o.x, "z": o.z, "yaw_deg": o.yaw,
             "pixels": int(len(xs)), "visible": bool(visible),
             "centroid": [round(float(xs.mean()), 2), round(float(ys.mean()), 2)] if len(xs) else None,
             "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None,
         })
-    return {"objects": objs, "floor": scene.floor, "wall": scene.wall}
+    camera = {"height": round(scene.cam_height, 6), "pitch_deg": round(math.degrees(scene.pitch), 6),
+              "fov_deg": FOV_DEG, "wall_z": round(scene.wall_z, 6)}
+    return {"objects": objs, "floor": scene.floor, "wall": scene.wall, "camera": camera}
 
 
 def _noun_phrase(o: dict, rng: np.random.Generator, article: bool = True) -> str:

@@ -1,0 +1,53 @@
+import pytest
+
+from qclip.config import Config, ConfigError, load_config
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 3\ntrain:\n  batch_size: 32\n  lr: 1\n")
+    cfg = load_config(f, ["train.batch_size=64", "world.alt_text_relevance=0.5"])
+    assert isinstance(cfg, Config)
+    assert cfg.seed == 3 and cfg.train.batch_size == 64
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # int accepted where float is expected
+    assert cfg.world.alt_text_relevance == 0.5
+    assert cfg.world.n_pool == Config().world.n_pool  # untouched keys keep defaults
+
+
+def test_unknown_key_names_it_and_lists_valid_ones(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.batchsize=64"])
+    msg = str(e.value)
+    assert "train.batchsize" in msg and "batch_size" in msg and "lr" in msg
+    f = tmp_path / "c.yaml"
+    f.write_text("wrld:\n  n_pool: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'wrld'.*world"):
+        load_config(f)
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match=r"train.batch_size' expects int, got str 'abc'"):
+        load_config(None, ["train.batch_size=abc"])
+    with pytest.raises(ConfigError, match="expects int"):
+        load_config(None, ["train.batch_size=true"])  # bools are not ints here
+    with pytest.raises(ConfigError, match="is a section"):
+        load_config(None, ["train=3"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(None, ["seed.x=3"])
+
+
+def test_value_checks_and_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="alt_text_relevance"):
+        load_config(None, ["world.alt_text_relevance=2"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["train.batch_size"])
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_demo_config_loads():
+    cfg = load_config("configs/demo.yaml")
+    assert cfg.world.n_pool == 10000

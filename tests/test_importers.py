@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import jpg_bytes, png_bytes
+from qclip.cli import main
+from qclip.config import IngestConfig
+from qclip.data import importers as im
+from qclip.data.images import BadImage, open_image
+from qclip.data.sample import Sample
+from qclip.data.shards import ShardReader, write_shard_file
+from qclip.data.skips import TooManyBadSamples
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(10):
+        (d / f"ok{i}.png").write_bytes(png_bytes(seed=i))
+    (d / "ok.jpg").write_bytes(jpg_bytes())
+    (d / "cmyk.jpg").write_bytes(jpg_bytes(mode="CMYK"))
+    (d / "gray16.png").write_bytes(png_bytes(mode="I;16"))
+    good = jpg_bytes(64, 64)
+    (d / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (d / "zero.png").write_bytes(b"")
+    (d / "tiny.png").write_bytes(png_bytes(1, 1))
+    (d / "text.png").write_bytes(b"this is not an image")
+    return d
+
+
+def test_open_image_reasons():
+    with pytest.raises(BadImage, match="empty file"):
+        open_image(b"")
+    good = jpg_bytes(64, 64)
+    with pytest.raises(BadImage) as e:
+        open_image(good[: len(good) // 2])
+    assert e.value.reason == "unreadable image"
+    with pytest.raises(BadImage, match="too small"):
+        open_image(png_bytes(1, 1))
+    with pytest.raises(BadImage, match="decompression-bomb"):
+        open_image(png_bytes(40, 40), max_pixels=1000)
+    assert open_image(jpg_bytes(mode="CMYK")).mode == "RGB"
+    img = open_image(png_bytes(mode="I;16"))
+    assert img.mode == "RGB" and np.asarray(img).max() > 200  # scaled, not clipped to white/black
+
+
+def test_csv_skips_and_counts(tmp_path, image_folder):
+    rows = [f"ok{i}.png,\"a photo number {i}\"" for i in range(10)]
+    rows += ["ok.jpg,a jpeg", "cmyk.jpg,a cmyk jpeg", "gray16.png,sixteen bit", "truncated.jpg,cut",
+             "zero.png,zero bytes", "tiny.png,one pixel", "text.png,not an image", "missing.png,gone",
+             "ok1.png,", "../outside.png,escape"]
+    data = ("path,caption\n" + "\n".join(rows) + "\n").encode() + b"ok2.png,caf\xe9 latin-1\n"
+    (tmp_path / "t.csv").write_bytes(data)
+    cands, n = im.table_candidates(image_folder, tmp_path / "t.csv")
+    out = tmp_path / "ds"
+    summary = im.ingest(cands, out, IngestConfig(max_bad_fraction=0.5), "test", total=n, progress=False)
+    assert summary["seen"] == 21 and summary["kept"] == 13
+    assert summary["skipped"] == {"unreadable image": 2, "empty file": 1, "image too small": 1, "missing file": 1,
+                                  "empty caption": 1, "path outside image folder": 1, "non-UTF-8 caption": 1}
+    assert summary["line"].startswith("ingested 13 of 21; skipped: 2 unreadable image, ")
+    r = ShardReader(out)
+    assert r.verify() == 13 and r.manifest["skipped"] == summary["skipped"]
+    samples = list(r)
+    caps = [s.captions["raw"] for s in samples]
+    assert ["a photo number 0"] in caps and ["a cmyk jpeg"] in caps
+    by_cap = {s.captions["raw"][0]: s for s in samples}
+    assert by_cap["a jpeg"].image_ext == "jpg" and by_cap["a jpeg"].image == (image_folder / "ok.jpg").read_bytes()
+    assert by_cap["a cmyk jpeg"].image_ext == "png" and by_cap["a cmyk jpeg"].pil().mode == "RGB"
+    assert by_cap["sixteen bit"].meta["source_path"] == "gray16.png"
+    assert all(s.meta["width"] == 32 and s.meta["height"] == 24 for s in samples)
+
+
+def test_bad_fraction_fails_and_leaves_no_dataset(tmp_path, image_folder):
+    (tmp_path / "t.csv").write_text("path,caption\nok0.png,fine\nzero.png,bad\ntext.png,bad\n")
+    cands, n = im.table_candidates(image_folder, tmp_path / "t.csv")
+    with pytest.raises(TooManyBadSamples) as e:
+        im.ingest(cands, tmp_path / "ds", IngestConfig(), "test", total=n, progress=False)
+    msg = str(e.value)
+    assert "2 of 3" in msg and "zero.png" in msg and "max_bad_fraction" in msg
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "ds.partial").exists()
+
+
+def test_jsonl_with_caption_lists_and_bad_rows(tmp_path, image_folder):
+    lines = [json.dumps({"file": f"ok{i}.png", "text": [f"first {i}", f"second {i}"], "w": 3}) for i in range(5)]
+    lines += ["{not json", json.dumps({"file": "ok5.png", "text": "   "})]
+    (tmp_path / "t.jsonl").write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
+    cands, n = im.table_candidates(image_folder, tmp_path / "t.jsonl", "file", "text")
+    s = im.ingest(cands, tmp_path / "ds", IngestConfig(max_bad_fraction=0.5), "jsonl", progress=False)
+    assert s["kept"] == 5 and s["skipped"] == {"malformed row": 1, "empty caption": 1, "non-UTF-8 row": 1}
+    first = next(iter(ShardReader(tmp_path / "ds")))
+    assert first.captions["raw"] == ["first 0", "second 0"] and first.meta["extra"] == {"w": 3}
+    with pytest.raises(im.IngestError, match="no column 'path'"):
+        im.table_candidates(image_folder, tmp_path / "t.jsonl")
+
+
+def test_parquet(tmp_path, image_folder):
+    pd.DataFrame({"image": [f"ok{i}.png" for i in range(4)], "caption": [f"c{i}" for i in range(4)]}) \
+        .to_parquet(tmp_path / "t.parquet")
+    cands, n = im.table_candidates(image_folder, tmp_path / "t.parquet", "image")
+    s = im.ingest(cands, tmp_path / "ds", IngestConfig(), "pq", total=n, progress=False)
+    assert s["kept"] == 4 and [x.captions["raw"] for x in ShardReader(tmp_path / "ds")] == [["c0"], ["c1"], ["c2"], ["c3"]]
+
+
+def test_coco_keeps_all_captions(tmp_path, image_folder):
+    ann = {"images": [{"id": 1, "file_name": "ok0.png"}, {"id": 2, "file_name": "ok1.png"},
+                      {"id": 3, "file_name": "ok2.png"}],
+           "annotations": [{"image_id": 1, "caption": "a"}, {"image_id": 1, "caption": "b"},
+                           {"image_id": 2, "caption": "c"}, {"image_id": 1, "caption": "d"}]}
+    (tmp_path / "cap.json").write_text(json.dumps(ann))
+    cands, n = im.coco_candidates(image_folder, tmp_path / "cap.json")
+    s = im.ingest(cands, tmp_path / "ds", IngestConfig(max_bad_fraction=0.5), "coco", progress=False)
+    assert s["kept"] == 2 and s["skipped"] == {"empty caption": 1}
+    got = {x.meta["coco_id"]: x.captions["raw"] for x in ShardReader(tmp_path / "ds")}
+    assert got == {1: ["a", "b", "d"], 2: ["c"]}
+
+
+def test_img2dataset_shards_with_unsafe_member(tmp_path):
+    import io
+    import tarfile
+
+    shard_dir = tmp_path / "i2d"
+    shard_dir.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        def add(name, data):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        for i in range(6):
+            add(f"{i:09d}.jpg", jpg_bytes(seed=i))
+            add(f"{i:09d}.txt", f"caption {i}".encode())
+            add(f"{i:09d}.json", json.dumps({"url": f"http://x/{i}.jpg", "caption": f"caption {i}"}).encode())
+        add("../evil.jpg", jpg_bytes())
+        add("../evil.txt", b"escape")
+        add("000000099.txt", b"no image")
+    (shard_dir / "00000.tar").write_bytes(buf.getvalue())
+    out = tmp_path / "ds"
+    rc = main(["ingest", "img2dataset", "--shards", str(shard_dir), "--out", str(out), "--quiet",
+               "ingest.max_bad_fraction=0.5"])
+    assert rc == 0
+    r = ShardReader(out)
+    assert len(r) == 6
+    assert r.manifest["skipped"] == {"unsafe member name": 2, "missing image": 1}
+    s = next(iter(r))
+    assert s.captions["raw"] == ["caption 0"] and s.meta["img2dataset"]["url"] == "http://x/0.jpg"
+    assert not (tmp_path / "evil.jpg").exists()
+    assert (out / "run.json").is_file() and (out / "config.yaml").is_file()
+
+
+def test_cli_ingest_table_and_errors(tmp_path, image_folder, capsys):
+    (tmp_path / "t.csv").write_text("p,c\n" + "".join(f"ok{i}.png,cap {i}\n" for i in range(10)) + "zero.png,z\n")
+    out = tmp_path / "ds"
+    argv = ["ingest", "table", "--images", str(image_folder), "--table", str(tmp_path / "t.csv"),
+            "--path-column", "p", "--caption-column", "c", "--out", str(out), "--quiet", "ingest.max_bad_fraction=0.2"]
+    assert main(argv) == 0
+    assert "ingested 10 of 11; skipped: 1 empty file" in capsys.readouterr().out
+    assert main(argv) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(argv[:-1] + ["--overwrite"]) == 2  # default 5% bad fraction: 1 of 11 is too many
+    err = capsys.readouterr().err
+    assert "1 of 11" in err and "zero.png" in err
+    assert ShardReader(out).verify() == 10  # the failed re-run left the earlier dataset intact
+    assert main(["ingest", "table", "--images", str(tmp_path / "nope"), "--table", "x.csv", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err

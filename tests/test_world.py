@@ -1,0 +1,162 @@
+import math
+import re
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from qclip.data import world_shards as ws
+from qclip.data.shards import ShardReader
+from qclip.data.world import COLOURS, SEG_CLASSES, SHAPE_WORDS, SIZES, WorldSpec, make_sample
+
+SPEC = WorldSpec(seed=7, split="val", image_size=64, min_objects=2, max_objects=4, alt_text_relevance=0.3,
+                 descriptions_per_image=5, image_format="png", with_reference=True, with_dense=True)
+
+
+def camera_rays(cam, size):
+    """Independent re-derivation of the pinhole camera, from the record alone."""
+    p = math.radians(cam["pitch_deg"])
+    focal = (size / 2) / math.tan(math.radians(cam["fov_deg"]) / 2)
+    fwd = np.array([0, -math.sin(p), math.cos(p)])
+    up = np.array([0, math.cos(p), math.sin(p)])
+    u = np.arange(size) + 0.5 - size / 2
+    jj, ii = np.meshgrid(u, u)
+    d = fwd + jj[..., None] / focal * np.array([1, 0, 0]) - ii[..., None] / focal * up
+    return d / np.linalg.norm(d, axis=-1, keepdims=True), fwd
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_depth_and_mask_are_exact(index):
+    s = make_sample(SPEC, index)
+    rec, size = s.meta["scene"], 64
+    d, fwd = camera_rays(rec["camera"], size)
+    origin = np.array([0, rec["camera"]["height"], 0])
+    floor = s.seg == SEG_CLASSES.index("floor")
+    t_floor = rec["camera"]["height"] / -d[..., 1]
+    np.testing.assert_allclose(s.depth[floor], (t_floor * (d @ fwd))[floor], rtol=1e-5)
+    wall = s.seg == SEG_CLASSES.index("wall")
+    t_wall = rec["camera"]["wall_z"] / d[..., 2]
+    np.testing.assert_allclose(s.depth[wall], (t_wall * (d @ fwd))[wall], rtol=1e-5)
+    for k, o in enumerate(rec["objects"]):
+        if o["shape"] != "sphere" or not o["pixels"]:
+            continue
+        r = SIZES[o["size"]]
+        oc = origin - np.array([o["x"], r, o["z"]])
+        b = d @ oc
+        disc = b * b - (oc @ oc - r * r)
+        t = -b - np.sqrt(np.maximum(disc, 0))
+        mine = (s.seg == SEG_CLASSES.index("sphere")) & (disc > 0) & (t * (d @ fwd) <= s.depth + 1e-4)
+        hit = mine & np.isclose(s.depth, t * (d @ fwd), rtol=1e-5)
+        assert hit.sum() >= o["pixels"] * 0.99  # every pixel of this sphere is where the sphere is
+    # classes in the mask are exactly floor/wall and the shapes of objects with pixels
+    present = {SEG_CLASSES[c] for c in np.unique(s.seg)}
+    with_pixels = {o["shape"] for o in rec["objects"] if o["pixels"]}
+    assert present - {"floor", "wall"} == with_pixels
+    assert sum(o["pixels"] for o in rec["objects"]) == int((s.seg >= 2).sum())
+
+
+def _objects_in(text):
+    found = []
+    words = r"|".join(w for ws_ in SHAPE_WORDS.values() for w in ws_)
+    for m in re.finditer(rf"\b({'|'.join(COLOURS)}) ({words})\b", text):
+        shape = next(k for k, v in SHAPE_WORDS.items() if m.group(2) in v)
+        found.append((m.group(1), shape))
+    return found
+
+
+def test_descriptions_name_every_visible_object_with_correct_relations():
+    checked_lr = 0
+    for i in range(40):
+        s = make_sample(SPEC, i)
+        objs = [o for o in s.meta["scene"]["objects"] if o["visible"]]
+        truth = {(o["colour"], o["shape"]) for o in objs}
+        unique = len(truth) == len(objs)
+        refs = s.captions["reference"]
+        assert len(refs) == 5 and len(set(refs)) >= 2  # several, varied descriptions
+        for text in refs:
+            named = set(_objects_in(text))
+            assert truth <= named, (text, truth)
+            assert named <= {(o["colour"], o["shape"]) for o in s.meta["scene"]["objects"]}
+            if unique and "is to the left of" in text:
+                a, b = text.split("is to the left of")
+                (ca, sa), (cb, sb) = _objects_in(a)[0], _objects_in(b)[0]
+                xa = next(o["centroid"][0] for o in objs if (o["colour"], o["shape"]) == (ca, sa))
+                xb = next(o["centroid"][0] for o in objs if (o["colour"], o["shape"]) == (cb, sb))
+                assert xa < xb, text
+                checked_lr += 1
+            if unique and "from left to right" in text:
+                xs = [next(o["centroid"][0] for o in objs if (o["colour"], o["shape"]) == n) for n in _objects_in(text)]
+                assert xs == sorted(xs), text
+    assert checked_lr > 0
+
+
+@pytest.mark.parametrize("relevance", [0.0, 1.0])
+def test_alt_text_relevance_is_a_parameter(relevance):
+    spec = WorldSpec(**{**SPEC.__dict__, "alt_text_relevance": relevance, "split": "pool",
+                        "with_reference": False, "with_dense": False})
+    samples = [make_sample(spec, i) for i in range(60)]
+    kinds = [s.meta["alt_text_kind"] for s in samples]
+    if relevance == 0:
+        assert "partial" not in kinds and {"boilerplate", "filename", "wrong", "empty"} <= set(kinds)
+        for s in samples:
+            if s.meta["alt_text_kind"] == "wrong":  # names nothing that is in the picture
+                present = {(o["colour"], o["shape"]) for o in s.meta["scene"]["objects"]}
+                assert not set(_objects_in(s.captions["raw"][0])) & present
+    else:
+        assert all(k == "partial" for k, s in zip(kinds, samples) if any(o["visible"] for o in s.meta["scene"]["objects"]))
+    assert all(s.captions["reference"] == [] and s.seg is None for s in samples)  # pool: alt-text only
+
+
+def test_world_splits_and_determinism(world_dir, tmp_path):
+    m = {split: ShardReader(world_dir / split).manifest for split in ws.SPLITS}
+    assert {k: v["num_samples"] for k, v in m.items()} == {"curated": 16, "dense": 16, "val": 8, "pool": 48}
+    assert m["pool"]["hflip_safe"] is False and m["val"]["seg_classes"] == list(SEG_CLASSES)
+    pool = list(ShardReader(world_dir / "pool"))
+    assert all(not s.captions["reference"] and s.seg is None for s in pool)
+    assert all(len(s.captions["reference"]) == 5 for s in ShardReader(world_dir / "curated"))
+    dense = list(ShardReader(world_dir / "dense"))
+    assert all(s.seg is not None and s.depth.dtype == np.float32 for s in dense)
+    again = tmp_path / "again"
+    ws.build_world(tiny_config(), again, progress=False)
+    for split in ws.SPLITS:
+        assert [s["sha256"] for s in ShardReader(again / split).manifest["shards"]] == \
+               [s["sha256"] for s in m[split]["shards"]]
+    other = tmp_path / "other"
+    cfg = tiny_config()
+    cfg.seed = 1
+    ws.build_world(cfg, other, progress=False)
+    assert ShardReader(other / "pool").manifest["shards"][0]["sha256"] != m["pool"]["shards"][0]["sha256"]
+
+
+def test_world_resumes_after_interruption(world_dir, tmp_path, monkeypatch):
+    out = tmp_path / "w"
+    real = ws._shard_task
+    calls = []
+
+    def flaky(task):
+        calls.append(task)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # killed mid-run
+        return real(task)
+
+    monkeypatch.setattr(ws, "_shard_task", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        ws.build_world(tiny_config(), out, progress=False)
+    monkeypatch.setattr(ws, "_shard_task", real)
+    partial = [p for p in out.iterdir() if p.name.endswith(".partial")]
+    assert partial, "interrupted splits keep their finished shards"
+    info = ws.build_world(tiny_config(), out, progress=False)
+    assert 0 < info["generated"] < 88  # only what was missing
+    for split in ws.SPLITS:
+        assert ShardReader(out / split).manifest["shards"] == \
+            [{**s} for s in ShardReader(world_dir / split).manifest["shards"]]
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+    info = ws.build_world(tiny_config(), out, progress=False)
+    assert info["generated"] == 0 and sorted(info["reused"]) == sorted(ws.SPLITS)
+    info = ws.build_world(tiny_config(alt_text_relevance=0.9), out, progress=False)
+    assert info["generated"] == 88  # a changed config regenerates every split it touches
+
+
+def test_preview(world_dir, tmp_path):
+    path = ws.write_preview(world_dir, tmp_path / "p.png", n=3)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
