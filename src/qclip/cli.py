@@ -143,9 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="generate the embedded procedural world as shards", formatter_class=_Formatter)
     p.add_argument("--out", required=True, help="output directory (one dataset per split inside)")
-    p.add_argument("--n", type=int, default=None, help="pool size (sets world.n_pool; default from config: 10000)")
-    p.add_argument("--seed", type=int, default=None, help="seed (sets seed; default from config: 0)")
-    p.add_argument("--workers", type=int, default=None, help="generator processes (sets world.workers; default 2)")
+    d = Config()
+    p.add_argument("--n", type=int, default=None,
+                   help=f"pool size; None = world.n_pool from the config (built-in {d.world.n_pool})")
+    p.add_argument("--seed", type=int, default=None, help=f"None = seed from the config (built-in {d.seed})")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"generator processes; None = world.workers from the config (built-in {d.world.workers})")
     p.add_argument("--preview", action="store_true", help="also write OUT/preview.png (images, masks, depth, captions)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p)
