@@ -51,3 +51,11 @@ def test_value_checks_and_bad_files(tmp_path):
 def test_demo_config_loads():
     cfg = load_config("configs/demo.yaml")
     assert cfg.world.n_pool == 10000
+
+
+def test_float_written_without_dot(tmp_path):
+    assert load_config(None, ["train.lr=2e-3"]).train.lr == 0.002
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 5e-4\n")
+    assert load_config(tmp_path / "c.yaml").train.lr == 0.0005
+    with pytest.raises(ConfigError, match="expects float"):
+        load_config(None, ["train.lr=fast"])

@@ -1,4 +1,4 @@
-"""`qclip {run,world,ingest,caption,pretrain,transfer,eval,report}`: one subcommand per stage.
+"""`qclip {run,world,ingest,caption,pretrain,export,transfer,eval,report}`: one subcommand per stage.
 
 Every subcommand takes `--config FILE` and dotted overrides (`train.batch_size=64`), and writes the resolved
 config, package versions and git commit next to its outputs.
@@ -15,9 +15,7 @@ from .config import Config, ConfigError, load_config
 
 _NOT_YET = {
     "caption": "issue #4 (quality captions)",
-    "pretrain": "issue #3 (CLIP pretraining engine)",
     "transfer": "issue #5 (dense transfer)",
-    "eval": "issue #5 (zero-shot evaluation)",
     "report": "issue #6 (the study and its report)",
 }
 
@@ -118,6 +116,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------
+# pretrain, export, eval
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .train.pretrain import pretrain
+
+    cfg = _load(args)
+    if not Path(args.data).exists():
+        raise ConfigError(f"--data '{args.data}' does not exist (a qclip dataset: qclip world / qclip ingest)")
+    pretrain(cfg, args.data, args.out, progress=not args.quiet)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .models.export import export_image_tower
+
+    out = export_image_tower(args.model, args.out)
+    print(f"export: image tower of {args.model} written to {out} (timm.create_model('local-dir:{out}'))")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate.retrieval import retrieval_metrics
+    from .models import create_clip
+
+    spec = f"local-dir:{args.model}" if Path(args.model, "open_clip_config.json").is_file() else args.model
+    bundle = create_clip(spec, pretrained=args.pretrained or None)
+    m = retrieval_metrics(bundle, args.data, args.text, args.max_samples)
+    if args.out:
+        from .atomic import atomic_write_json
+
+        atomic_write_json(args.out, {"model": args.model, "data": args.data, "retrieval": m})
+    print(json.dumps(m, indent=1))
+    print(f"eval: {m['n']} images, image->text R@1 {m['image_to_text_R@1']:.3f}, text->image R@1 "
+          f"{m['text_to_image_R@1']:.3f} (chance {m['chance_R@1']:.4f})")
+    return 0
+
+
 def cmd_not_yet(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"qclip {name}: not yet available (tracked in {_NOT_YET[name]})", file=sys.stderr)
@@ -174,10 +213,34 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(q)
         q.set_defaults(func=cmd_ingest)
 
+    p = sub.add_parser("pretrain", help="pretrain CLIP on a qclip dataset (torchrun for many processes)",
+                       formatter_class=_Formatter,
+                       epilog="Training options are config keys under train.*, e.g. train.model=qclip-mci-tiny "
+                              "train.caption_policy=mix:0.8 train.batch_size=256 train.steps=2000")
+    p.add_argument("--data", required=True, help="qclip dataset directory (manifest.json + shards/)")
+    p.add_argument("--out", required=True, help="run directory; re-running the same command resumes it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("export", help="export a model's image tower as a timm model folder", formatter_class=_Formatter)
+    p.add_argument("--model", required=True, help="model folder (RUN/model, with open_clip_config.json)")
+    p.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("eval", help="zero-shot image-text retrieval R@1/5/10", formatter_class=_Formatter)
+    p.add_argument("--model", required=True, help="model folder (RUN/model) or open_clip model name")
+    p.add_argument("--pretrained", default="", help="open_clip pretrained tag or weights file (with a name)")
+    p.add_argument("--data", required=True, help="qclip dataset with captions (e.g. the world's val split)")
+    p.add_argument("--text", default="reference", help="caption kind to retrieve: raw, reference or a captioner id")
+    p.add_argument("--max-samples", type=int, default=0, help="0: all")
+    p.add_argument("--out", default="", help="also write the metrics to this JSON file")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval)
+
     for name, help_text in [("caption", "recaption a dataset with a captioning model"),
-                            ("pretrain", "pretrain CLIP on a dataset"),
                             ("transfer", "transfer an image encoder to segmentation or depth"),
-                            ("eval", "zero-shot retrieval and classification"),
                             ("report", "tables, plots and an HTML page from results")]:
         p = sub.add_parser(name, help=f"{help_text} (not yet available)", formatter_class=_Formatter)
         _add_config_args(p)
@@ -186,15 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .captions.policy import PolicyError
     from .data.dense import DenseDataError
     from .data.importers import IngestError
     from .data.shards import ShardIntegrityError
     from .data.skips import TooManyBadSamples
+    from .models.checkpoint import UnsafeCheckpoint
+    from .models.factory import ModelError
+    from .train.data import TrainDataError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, IngestError, TooManyBadSamples, ShardIntegrityError, DenseDataError) as e:
+    except (ConfigError, IngestError, TooManyBadSamples, ShardIntegrityError, DenseDataError, PolicyError,
+            ModelError, TrainDataError, UnsafeCheckpoint, FileNotFoundError) as e:
         print(f"qclip {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

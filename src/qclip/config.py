@@ -6,6 +6,7 @@ types are errors that name the key and list the valid ones, so a typo never sile
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,15 +51,34 @@ class IngestConfig:
 
 @dataclass
 class TrainConfig:
-    """CLIP pretraining (`qclip pretrain`)."""
+    """CLIP pretraining (`qclip pretrain`). Batch size is per rank, as in open_clip_train."""
 
-    model: str = "qclip-vit-tiny"
+    model: str = "qclip-vit-tiny"  # open_clip config, qclip preset, or timm:<name>
+    text_tower: str = ""  # open_clip config whose text tower pairs with a timm image tower (ViT-B-16 if empty)
+    image_size: int = 0  # 0: the model config's
+    pretrained: str = ""  # open_clip pretrained tag or weights file to start from
+    caption_policy: str = "raw"  # raw | reference | synthetic[:ID] | mix:P[:ID] | both[:ID] | filter:T[:SCORER]
+    loss: str = "clip"  # clip | siglip
+    local_loss: bool = False
+    gather_with_grad: bool = True
     batch_size: int = 128
+    accum_steps: int = 1  # micro-batches per step; features are cached so the loss sees the whole batch
     steps: int = 400
     lr: float = 1e-3
+    min_lr: float = 0.0
     weight_decay: float = 0.1
     warmup_steps: int = 40
-    caption_policy: str = "raw"
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    grad_clip: float = 1.0  # 0 disables
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    grad_checkpointing: bool = False
+    compile: bool = False
+    workers: int = 2
+    checkpoint_every: int = 100
+    log_every: int = 10
+    threads: int = 0  # torch intra-op threads; 0: torch's default
 
 
 @dataclass
@@ -73,6 +93,9 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------------
 # Loading and validation
+
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _type_name(tp: Any) -> str:
@@ -114,6 +137,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads `2e-3` (no dot) as a string
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -212,6 +237,12 @@ def validate(cfg: Config) -> None:
         (w.workers >= 1, "world.workers must be >= 1"),
         (0.0 <= cfg.ingest.max_bad_fraction <= 1.0, "ingest.max_bad_fraction must be in [0, 1]"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.accum_steps >= 1 and cfg.train.batch_size % cfg.train.accum_steps == 0,
+         "train.batch_size must be a multiple of train.accum_steps"),
+        (cfg.train.steps >= 1, "train.steps must be >= 1"),
+        (cfg.train.loss in ("clip", "siglip"), "train.loss must be 'clip' or 'siglip'"),
+        (cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
+        (cfg.train.checkpoint_every >= 1 and cfg.train.log_every >= 1, "train.checkpoint_every/log_every >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -63,7 +63,7 @@ def write_shard_file(path: str | Path, samples: Iterable[Sample]) -> int:
     return n
 
 
-def _is_unsafe_member(name: str) -> bool:
+def is_unsafe_member(name: str) -> bool:
     return name.startswith("/") or ".." in name.split("/") or "\\" in name
 
 
@@ -75,7 +75,7 @@ def iter_tar_members(path: str | Path, skips: SkipCounter | None = None) -> Iter
     """
     def safe(files: Iterable[dict]) -> Iterator[dict]:
         for f in files:
-            if _is_unsafe_member(f["fname"]):
+            if is_unsafe_member(f["fname"]):
                 if skips is not None:
                     skips.skip("unsafe member name", f"{Path(path).name}:{f['fname']}")
                 continue

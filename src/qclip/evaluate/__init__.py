@@ -1,0 +1,1 @@
+"""Zero-shot evaluation: image-text retrieval (and, next, zero-shot classification)."""

@@ -1,0 +1,112 @@
+"""One entry point, `create_clip`, over open_clip's `create_model_and_transforms`.
+
+A model spec is one of
+  - an open_clip config name: `ViT-B-16`, `MobileCLIP-S2`, ... or a qclip preset: `qclip-vit-tiny`, `qclip-mci-tiny`
+  - a timm image tower: `timm:fastvit_mci2`, `timm:vit_base_patch16_224` (or the bare timm name), paired with the
+    text tower of `text_tower` (an open_clip config name; ViT-B-16's by default)
+  - `local-dir:PATH`: a folder with open_clip_config.json (+ weights), as qclip writes for every checkpoint
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import timm
+import torch
+
+from . import timm_towers  # noqa: F401  (registers qclip's timm towers)
+
+PRESET_DIR = Path(__file__).parent / "configs"
+open_clip.add_model_config(PRESET_DIR)
+
+
+class ModelError(ValueError):
+    """A model spec that names nothing buildable; the message lists close matches."""
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def _timm_name(spec: str) -> str | None:
+    if spec.startswith("timm:"):
+        return spec[len("timm:"):]
+    if open_clip.get_model_config(spec) is None and timm.is_model(spec.split(".")[0]):
+        return spec
+    return None
+
+
+def resolve_model_cfg(spec: str, text_tower: str = "", image_size: int = 0) -> tuple[str, dict]:
+    """(open_clip base name, full model config) for a spec; raises ModelError naming close matches."""
+    if spec.startswith("local-dir:"):
+        cfg = open_clip.get_model_config(spec)
+        return spec, cfg
+    timm_name = _timm_name(spec)
+    if timm_name is not None:
+        arch = timm_name.split(".")[0]
+        if not timm.is_model(arch):
+            close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+            raise ModelError(f"unknown timm model '{arch}'; close matches: {', '.join(close) or 'none'}")
+        base = text_tower or "ViT-B-16"
+        base_cfg = open_clip.get_model_config(base)
+        if base_cfg is None:
+            raise ModelError(f"unknown text tower config '{base}'; see open_clip.list_models()")
+        cfg = {
+            "embed_dim": base_cfg["embed_dim"],
+            # as open_clip's MobileCLIP configs: timm's own classifier head, sized to embed_dim, is the projection
+            "vision_cfg": {"timm_model_name": timm_name, "timm_model_pretrained": False, "timm_pool": "avg",
+                           "timm_proj": None, "image_size": image_size or 224},
+            "text_cfg": copy.deepcopy(base_cfg["text_cfg"]),
+        }
+        if base_cfg.get("custom_text"):
+            cfg["custom_text"] = True
+        return base, cfg
+    cfg = open_clip.get_model_config(spec)
+    if cfg is None:
+        close = difflib.get_close_matches(spec, open_clip.list_models(), n=5)
+        raise ModelError(
+            f"unknown model '{spec}': not an open_clip config ({', '.join(close) or 'no close match'}) nor a timm "
+            f"model; use an open_clip name, a qclip preset ({', '.join(list_presets())}) or timm:<name>"
+        )
+    cfg = copy.deepcopy(cfg)
+    if image_size:
+        cfg["vision_cfg"]["image_size"] = image_size
+    return spec, cfg
+
+
+@dataclass
+class ClipBundle:
+    model: torch.nn.Module
+    preprocess_train: Callable
+    preprocess_val: Callable
+    tokenizer: Callable
+    model_cfg: dict  # what open_clip built, for open_clip_config.json
+    preprocess_cfg: dict
+
+
+def create_clip(spec: str, text_tower: str = "", image_size: int = 0, pretrained: str | None = None,
+                device: str | torch.device = "cpu", **model_kwargs: Any) -> ClipBundle:
+    """Build a CLIP model, its train/val transforms and tokenizer through open_clip's factory."""
+    base, cfg = resolve_model_cfg(spec, text_tower, image_size)
+    kwargs: dict[str, Any] = {}
+    if base != spec or image_size:  # override the registered config with the resolved one
+        kwargs = {k: v for k, v in cfg.items() if k != "custom_text"}
+    kwargs.update(model_kwargs)
+    root = logging.getLogger()
+    level = root.level
+    if not pretrained:
+        root.setLevel(logging.ERROR)  # open_clip warns "no pretrained weights" for every from-scratch model
+    try:
+        model, pre_train, pre_val = open_clip.create_model_and_transforms(
+            base, pretrained=pretrained or None, device=device, **kwargs)
+    finally:
+        root.setLevel(level)
+    tokenizer = open_clip.get_tokenizer(base, context_length=cfg["text_cfg"].get("context_length", 77))
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    preprocess_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pp.items()}
+    return ClipBundle(model, pre_train, pre_val, tokenizer, cfg, preprocess_cfg)

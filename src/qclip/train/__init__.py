@@ -1,0 +1,1 @@
+"""CLIP pretraining: data order, losses, and the loop (`pretrain.py`)."""

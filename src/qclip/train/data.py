@@ -1,0 +1,181 @@
+"""Training data: image-text batches from qclip shards, in an order that is a pure function of (seed, epoch, step).
+
+Why random access into the tars instead of webdataset's streaming pipeline: exact resume. A streaming
+pipeline with shuffle buffers and several workers can only resume approximately; here the batch at any
+step is known, so a run killed at step k restarts at step k and produces bitwise the same weights, with
+any number of loader workers. Shards stay WebDataset tars (open_clip_train reads the same files); we read
+each sample's members at their byte offsets, which is as fast as streaming on local disks.
+
+Each rank reads a disjoint set of shards (rank r takes shards r, r+W, ...), as webdataset's split_by_node.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..captions.policy import CaptionPolicy
+from ..data.images import BadImage, open_image
+from ..data.sample import IMAGE_EXTS
+from ..data.shards import ShardReader, is_unsafe_member
+from ..data.skips import SkipCounter
+
+
+class TrainDataError(ValueError):
+    """Training data that cannot be used as configured (no usable samples, too few shards for the ranks)."""
+
+
+@dataclass
+class IndexedSample:
+    shard: int  # index into the dataset's shard paths
+    key: str
+    image: tuple[int, int]  # (byte offset, size) of the image member
+    candidates: list[list[str]]  # the policy's candidate texts
+
+
+def index_shard(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """key -> {extension: (offset, size)} from the tar headers (no member data is read)."""
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    with tarfile.open(path, "r:") as tf:
+        for m in tf:
+            if not m.isreg() or is_unsafe_member(m.name):
+                continue
+            base = m.name.rsplit("/", 1)[-1]
+            if "." not in base:
+                continue
+            key, ext = base.split(".", 1)
+            out.setdefault(key, {})[ext.lower()] = (m.offset_data, m.size)
+    return out
+
+
+def _read(f, span: tuple[int, int]) -> bytes:
+    f.seek(span[0])
+    return f.read(span[1])
+
+
+class ClipShardDataset(Dataset):
+    """Map-style dataset over the shards of one rank. Items are `(index, epoch)` pairs; the draw of captions
+    and augmentations is seeded by (seed, epoch, index), so it is the same whatever worker computes it."""
+
+    def __init__(self, root: str | Path, policy: CaptionPolicy, transform: Callable, tokenizer: Callable,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.reader = ShardReader(root)
+        self.policy, self.transform, self.tokenizer, self.seed = policy, transform, tokenizer, seed
+        n_shards = len(self.reader.shards)
+        if n_shards < world_size:
+            raise TrainDataError(
+                f"{root} has {n_shards} shard(s) but there are {world_size} ranks; every rank needs its own "
+                f"shards: re-write the dataset with a smaller shard_size"
+            )
+        self.shard_ids = list(range(rank, n_shards, world_size))
+        self.paths = [str(self.reader.root / s.path) for s in self.reader.shards]
+        self.skips = SkipCounter()
+        self.samples: list[IndexedSample] = []
+        for sid in self.shard_ids:
+            members = index_shard(Path(self.paths[sid]))
+            with open(self.paths[sid], "rb") as f:
+                for key, exts in members.items():
+                    img_ext = next((e for e in IMAGE_EXTS if e in exts), None)
+                    if img_ext is None or "json" not in exts:
+                        self.skips.skip("incomplete sample", f"{self.paths[sid]}:{key}")
+                        continue
+                    try:
+                        meta = json.loads(_read(f, exts["json"]).decode("utf-8"))
+                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        self.skips.skip("malformed json", f"{self.paths[sid]}:{key}")
+                        continue
+                    cands, reason = policy.candidates(meta)
+                    if cands is None:
+                        self.skips.skip(reason or "unusable", key)
+                        continue
+                    self.samples.append(IndexedSample(sid, key, exts[img_ext], cands))
+        self._files: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def shard_paths(self) -> list[str]:
+        return [self.paths[i] for i in self.shard_ids]
+
+    def _file(self, sid: int):
+        f = self._files.get(sid)
+        if f is None:
+            f = self._files[sid] = open(self.paths[sid], "rb")
+        return f
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index, epoch = item
+        s = self.samples[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        try:
+            img = open_image(_read(self._file(s.shard), s.image))
+        except BadImage as e:
+            # a shard changed after indexing: name it rather than train on garbage
+            raise TrainDataError(f"{self.paths[s.shard]}:{s.key}: {e}; verify the dataset (ShardReader.verify)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            pixels = self.transform(img)
+        texts = self.policy.choose(s.candidates, rng)
+        return pixels, self.tokenizer(texts), index
+
+    def __getstate__(self):  # open file handles do not cross into worker processes
+        state = dict(self.__dict__)
+        state["_files"] = {}
+        return state
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of `(index, epoch)`: a fresh permutation per epoch, `steps_per_epoch` full batches each,
+    starting at global step `start_step`. Same (seed, rank) -> same batches, so resume is exact."""
+
+    def __init__(self, n: int, batch_size: int, steps_per_epoch: int, total_steps: int, seed: int, rank: int = 0,
+                 start_step: int = 0) -> None:
+        self.n, self.batch_size, self.steps_per_epoch = n, batch_size, steps_per_epoch
+        self.total_steps, self.seed, self.rank, self.start_step = total_steps, seed, rank, start_step
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while step < self.total_steps:
+            epoch, k = divmod(step, self.steps_per_epoch)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + self.rank)
+            perm = torch.randperm(self.n, generator=g).tolist()
+            for j in range(k, self.steps_per_epoch):
+                if step >= self.total_steps:
+                    return
+                yield [(i, epoch) for i in perm[j * self.batch_size:(j + 1) * self.batch_size]]
+                step += 1
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    images = torch.stack([b[0] for b in batch])
+    texts = torch.stack([b[1] for b in batch])  # B x n_texts x L
+    return images, texts, torch.tensor([b[2] for b in batch])
+
+
+def steps_per_epoch(local_len: int, batch_size: int, world_size: int) -> int:
+    """Full batches per epoch, the same on every rank (the smallest rank decides)."""
+    n = torch.tensor([local_len // batch_size])
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+    return int(n.item())
+
+
+def make_loader(ds: ClipShardDataset, batch_size: int, spe: int, total_steps: int, seed: int, rank: int,
+                start_step: int, workers: int) -> DataLoader:
+    sampler = EpochBatchSampler(len(ds), batch_size, spe, total_steps, seed, rank, start_step)
+    return DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def epochs_for(total_steps: int, spe: int) -> float:
+    return total_steps / spe if spe else math.inf

@@ -1,0 +1,268 @@
+"""CLIP pretraining: one loop, readable top to bottom.
+
+Single process:  qclip pretrain --data DATA --out RUN train.steps=400
+Many processes:  torchrun --nproc-per-node N -m qclip pretrain --data DATA --out RUN  (gloo on CPU, nccl on GPU)
+
+Outputs in RUN/: config.yaml, run.json, metrics.jsonl, tb/ (TensorBoard), checkpoints/ (every
+`checkpoint_every` steps: safetensors weights + a state file, named by `checkpoints/latest.json`, written
+last so a crash never leaves a half checkpoint in charge), and model/ (open_clip `local-dir:` folder).
+Re-running the same command after a kill resumes from the latest checkpoint and ends with the same weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from ..atomic import atomic_write_bytes, atomic_write_json
+from ..captions.policy import CaptionPolicy
+from ..config import Config
+from ..models import create_clip
+from ..models.checkpoint import load_weights, save_model_dir, save_weights, torch_save_bytes, unwrap
+from ..provenance import write_run_info
+from .data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
+from .losses import build_loss, contrastive_loss
+
+
+# ---------------------------------------------------------------------------------------------------
+# distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+# ---------------------------------------------------------------------------------------------------
+# optimiser and schedule (as open_clip_train: no weight decay on gains, biases, logit scale, embeddings)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    def exclude(name: str, p: torch.nn.Parameter) -> bool:
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name \
+            or "embedding" in name or "norm" in name
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if exclude(name, p) else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def lr_lambda(warmup: int, total: int, base_lr: float, min_lr: float):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return (min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))) / base_lr
+    return f
+
+
+# ---------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()),
+                                                      *np_state[2:]], "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    random.setstate(state["python"])
+
+
+def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, step: int, keep: int = 2) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    weights, state = ckpt_dir / f"step_{step:08d}.safetensors", ckpt_dir / f"step_{step:08d}.state.pt"
+    save_weights(unwrap(model).state_dict(), weights)
+    atomic_write_bytes(state, torch_save_bytes({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                                "step": step, "rng": _rng_state()}))
+    atomic_write_json(ckpt_dir / "latest.json", {"step": step, "weights": weights.name, "state": state.name})
+    old = sorted(ckpt_dir.glob("step_*.safetensors"))[:-keep]
+    for w in old:
+        w.unlink(missing_ok=True)
+        w.with_name(w.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
+
+
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
+    """Restore the latest checkpoint; returns its step (0 when there is none)."""
+    latest = ckpt_dir / "latest.json"
+    if not latest.is_file():
+        return 0
+    info = json.loads(latest.read_text())
+    unwrap(model).load_state_dict(load_weights(ckpt_dir / info["weights"]))
+    state = torch.load(ckpt_dir / info["state"], map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# the loop
+
+
+def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = True) -> dict:
+    t_start = time.time()
+    tc = cfg.train
+    rank, world, device = init_distributed()
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    out = Path(out)
+    is_main = rank == 0
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    # model, transforms, tokenizer: open_clip's factory
+    extra = {"init_logit_bias": -10.0} if tc.loss == "siglip" else {}
+    bundle = create_clip(tc.model, tc.text_tower, tc.image_size, tc.pretrained or None, device=device,
+                         output_dict=True, **extra)
+    model = bundle.model
+    if tc.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+
+    # data: this rank's shards, the caption policy applied when indexing
+    policy = CaptionPolicy.parse(tc.caption_policy)
+    ds = ClipShardDataset(data, policy, bundle.preprocess_train, bundle.tokenizer, cfg.seed, rank, world)
+    micro = tc.batch_size // tc.accum_steps
+    spe = steps_per_epoch(len(ds), tc.batch_size, world)
+    if spe == 0:
+        raise TrainDataError(
+            f"{data}: {len(ds)} usable samples on rank {rank} (policy '{tc.caption_policy}'; "
+            f"dropped: {ds.skips.summary('kept', len(ds), len(ds) + ds.skips.total)}), fewer than one batch of "
+            f"{tc.batch_size}; lower train.batch_size or use more data"
+        )
+
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2),
+                                  eps=tc.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
+    start = load_checkpoint(out / "checkpoints", model, optimizer, scheduler)
+    if world > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    fwd_model = torch.compile(model) if tc.compile else model
+    loss_fn = build_loss(tc.loss, rank, world, tc.local_loss, tc.gather_with_grad)
+    use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+
+    shards_by_rank = [ds.shard_paths()]
+    if world > 1:
+        shards_by_rank = [None] * world
+        dist.all_gather_object(shards_by_rank, ds.shard_paths())
+    if is_main:
+        write_run_info(out, cfg, "pretrain", {"data": str(data), "world_size": world, "resumed_from_step": start,
+                                              "shards_by_rank": [[Path(p).name for p in r] for r in shards_by_rank],
+                                              "usable_samples_rank0": len(ds), "dropped_rank0": ds.skips.as_dict(),
+                                              "steps_per_epoch": spe})
+        tb = SummaryWriter(str(out / "tb"))
+        metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8")
+        print(f"pretrain: {tc.model}, policy {tc.caption_policy}, {len(ds):,} samples on rank 0 "
+              f"({ds.skips.summary('usable', len(ds), len(ds) + ds.skips.total)}), {world} rank(s) x batch "
+              f"{tc.batch_size}, {tc.steps} steps ({tc.steps / spe:.1f} epochs)"
+              + (f", resuming at step {start}" if start else ""))
+    loader = make_loader(ds, micro, spe * tc.accum_steps, tc.steps * tc.accum_steps, cfg.seed, rank,
+                         start * tc.accum_steps, tc.workers)
+
+    def features(images: torch.Tensor, texts: torch.Tensor) -> dict:
+        with autocast():
+            return fwd_model(image=images, text=texts.flatten(0, 1))
+
+    def loss_of(out_: dict, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
+        return contrastive_loss(loss_fn, img.float(), txt.float(), policy.num_texts,
+                                out_["logit_scale"].float(), out_.get("logit_bias"))
+
+    bar = tqdm(total=tc.steps, initial=start, desc="pretrain", unit="step", disable=not (progress and is_main))
+    model.train()
+    step, window_t, window_n, last_loss = start, time.time(), 0, float("nan")
+    batches = iter(loader)
+    while step < tc.steps:
+        t0 = time.time()
+        parts = [next(batches) for _ in range(tc.accum_steps)]
+        t_data = time.time() - t0
+        parts = [(im.to(device, non_blocking=True), tx.to(device, non_blocking=True)) for im, tx, _ in parts]
+        optimizer.zero_grad(set_to_none=True)
+        if tc.accum_steps == 1:
+            images, texts = parts[0]
+            o = features(images, texts)
+            loss = loss_of(o, o["image_features"], o["text_features"])
+            loss.backward()
+        else:
+            # open_clip's accum_freq: cache every micro-batch's features, then recompute one micro-batch at a
+            # time with gradients, so each loss sees the whole batch as negatives
+            with torch.no_grad():
+                cached = [features(im, tx) for im, tx in parts]
+            for j, (im, tx) in enumerate(parts):
+                sync = contextlib.nullcontext() if (world == 1 or j == len(parts) - 1) else model.no_sync()
+                with sync:
+                    o = features(im, tx)
+                    img = torch.cat([c["image_features"] for c in cached[:j]] + [o["image_features"]]
+                                    + [c["image_features"] for c in cached[j + 1:]])
+                    txt = torch.cat([c["text_features"] for c in cached[:j]] + [o["text_features"]]
+                                    + [c["text_features"] for c in cached[j + 1:]])
+                    loss = loss_of(o, img, txt)
+                    loss.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():  # as CLIP: the temperature may not exceed 100
+            unwrap(model).logit_scale.clamp_(0, math.log(100))
+        step += 1
+        window_n += tc.batch_size * world
+        last_loss = loss.item()
+        bar.update(1)
+
+        if is_main and (step % tc.log_every == 0 or step == tc.steps):
+            dt = time.time() - window_t
+            rec = {"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0],
+                   "logit_scale": unwrap(model).logit_scale.exp().item(), "images_per_s": window_n / dt,
+                   "data_s": t_data, "epoch": step / spe}
+            metrics_f.write(json.dumps(rec) + "\n")
+            metrics_f.flush()
+            for k, v in rec.items():
+                if k != "step":
+                    tb.add_scalar(f"train/{k}", v, step)
+            bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{rec['images_per_s']:.0f}")
+            window_t, window_n = time.time(), 0
+        if step % tc.checkpoint_every == 0 or step == tc.steps:
+            if is_main:
+                save_checkpoint(out / "checkpoints", model, optimizer, scheduler, step)
+            if world > 1:
+                dist.barrier()
+    bar.close()
+
+    summary = {"steps": step, "final_loss": last_loss, "world_size": world, "seconds": round(time.time() - t_start, 2),
+               "model_dir": str(out / "model")}
+    if is_main:
+        save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model")
+        metrics_f.close()
+        tb.close()
+        atomic_write_json(out / "summary.json", summary)
+        print(f"pretrain: {step} steps, final loss {last_loss:.3f} (ln batch = {math.log(tc.batch_size * world):.3f}), "
+              f"{summary['seconds']:.0f}s; model in {out / 'model'}")
+    if world > 1:
+        dist.barrier()
+    return summary
