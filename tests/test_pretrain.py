@@ -1,0 +1,146 @@
+"""CLIP pretraining: learning, exact resume after SIGKILL, interop with open_clip and timm, untrusted files."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qclip.config import load_config
+from qclip.data.world_shards import build_world
+from qclip.evaluate.retrieval import retrieval_metrics
+from qclip.models import ModelError, create_clip
+from qclip.models.checkpoint import UnsafeCheckpoint, load_weights
+from qclip.train.pretrain import pretrain
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain_world")
+    cfg = load_config(None, ["world.n_pool=128", "world.n_curated=384", "world.n_dense=0", "world.n_val=128",
+                             "world.shard_size=64", "world.workers=2"])
+    build_world(cfg, out, progress=False)
+    return out
+
+
+def train_cfg(*extra):
+    return load_config(None, ["train.batch_size=32", "train.steps=12", "train.warmup_steps=2", "train.log_every=2",
+                              "train.checkpoint_every=4", "train.workers=0", "train.lr=2e-3",
+                              "train.caption_policy=reference", *extra])
+
+
+def test_pretraining_learns(world, tmp_path):
+    cfg = train_cfg("train.model=qclip-mci-tiny", "train.lr=5e-3", "train.steps=90", "train.warmup_steps=9",
+                    "train.checkpoint_every=1000")
+    summary = pretrain(cfg, world / "curated", tmp_path / "run", progress=False)
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, last = logs[0]["loss"], sum(r["loss"] for r in logs[-3:]) / 3
+    assert first > math.log(32) - 0.1  # starts at chance
+    assert last < math.log(32) - 0.5, (first, last)  # well below ln(batch)
+    assert {"lr", "logit_scale", "images_per_s"} <= set(logs[-1])
+    assert summary["steps"] == 90 and (tmp_path / "run" / "tb").is_dir()
+    m = retrieval_metrics(create_clip(f"local-dir:{tmp_path / 'run' / 'model'}"), world / "val")
+    assert m["n"] == 128 and m["image_to_text_R@1"] >= 3 * m["chance_R@1"], m
+    assert m["image_to_text_R@10"] >= 2.5 * 10 * m["chance_R@1"], m
+    assert m["text_to_image_R@10"] >= 2.5 * 10 * m["chance_R@1"], m
+
+
+def _run(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "qclip", "pretrain", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_sigkill_and_resume_equals_uninterrupted_run(world, tmp_path):
+    common = ["--data", str(world / "pool"), "--quiet", "train.batch_size=16", "train.steps=16",
+              "train.checkpoint_every=3", "train.log_every=1", "train.workers=1", "train.caption_policy=raw",
+              "train.warmup_steps=2", "train.threads=1"]
+    ref = _run(["--out", str(tmp_path / "ref"), *common])
+    assert ref.wait(timeout=300) == 0, ref.stdout.read()
+    run = tmp_path / "killed"
+    kills = 0
+    for target in (3, 9):  # kill twice, each time after a new checkpoint has landed
+        p = _run(["--out", str(run), *common])
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            latest = run / "checkpoints" / "latest.json"
+            if latest.is_file() and json.loads(latest.read_text())["step"] >= target:
+                break
+            time.sleep(0.05)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait(timeout=60)
+    assert kills >= 1
+    p = _run(["--out", str(run), *common])
+    out = p.communicate(timeout=300)[0]
+    assert p.returncode == 0 and "resuming at step" in out, out
+    a = load_file(tmp_path / "ref" / "model" / "open_clip_model.safetensors")
+    b = load_file(run / "model" / "open_clip_model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+
+
+def test_open_clip_and_timm_load_the_result(world, tmp_path):
+    import open_clip
+
+    from qclip.models.export import create_timm_from_export, export_image_tower
+
+    for spec in ("qclip-vit-tiny", "qclip-mci-tiny"):
+        run = tmp_path / spec
+        pretrain(train_cfg(f"train.model={spec}", "train.steps=2"), world / "curated", run, progress=False)
+        ours = create_clip(f"local-dir:{run / 'model'}").model.eval()
+        theirs, _, preprocess = open_clip.create_model_and_transforms(
+            spec, pretrained=str(run / "model" / "open_clip_model.safetensors"))
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.allclose(ours.encode_image(x), theirs.eval().encode_image(x), atol=1e-6)
+            export_image_tower(run / "model", tmp_path / f"{spec}-timm")
+            tower = create_timm_from_export(tmp_path / f"{spec}-timm").eval()
+            assert torch.allclose(tower(x), ours.encode_image(x), atol=1e-4), spec
+
+
+def test_siglip_and_accumulation(world, tmp_path):
+    s = pretrain(train_cfg("train.loss=siglip", "train.steps=2"), world / "curated", tmp_path / "sig", progress=False)
+    assert math.isfinite(s["final_loss"])
+    one = pretrain(train_cfg("train.steps=2", "train.grad_clip=0"), world / "curated", tmp_path / "a1", progress=False)
+    two = pretrain(train_cfg("train.steps=2", "train.grad_clip=0", "train.accum_steps=4"), world / "curated",
+                   tmp_path / "a4", progress=False)
+    # feature caching makes 4 micro-batches of 8 train exactly like one batch of 32
+    assert abs(one["final_loss"] - two["final_loss"]) < 1e-4
+    wa = load_file(tmp_path / "a1" / "model" / "open_clip_model.safetensors")
+    wb = load_file(tmp_path / "a4" / "model" / "open_clip_model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=2e-5) for k in wa)
+
+
+def test_bad_inputs_are_named(world, tmp_path):
+    from qclip.cli import main
+
+    with pytest.raises(ModelError, match="close matches"):
+        create_clip("timm:fastvit_mci9")
+    with pytest.raises(ModelError, match="qclip preset"):
+        create_clip("ViT-B-17")
+    assert main(["pretrain", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 2
+    # the pool has no synthetic captions yet: the policy leaves nothing to train on, and says why
+    assert main(["pretrain", "--data", str(world / "pool"), "--out", str(tmp_path / "r"), "--quiet",
+                 "train.caption_policy=synthetic"]) == 2
+    assert main(["pretrain", "--data", str(world / "pool"), "--out", str(tmp_path / "r"), "train.caption_policy=mix"]) == 2
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/qclip_pwned",))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Payload()}, path)
+    with pytest.raises(UnsafeCheckpoint, match="refusing to load"):
+        load_weights(path)
+    assert not os.path.exists("/tmp/qclip_pwned")
+    torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    assert torch.equal(load_weights(tmp_path / "ok.pt")["w"], torch.ones(2))
