@@ -7,7 +7,7 @@ import yaml
 
 from qclip.cli import build_parser, main
 
-SUBCOMMANDS = ["run", "world", "ingest", "caption", "pretrain", "export", "transfer", "eval", "report"]
+SUBCOMMANDS = ["run", "world", "ingest", "caption", "pretrain", "teacher", "export", "transfer", "eval", "report"]
 
 
 def test_help_lists_every_subcommand_and_defaults(capsys):

@@ -144,3 +144,30 @@ def test_pickle_with_code_is_refused(tmp_path):
     assert not os.path.exists("/tmp/qclip_pwned")
     torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
     assert torch.equal(load_weights(tmp_path / "ok.pt")["w"], torch.ones(2))
+
+
+def test_distillation_from_stored_teacher_embeddings(world, tmp_path):
+    from qclip.data.shards import ShardReader
+    from qclip.train.distill import TEACHER_MEMBER, decode_npz, write_teacher_embeddings
+
+    torch.manual_seed(0)
+    teacher = create_clip("qclip-mci-tiny")  # a toy teacher: random weights, but a fixed similarity structure
+    info = write_teacher_embeddings(world / "curated", tmp_path / "with_teacher", teacher, progress=False)
+    assert info["samples"] == 384
+    s = next(iter(ShardReader(tmp_path / "with_teacher")))
+    t = decode_npz(s.extra[TEACHER_MEMBER])
+    keys = [x for x in s.captions["raw"] if x] + s.captions["reference"]
+    assert t["image"].shape == (128,) and t["texts"].shape == (len(keys), 128) and list(t["text_keys"]) == keys
+    assert abs(float((t["texts"] ** 2).sum(1).mean()) - 1) < 1e-4  # stored normalised
+
+    # pure distillation (λ = 1): the distill loss falls as the student copies the teacher's similarities
+    run = tmp_path / "kd"
+    pretrain(train_cfg("train.distill_weight=1.0", "train.steps=30", "train.log_every=1", "train.model=qclip-mci-tiny"),
+             tmp_path / "with_teacher", run, progress=False)
+    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05, losses
+    # λ = 0 is plain CLIP: the same first-step loss as a run without a teacher
+    a = pretrain(train_cfg("train.steps=1", "train.distill_weight=0.0"), world / "curated", tmp_path / "c0", progress=False)
+    with pytest.raises(Exception, match="no usable|fewer than one batch"):
+        pretrain(train_cfg("train.steps=1", "train.distill_weight=0.5"), world / "curated", tmp_path / "c1", progress=False)
+    assert math.isfinite(a["final_loss"])

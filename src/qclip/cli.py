@@ -1,4 +1,4 @@
-"""`qclip {run,world,ingest,caption,pretrain,export,transfer,eval,report}`: one subcommand per stage.
+"""`qclip {run,world,ingest,caption,pretrain,teacher,export,transfer,eval,report}`: one subcommand per stage.
 
 Every subcommand takes `--config FILE` and dotted overrides (`train.batch_size=64`), and writes the resolved
 config, package versions and git commit next to its outputs.
@@ -130,6 +130,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from .models import create_clip
+    from .provenance import write_run_info
+    from .train.distill import write_teacher_embeddings
+
+    cfg = _load(args)
+    spec = f"local-dir:{args.model}" if Path(args.model, "open_clip_config.json").is_file() else args.model
+    info = write_teacher_embeddings(args.data, args.out, create_clip(spec, pretrained=args.pretrained or None),
+                                    progress=not args.quiet)
+    write_run_info(args.out, cfg, "teacher", {"summary": info, "teacher": args.model})
+    print(f"teacher: embeddings of {info['samples']:,} samples from {args.model} written to {args.out} "
+          f"in {info['seconds']:.0f}s; train with train.distill_weight=0.7")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .models.export import export_image_tower
 
@@ -222,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("teacher", help="store a teacher CLIP's embeddings in a dataset for distillation",
+                       formatter_class=_Formatter)
+    p.add_argument("--data", required=True, help="source qclip dataset")
+    p.add_argument("--model", required=True, help="teacher: model folder (RUN/model) or open_clip model name")
+    p.add_argument("--pretrained", default="", help="open_clip pretrained tag, e.g. datacompdr for MobileCLIP-S2")
+    p.add_argument("--out", required=True, help="output dataset (a copy with KEY.teacher.npz members)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("export", help="export a model's image tower as a timm model folder", formatter_class=_Formatter)
     p.add_argument("--model", required=True, help="model folder (RUN/model, with open_clip_config.json)")

@@ -59,6 +59,7 @@ class TrainConfig:
     pretrained: str = ""  # open_clip pretrained tag or weights file to start from
     caption_policy: str = "raw"  # raw | reference | synthetic[:ID] | mix:P[:ID] | both[:ID] | filter:T[:SCORER]
     loss: str = "clip"  # clip | siglip
+    distill_weight: float = 0.0  # λ in λ·KD + (1-λ)·CLIP; > 0 needs teacher embeddings (qclip teacher)
     local_loss: bool = False
     gather_with_grad: bool = True
     batch_size: int = 128
@@ -241,6 +242,8 @@ def validate(cfg: Config) -> None:
          "train.batch_size must be a multiple of train.accum_steps"),
         (cfg.train.steps >= 1, "train.steps must be >= 1"),
         (cfg.train.loss in ("clip", "siglip"), "train.loss must be 'clip' or 'siglip'"),
+        (0.0 <= cfg.train.distill_weight <= 1.0, "train.distill_weight must be in [0, 1]"),
+        (cfg.train.distill_weight == 0 or cfg.train.loss == "clip", "distillation needs train.loss=clip"),
         (cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
         (cfg.train.checkpoint_every >= 1 and cfg.train.log_every >= 1, "train.checkpoint_every/log_every >= 1"),
     ]

@@ -26,6 +26,7 @@ from ..data.images import BadImage, open_image
 from ..data.sample import IMAGE_EXTS
 from ..data.shards import ShardReader, is_unsafe_member
 from ..data.skips import SkipCounter
+from .distill import TEACHER_MEMBER, decode_npz
 
 
 class TrainDataError(ValueError):
@@ -38,6 +39,7 @@ class IndexedSample:
     key: str
     image: tuple[int, int]  # (byte offset, size) of the image member
     candidates: list[list[str]]  # the policy's candidate texts
+    teacher: tuple[int, int] | None = None  # (offset, size) of KEY.teacher.npz, when distilling
 
 
 def index_shard(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
@@ -65,9 +67,10 @@ class ClipShardDataset(Dataset):
     and augmentations is seeded by (seed, epoch, index), so it is the same whatever worker computes it."""
 
     def __init__(self, root: str | Path, policy: CaptionPolicy, transform: Callable, tokenizer: Callable,
-                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 seed: int = 0, rank: int = 0, world_size: int = 1, teacher: bool = False) -> None:
         self.reader = ShardReader(root)
         self.policy, self.transform, self.tokenizer, self.seed = policy, transform, tokenizer, seed
+        self.teacher = teacher
         n_shards = len(self.reader.shards)
         if n_shards < world_size:
             raise TrainDataError(
@@ -95,7 +98,10 @@ class ClipShardDataset(Dataset):
                     if cands is None:
                         self.skips.skip(reason or "unusable", key)
                         continue
-                    self.samples.append(IndexedSample(sid, key, exts[img_ext], cands))
+                    if teacher and TEACHER_MEMBER not in exts:
+                        self.skips.skip("no teacher embeddings", key)
+                        continue
+                    self.samples.append(IndexedSample(sid, key, exts[img_ext], cands, exts.get(TEACHER_MEMBER)))
         self._files: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -110,7 +116,7 @@ class ClipShardDataset(Dataset):
             f = self._files[sid] = open(self.paths[sid], "rb")
         return f
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple:
         index, epoch = item
         s = self.samples[index]
         rng = np.random.default_rng([self.seed, epoch, index])
@@ -123,7 +129,16 @@ class ClipShardDataset(Dataset):
             torch.manual_seed(int(rng.integers(2**62)))
             pixels = self.transform(img)
         texts = self.policy.choose(s.candidates, rng)
-        return pixels, self.tokenizer(texts), index
+        if not self.teacher:
+            return pixels, self.tokenizer(texts), index
+        t = decode_npz(_read(self._file(s.shard), s.teacher))
+        rows = {k: i for i, k in enumerate(t["text_keys"].tolist())}
+        missing = [x for x in texts if x not in rows]
+        if missing:
+            raise TrainDataError(f"{self.paths[s.shard]}:{s.key}: no teacher embedding for caption {missing[0]!r}; "
+                                 f"re-run `qclip teacher` after the captions changed")
+        t_txt = torch.from_numpy(t["texts"][[rows[x] for x in texts]])
+        return pixels, self.tokenizer(texts), index, torch.from_numpy(t["image"]), t_txt, float(t["logit_scale"])
 
     def __getstate__(self):  # open file handles do not cross into worker processes
         state = dict(self.__dict__)
@@ -156,10 +171,15 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
                 step += 1
 
 
-def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    images = torch.stack([b[0] for b in batch])
-    texts = torch.stack([b[1] for b in batch])  # B x n_texts x L
-    return images, texts, torch.tensor([b[2] for b in batch])
+def collate(batch: list) -> dict[str, torch.Tensor]:
+    out = {"images": torch.stack([b[0] for b in batch]),
+           "texts": torch.stack([b[1] for b in batch]),  # B x n_texts x L
+           "index": torch.tensor([b[2] for b in batch])}
+    if len(batch[0]) > 3:  # teacher embeddings
+        out["teacher_image"] = torch.stack([b[3] for b in batch])
+        out["teacher_text"] = torch.stack([b[4] for b in batch]).flatten(0, 1)  # (B * n_texts) x D
+        out["teacher_scale"] = torch.tensor(batch[0][5])
+    return out
 
 
 def steps_per_epoch(local_len: int, batch_size: int, world_size: int) -> int:

@@ -147,7 +147,9 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
 
     # data: this rank's shards, the caption policy applied when indexing
     policy = CaptionPolicy.parse(tc.caption_policy)
-    ds = ClipShardDataset(data, policy, bundle.preprocess_train, bundle.tokenizer, cfg.seed, rank, world)
+    distill = tc.distill_weight > 0
+    ds = ClipShardDataset(data, policy, bundle.preprocess_train, bundle.tokenizer, cfg.seed, rank, world,
+                          teacher=distill)
     micro = tc.batch_size // tc.accum_steps
     spe = steps_per_epoch(len(ds), tc.batch_size, world)
     if spe == 0:
@@ -164,7 +166,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     fwd_model = torch.compile(model) if tc.compile else model
-    loss_fn = build_loss(tc.loss, rank, world, tc.local_loss, tc.gather_with_grad)
+    loss_fn = build_loss(tc.loss, rank, world, tc.local_loss, tc.gather_with_grad, distill)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
@@ -190,9 +192,9 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
         with autocast():
             return fwd_model(image=images, text=texts.flatten(0, 1))
 
-    def loss_of(out_: dict, img: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        return contrastive_loss(loss_fn, img.float(), txt.float(), policy.num_texts,
-                                out_["logit_scale"].float(), out_.get("logit_bias"))
+    def loss_of(out_: dict, img: torch.Tensor, txt: torch.Tensor, teacher: dict | None) -> torch.Tensor:
+        return contrastive_loss(loss_fn, img.float(), txt.float(), policy.num_texts, out_["logit_scale"].float(),
+                                out_.get("logit_bias"), teacher, tc.distill_weight)
 
     bar = tqdm(total=tc.steps, initial=start, desc="pretrain", unit="step", disable=not (progress and is_main))
     model.train()
@@ -200,29 +202,31 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     batches = iter(loader)
     while step < tc.steps:
         t0 = time.time()
-        parts = [next(batches) for _ in range(tc.accum_steps)]
+        parts = [{k: v.to(device, non_blocking=True) for k, v in next(batches).items()} for _ in range(tc.accum_steps)]
         t_data = time.time() - t0
-        parts = [(im.to(device, non_blocking=True), tx.to(device, non_blocking=True)) for im, tx, _ in parts]
+        teacher = None
+        if distill:  # teacher features of the whole step's batch, in micro-batch order
+            teacher = {"image": torch.cat([p["teacher_image"] for p in parts]),
+                       "text": torch.cat([p["teacher_text"] for p in parts]), "scale": parts[0]["teacher_scale"]}
         optimizer.zero_grad(set_to_none=True)
         if tc.accum_steps == 1:
-            images, texts = parts[0]
-            o = features(images, texts)
-            loss = loss_of(o, o["image_features"], o["text_features"])
+            o = features(parts[0]["images"], parts[0]["texts"])
+            loss = loss_of(o, o["image_features"], o["text_features"], teacher)
             loss.backward()
         else:
             # open_clip's accum_freq: cache every micro-batch's features, then recompute one micro-batch at a
             # time with gradients, so each loss sees the whole batch as negatives
             with torch.no_grad():
-                cached = [features(im, tx) for im, tx in parts]
-            for j, (im, tx) in enumerate(parts):
+                cached = [features(p["images"], p["texts"]) for p in parts]
+            for j, p in enumerate(parts):
                 sync = contextlib.nullcontext() if (world == 1 or j == len(parts) - 1) else model.no_sync()
                 with sync:
-                    o = features(im, tx)
+                    o = features(p["images"], p["texts"])
                     img = torch.cat([c["image_features"] for c in cached[:j]] + [o["image_features"]]
                                     + [c["image_features"] for c in cached[j + 1:]])
                     txt = torch.cat([c["text_features"] for c in cached[:j]] + [o["text_features"]]
                                     + [c["text_features"] for c in cached[j + 1:]])
-                    loss = loss_of(o, img, txt)
+                    loss = loss_of(o, img, txt, teacher)
                     loss.backward()
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
