@@ -60,13 +60,21 @@ def test_world_command_writes_provenance(tmp_path, capsys):
 def test_run_runs_what_exists_and_says_so(tmp_path):
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "qclip", "run", "--config", "configs/demo.yaml", "--out", str(out), "--quiet",
-           "world.n_pool=32", "world.n_curated=8", "world.n_dense=8", "world.n_val=8", "world.workers=1"]
+           "world.n_pool=32", "world.n_curated=8", "world.n_dense=8", "world.n_val=8", "world.workers=1",
+           "world.alt_text_relevance=1.0", "train.steps=2", "train.batch_size=8", "train.workers=0",
+           "train.warmup_steps=1"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "verified pool: 32 samples" in res.stdout and "not yet available" in res.stdout
+    assert "pretrain: 2 steps" in res.stdout and "zero-shot retrieval on val (reference text)" in res.stdout
     assert (out / "world_preview.png").is_file() and (out / "config.yaml").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert {r["task"] for r in results["rows"]} == {"retrieval-raw", "retrieval-reference"}
+    assert results["versions"]["torch"] and results["config"]["train"]["steps"] == 2
+    assert all(0 <= r["metrics"]["image_to_text_R@1"] <= 1 for r in results["rows"])
     res2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert "generated 0" in res2.stdout and "reused" in res2.stdout  # cached on re-run
+    assert "resuming at step 2" in res2.stdout  # the finished pretraining is not redone
 
 
 def test_parser_builds():

@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from qclip.data.dense import IGNORE_INDEX, DenseDataError, open_dense
+from qclip.data.skips import TooManyBadSamples
 
 
 def save(path, arr, mode=None):
@@ -27,7 +28,9 @@ def test_ade20k_layout_reduce_zero_label_and_bad_pairs(tmp_path):
     save(root / "images/training/ADE_nomask.jpg", rgb())
     save(root / "images/training/ADE_range.jpg", rgb())
     save(root / "annotations/training/ADE_range.png", np.full((24, 32), 200, np.uint8))  # id 200 > 150
-    ds = open_dense(root, "ade20k", "segmentation", "train")
+    with pytest.raises(TooManyBadSamples, match="3 of 6"):
+        open_dense(root, "ade20k", "segmentation", "train")  # 50% bad: above the default 5%
+    ds = open_dense(root, "ade20k", "segmentation", "train", max_bad_fraction=0.5)
     assert len(ds) == 3 and ds.skips.as_dict() == {"mask size mismatch": 1, "missing file": 1, "class id out of range": 1}
     assert "kept 3 of 6" in ds.summary()
     item = ds[0]
@@ -66,7 +69,7 @@ def test_nyu_layout_millimetres_and_invalid(tmp_path):
         save(root / "test/kitchen" / f"sync_depth_{i:05d}.png", d)
     save(root / "test/kitchen/rgb_00009.jpg", rgb())
     save(root / "test/kitchen/sync_depth_00009.png", np.zeros((24, 32), np.uint16))  # nothing valid
-    ds = open_dense(root, "nyu", "depth", "test")
+    ds = open_dense(root, "nyu", "depth", "test", max_bad_fraction=0.5)
     assert len(ds) == 2 and ds.skips.as_dict() == {"no valid depth": 1}
     depth = ds[0]["depth"]
     assert depth.dtype == np.float32 and depth[5, 5] == pytest.approx(2.5)

@@ -171,3 +171,10 @@ def test_distillation_from_stored_teacher_embeddings(world, tmp_path):
     with pytest.raises(Exception, match="no usable|fewer than one batch"):
         pretrain(train_cfg("train.steps=1", "train.distill_weight=0.5"), world / "curated", tmp_path / "c1", progress=False)
     assert math.isfinite(a["final_loss"])
+
+
+@pytest.mark.parametrize("extra", [["train.grad_checkpointing=true"], ["train.precision=bf16"],
+                                   ["train.model=qclip-mci-tiny", "train.grad_checkpointing=true"]])
+def test_loop_options_run(world, tmp_path, extra):
+    s = pretrain(train_cfg("train.steps=2", *extra), world / "curated", tmp_path / "run", progress=False)
+    assert s["steps"] == 2 and math.isfinite(s["final_loss"])

@@ -94,7 +94,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .data.shards import ShardReader
     from .data.world_shards import build_world, summary_line, write_preview
+    from .evaluate.retrieval import retrieval_metrics
+    from .models import create_clip
     from .provenance import write_run_info
+    from .train.pretrain import pretrain
 
     t0 = time.time()
     cfg = _load(args)
@@ -109,10 +112,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"      verified {split}: {n:,} samples, counts and sha256 match manifest.json")
     preview = write_preview(world_dir, out / "world_preview.png")
     print(f"      preview: {preview}")
-    write_run_info(out, cfg, "run", {"world": info, "wall_seconds": round(time.time() - t0, 2)})
-    print("[2-5/5] caption, pretrain, transfer, report: not yet available in this version "
-          "(issues #3-#6); the study stops after the world stage")
-    print(f"qclip run: done in {time.time() - t0:.1f}s; config and versions in {out}/config.yaml, {out}/run.json")
+    print("[2/5] caption: not yet available (issue #4); pretraining uses the pool's raw alt-text")
+    print(f"[3/5] pretrain: {cfg.train.model} on the pool, policy {cfg.train.caption_policy}")
+    run_dir = out / "pretrain" / f"{cfg.train.model}-{cfg.train.caption_policy.replace(':', '_')}"
+    summary = pretrain(cfg, world_dir / "pool", run_dir, progress=not args.quiet)
+    rows = []
+    for text in ("raw", "reference"):
+        m = retrieval_metrics(create_clip(f"local-dir:{run_dir / 'model'}"), world_dir / "val", text)
+        rows.append({"method": f"clip-{cfg.train.caption_policy}", "encoder": cfg.train.model,
+                     "task": f"retrieval-{text}", "data_fraction": 1.0, "metrics": m})
+        print(f"      zero-shot retrieval on val ({text} text): image->text R@1 {m['image_to_text_R@1']:.3f}, "
+              f"R@10 {m['image_to_text_R@10']:.3f} (chance R@1 {m['chance_R@1']:.4f})")
+    print("[4-5/5] transfer, report: not yet available (issues #5, #6)")
+    wall = round(time.time() - t0, 2)
+    record = write_run_info(out, cfg, "run", {"world": info, "pretrain": summary, "wall_seconds": wall})
+    from .atomic import atomic_write_json
+    from .config import to_dict
+
+    atomic_write_json(out / "results.json", {"rows": rows, "config": to_dict(cfg), "versions": record["versions"],
+                                             "git_commit": record["git_commit"], "wall_seconds": wall})
+    print(f"qclip run: done in {time.time() - t0:.1f}s; results in {out}/results.json, "
+          f"config and versions in {out}/config.yaml, {out}/run.json")
     return 0
 
 

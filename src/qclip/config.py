@@ -31,7 +31,7 @@ class WorldConfig:
     n_val: int = 500  # held out: dense evaluation and retrieval
     min_objects: int = 2
     max_objects: int = 4
-    alt_text_relevance: float = 0.3  # probability that alt-text mentions something actually in the image
+    alt_text_relevance: float = 0.6  # probability that alt-text mentions something actually in the image
     descriptions_per_image: int = 5  # reference descriptions per curated image, as COCO has 5
     shard_size: int = 1000
     image_format: str = "png"  # png (lossless) or jpg

@@ -54,7 +54,7 @@ class DenseDataset(Dataset):
 
     def __init__(self, pairs: list[DensePair], task: str, num_classes: int | None = None,
                  reduce_zero_label: bool = False, depth_scale: float = 1000.0, max_depth: float = 10.0,
-                 name: str = "", verify: bool = True) -> None:
+                 name: str = "", verify: bool = True, max_bad_fraction: float = 0.05) -> None:
         if task not in ("segmentation", "depth"):
             raise ValueError(f"task must be 'segmentation' or 'depth', got '{task}'")
         self.task, self.num_classes, self.reduce_zero_label = task, num_classes, reduce_zero_label
@@ -64,6 +64,7 @@ class DenseDataset(Dataset):
         if not self.pairs:
             raise DenseDataError(f"{name}: no usable {task} pairs ({self.skips.summary('kept', 0, len(pairs))})")
         self.seen = len(pairs)
+        self.skips.check_fraction(self.seen, max_bad_fraction, f"dense dataset {name}")
 
     def _check(self, p: DensePair) -> bool:
         try:

@@ -360,14 +360,26 @@ def alt_text(record: dict, rng: np.random.Generator, relevance: float) -> tuple[
     """Web-like alt-text and its kind (partial, boilerplate, filename, wrong, empty)."""
     objs = [o for o in record["objects"] if o["visible"]]
     if objs and rng.random() < relevance:
-        o = objs[int(rng.integers(len(objs)))]
-        colour = o["colour"]
-        if rng.random() < 0.3:  # partly right: a wrong colour
-            colour = str(rng.choice([c for c in COLOURS if c != o["colour"]]))
-        noun = str(rng.choice(SHAPE_WORDS[o["shape"]]))
-        core = str(rng.choice([f"{colour} {noun}", noun, f"{colour} {noun} 3d", f"{o['size']} {noun}"]))
+        # like real alt-text about the picture: the main subject (the biggest object), sometimes a second
+        # one, often with a wrong attribute and page boilerplate around it
+        by_size = sorted(objs, key=lambda o: -o["pixels"])
+        chosen = by_size[:1]
+        if len(by_size) > 1 and rng.random() < 0.5:
+            chosen.append(by_size[1 + int(rng.integers(len(by_size) - 1))])
+        phrases = []
+        for o in chosen:
+            colour = o["colour"]
+            if rng.random() < 0.2:  # partly right: a wrong colour
+                colour = str(rng.choice([c for c in COLOURS if c != o["colour"]]))
+            noun = str(rng.choice(SHAPE_WORDS[o["shape"]]))
+            words = [colour, noun] if rng.random() < 0.8 else [noun]
+            if rng.random() < 0.3:
+                words.insert(0, o["size"])
+            phrases.append(" ".join(words))
+        core = " and ".join(phrases)
+        core = str(rng.choice([core, f"{core} 3d render", f"3d {core}", f"{core} on {record['floor']} floor"]))
         junk = str(rng.choice(_BOILERPLATE))
-        return (f"{core} {junk}" if rng.random() < 0.6 else core), "partial"
+        return (f"{core} {junk}" if rng.random() < 0.5 else core), "partial"
     kind = str(rng.choice(["boilerplate", "filename", "wrong", "empty"], p=[0.35, 0.25, 0.25, 0.15]))
     if kind == "boilerplate":
         return str(rng.choice(_BOILERPLATE)), kind
