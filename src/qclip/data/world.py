@@ -377,9 +377,10 @@ def alt_text(record: dict, rng: np.random.Generator, relevance: float) -> tuple[
                 words.insert(0, o["size"])
             phrases.append(" ".join(words))
         core = " and ".join(phrases)
-        core = str(rng.choice([core, f"{core} 3d render", f"3d {core}", f"{core} on {record['floor']} floor"]))
+        core = str(rng.choice([core, f"{core} 3d render", f"3d {core}", f"{core} on {record['floor']} floor"],
+                              p=[0.7, 0.1, 0.1, 0.1]))
         junk = str(rng.choice(_BOILERPLATE))
-        return (f"{core} {junk}" if rng.random() < 0.5 else core), "partial"
+        return (f"{core} {junk}" if rng.random() < 0.25 else core), "partial"
     kind = str(rng.choice(["boilerplate", "filename", "wrong", "empty"], p=[0.35, 0.25, 0.25, 0.15]))
     if kind == "boilerplate":
         return str(rng.choice(_BOILERPLATE)), kind
