@@ -14,7 +14,6 @@ from typing import Callable, Sequence
 from .config import Config, ConfigError, load_config
 
 _NOT_YET = {
-    "caption": "issue #4 (quality captions)",
     "transfer": "issue #5 (dense transfer)",
     "report": "issue #6 (the study and its report)",
 }
@@ -147,6 +146,35 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if not Path(args.data).exists():
         raise ConfigError(f"--data '{args.data}' does not exist (a qclip dataset: qclip world / qclip ingest)")
     pretrain(cfg, args.data, args.out, progress=not args.quiet)
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    if args.action == "quality":
+        from .captions.quality import dataset_quality, format_quality
+
+        print(format_quality(dataset_quality(args.data, args.max_samples)))
+        return 0
+    if args.action != "run":
+        print(f"qclip caption {args.action}: not yet available (tracked in issue #4)", file=sys.stderr)
+        return 3
+    from .captions.captioners import Sampling, create_captioner
+    from .captions.recaption import recaption
+    from .provenance import write_run_info
+
+    cfg = _load(args)
+    if not args.captioner or not args.out:
+        raise ConfigError("qclip caption run needs --captioner and --out")
+    spec = f"local-dir:{args.captioner}" if Path(args.captioner, "open_clip_config.json").is_file() else args.captioner
+    captioner = create_captioner(spec, pretrained=args.pretrained or None, captioner_id=args.id)
+    sampling = Sampling(method=args.sampling, num_beams=args.num_beams, top_p=args.top_p,
+                        temperature=args.temperature, max_len=args.max_len)
+    summary = recaption(args.data, args.out, captioner, args.n, sampling, args.batch_size, progress=not args.quiet,
+                        seed=cfg.seed)
+    if "line" in summary:
+        write_run_info(args.out, cfg, "caption", {"summary": summary})
+        print(summary["line"] + f"; {summary['empty_generations']} empty generations recorded as ''; "
+              f"{summary['resumed_shards']} shard(s) kept from an earlier run")
     return 0
 
 
@@ -284,8 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_eval)
 
-    for name, help_text in [("caption", "recaption a dataset with a captioning model"),
-                            ("transfer", "transfer an image encoder to segmentation or depth"),
+    p = sub.add_parser("caption", help="recaption a dataset; measure caption quality", formatter_class=_Formatter,
+                       epilog="actions: run (add synthetic captions, resumable), quality (the world's measure); "
+                              "train, score, stats: not yet available")
+    p.add_argument("action", choices=["run", "quality", "train", "score", "stats"])
+    p.add_argument("--data", required=True, help="qclip dataset")
+    p.add_argument("--out", default="", help="run: output dataset (a copy with captions added)")
+    p.add_argument("--captioner", default="", help="run: open_clip CoCa name (coca_ViT-L-14) or a model folder")
+    p.add_argument("--pretrained", default="", help="run: open_clip pretrained tag, e.g. mscoco_finetuned_laion2B-s13B-b90k")
+    p.add_argument("--id", default="", help="run: captioner id under captions.synthetic (default: from --captioner)")
+    p.add_argument("--n", type=int, default=1, help="run: captions per image")
+    p.add_argument("--sampling", default="beam", choices=["beam", "nucleus"], help="run: first caption's decoding")
+    p.add_argument("--num-beams", type=int, default=4)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-len", type=int, default=30, help="run: maximum caption length in tokens")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-samples", type=int, default=0, help="quality: 0 = all")
+    p.add_argument("--quiet", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_caption)
+
+    for name, help_text in [("transfer", "transfer an image encoder to segmentation or depth"),
                             ("report", "tables, plots and an HTML page from results")]:
         p = sub.add_parser(name, help=f"{help_text} (not yet available)", formatter_class=_Formatter)
         _add_config_args(p)
@@ -294,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .captions.captioners import CaptionerError
     from .captions.policy import PolicyError
     from .data.dense import DenseDataError
     from .data.importers import IngestError
@@ -307,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, IngestError, TooManyBadSamples, ShardIntegrityError, DenseDataError, PolicyError,
-            ModelError, TrainDataError, UnsafeCheckpoint, FileNotFoundError) as e:
+            ModelError, TrainDataError, UnsafeCheckpoint, FileNotFoundError, CaptionerError) as e:
         print(f"qclip {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,89 @@
+"""Captioners: `caption(images, n, sampling) -> list[list[str]]`, batched.
+
+Backends here: open_clip CoCa (any CoCa that open_clip builds: `coca_ViT-L-14:mscoco_finetuned_laion2B-s13B-b90k`
+on a user's machine, or a `local-dir:` folder such as a CoCa trained by qclip). Generation is open_clip's
+`CoCa.generate`, which needs `transformers<4.56` (4.56 removed the BeamSearchScorer it imports):
+`pip install 'qclip[hf]'`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+
+class CaptionerError(RuntimeError):
+    """A captioner that cannot be built or run here; the message says what to install or change."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    method: str = "beam"  # beam | nucleus
+    num_beams: int = 4
+    top_p: float = 0.9
+    temperature: float = 1.0
+    max_len: int = 30
+    min_len: int = 3
+
+    def __post_init__(self) -> None:
+        if self.method not in ("beam", "nucleus"):
+            raise ValueError(f"sampling method must be 'beam' or 'nucleus', got '{self.method}'")
+
+
+class Captioner(Protocol):
+    id: str
+
+    def caption(self, images: list[Image.Image], n: int, sampling: Sampling) -> list[list[str]]:
+        """`n` captions for each image; an empty generation is returned as '' (never replaced)."""
+        ...
+
+
+def _clean(text: str) -> str:
+    text = text.replace("<start_of_text>", "").split("<end_of_text>")[0]
+    return " ".join(text.replace("!", " ").split()).strip(" .").strip()
+
+
+class OpenClipCoCaCaptioner:
+    """Captions with an open_clip CoCa model. With beam search the first caption is the beam result and the
+    others (n > 1) are drawn by nucleus sampling, as a single beam search yields one caption per image."""
+
+    def __init__(self, spec: str, pretrained: str | None = None, device: str = "cpu", captioner_id: str = "") -> None:
+        from open_clip import coca_model
+
+        if not coca_model._has_transformers:
+            raise CaptionerError("open_clip CoCa generation needs transformers<4.56: pip install 'qclip[hf]'")
+        from ..models import create_clip
+
+        self.bundle = create_clip(spec, pretrained=pretrained, device=device)
+        if not hasattr(self.bundle.model, "generate"):
+            raise CaptionerError(f"'{spec}' is not a CoCa model (no text decoder); use a coca_* config")
+        self.model = self.bundle.model.eval()
+        self.device = device
+        self.id = captioner_id or spec.replace("local-dir:", "").rstrip("/").split("/")[-1].replace(":", "_")
+
+    @torch.no_grad()
+    def _generate(self, pixels: torch.Tensor, s: Sampling, beam: bool) -> list[str]:
+        import open_clip
+
+        kw = dict(seq_len=s.max_len, min_seq_len=s.min_len, temperature=s.temperature)
+        if beam:
+            out = self.model.generate(pixels, generation_type="beam_search", num_beams=s.num_beams,
+                                      num_beam_groups=1, **kw)
+        else:
+            out = self.model.generate(pixels, generation_type="top_p", top_p=s.top_p, **kw)
+        return [_clean(open_clip.decode(o)) for o in out]
+
+    def caption(self, images: list[Image.Image], n: int, sampling: Sampling) -> list[list[str]]:
+        pixels = torch.stack([self.bundle.preprocess_val(im) for im in images]).to(self.device)
+        rounds = [self._generate(pixels, sampling, beam=(sampling.method == "beam" and k == 0)) for k in range(n)]
+        return [[r[i] for r in rounds] for i in range(len(images))]
+
+
+def create_captioner(spec: str, pretrained: str | None = None, device: str = "cpu", captioner_id: str = "") -> Captioner:
+    """`coca:NAME` / a CoCa open_clip name / `local-dir:PATH` (open_clip CoCa)."""
+    name = spec[len("coca:"):] if spec.startswith("coca:") else spec
+    if spec.startswith("hf:"):
+        raise CaptionerError("Hugging Face image-to-text captioners are not available in this version yet")
+    return OpenClipCoCaCaptioner(name, pretrained=pretrained, device=device, captioner_id=captioner_id)

@@ -1,0 +1,124 @@
+"""Recaptioning (real open_clip CoCa generation with a tiny random CoCa), resume, bad input, quality measure."""
+import json
+
+import pytest
+
+from qclip.captions.captioners import Sampling, create_captioner
+from qclip.captions.quality import caption_quality, dataset_quality, named_objects
+from qclip.captions.recaption import recaption
+from qclip.cli import main
+from qclip.data.sample import Sample
+from qclip.data.shards import ShardReader, ShardWriter
+
+TINY_COCA = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32,
+                   "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
+                 "embed_cls": True, "output_tokens": True},
+    "multimodal_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
+                       "attn_pooler_heads": 2},
+    "custom_text": True,
+}
+BEAM = Sampling(method="beam", num_beams=2, max_len=8, min_len=2)
+
+
+@pytest.fixture(scope="module")
+def coca_dir(tmp_path_factory):
+    import torch
+
+    d = tmp_path_factory.mktemp("coca")
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_COCA}))
+    torch.manual_seed(0)
+    cap = create_captioner(f"local-dir:{d}")  # random weights: the real generation code path, offline
+    from qclip.models.checkpoint import save_model_dir
+
+    save_model_dir(cap.model, TINY_COCA, {}, d)
+    return d
+
+
+def test_quality_measure_known_answers():
+    scene = {"objects": [{"colour": "red", "shape": "cube", "visible": True},
+                         {"colour": "blue", "shape": "sphere", "visible": True},
+                         {"colour": "green", "shape": "cone", "visible": True},
+                         {"colour": "pink", "shape": "cylinder", "visible": False}]}
+    assert named_objects("A big red cube and a blue ball; red big blocks") == {("red", "cube"), ("blue", "sphere")}
+    assert caption_quality("a big red cube and a blue ball", scene) == (pytest.approx(2 / 3), 0.0)
+    assert caption_quality("yellow cone click to enlarge", scene) == (0.0, 1.0)
+    assert caption_quality("pink cylinder and green cone", scene) == (pytest.approx(1 / 3), 0.0)  # hidden, not wrong
+    assert caption_quality("", scene) == (0.0, None)
+
+
+def test_world_quality_raw_vs_reference(world_dir, capsys):
+    q = dataset_quality(world_dir / "val")
+    assert q["reference"]["objects_named_correctly"] == 1.0 and q["reference"]["named_objects_wrong"] == 0.0
+    assert q["raw"]["objects_named_correctly"] < 0.5
+    assert main(["caption", "quality", "--data", str(world_dir / "val")]) == 0
+    out = capsys.readouterr().out
+    assert "objects named correctly" in out and "reference" in out and "100.0%" in out
+
+
+def test_recaption_adds_captions_and_resumes(world_dir, coca_dir, tmp_path):
+    cap = create_captioner(f"local-dir:{coca_dir}", captioner_id="tiny")
+    ref = recaption(world_dir / "pool", tmp_path / "ref", cap, n=2, sampling=BEAM, batch_size=8, progress=False)
+    assert ref["captioned_this_run"] == 48 and ref["skipped"] == {}
+    out = {s.key: s for s in ShardReader(tmp_path / "ref")}
+    src = {s.key: s for s in ShardReader(world_dir / "pool")}
+    assert out.keys() == src.keys()
+    for k, s in out.items():
+        assert len(s.captions["synthetic"]["tiny"]) == 2
+        assert s.captions["raw"] == src[k].captions["raw"]  # raw alt-text kept beside
+    assert ShardReader(tmp_path / "ref").manifest["synthetic_captions"]["tiny"]["n"] == 2
+
+    class Dies:
+        id = "tiny"
+        calls = 0
+
+        def caption(self, images, n, sampling):
+            Dies.calls += 1
+            if Dies.calls > 2:  # two batches = the first shard of 16
+                raise KeyboardInterrupt
+            return cap.caption(images, n, sampling)
+
+    with pytest.raises(KeyboardInterrupt):
+        recaption(world_dir / "pool", tmp_path / "run", Dies(), n=2, sampling=BEAM, batch_size=8, progress=False)
+    again = recaption(world_dir / "pool", tmp_path / "run", cap, n=2, sampling=BEAM, batch_size=8, progress=False)
+    assert again["resumed_shards"] == 1 and again["captioned_this_run"] == 32
+    resumed = {s.key: s.captions["synthetic"]["tiny"] for s in ShardReader(tmp_path / "run")}
+    assert resumed == {k: s.captions["synthetic"]["tiny"] for k, s in out.items()}  # same, no duplicates
+
+
+def test_bad_image_skipped_and_empty_generation_recorded(world_dir, tmp_path):
+    src = tmp_path / "src"
+    with ShardWriter(src, shard_size=100) as w:
+        for i, s in enumerate(ShardReader(world_dir / "pool")):
+            if i == 3:
+                s.image = s.image[: len(s.image) // 3]  # truncated
+            w.write(s)
+            if i == 9:
+                break
+        w.close()
+
+    class EmptyForSome:
+        id = "fake"
+
+        def caption(self, images, n, sampling):
+            return [["" if j % 2 else "a red cube"] * n for j in range(len(images))]
+
+    s = recaption(src, tmp_path / "out", EmptyForSome(), n=1, batch_size=4, progress=False)
+    assert s["skipped"] == {"unreadable image": 1} and s["captioned_this_run"] == 9
+    assert "captioned (fake) 9 of 10; skipped: 1 unreadable image" == s["line"]
+    got = list(ShardReader(tmp_path / "out"))
+    assert len(got) == 10 and "fake" not in got[3].captions.get("synthetic", {})  # kept, not captioned
+    texts = [g.captions["synthetic"]["fake"][0] for g in got if "fake" in g.captions["synthetic"]]
+    assert "" in texts and "a red cube" in texts  # empty stays empty: never replaced by raw text
+
+
+def test_cli_caption_run(world_dir, coca_dir, tmp_path, capsys):
+    out = tmp_path / "cap"
+    rc = main(["caption", "run", "--data", str(world_dir / "curated"), "--out", str(out), "--captioner",
+               str(coca_dir), "--id", "tiny", "--n", "1", "--num-beams", "2", "--max-len", "8", "--quiet"])
+    assert rc == 0
+    assert "captioned (tiny) 16 of 16" in capsys.readouterr().out
+    assert (out / "run.json").is_file() and len(ShardReader(out)) == 16
+    assert main(["caption", "score", "--data", str(out)]) == 3
