@@ -122,3 +122,27 @@ def test_cli_caption_run(world_dir, coca_dir, tmp_path, capsys):
     assert "captioned (tiny) 16 of 16" in capsys.readouterr().out
     assert (out / "run.json").is_file() and len(ShardReader(out)) == 16
     assert main(["caption", "score", "--data", str(out)]) == 3
+
+
+def test_caption_train_then_caption(world_dir, tmp_path, capsys):
+    out = tmp_path / "captioner"
+    args = ["caption", "train", "--data", str(world_dir / "curated"), "--out", str(out), "--quiet",
+            "captioner.steps=30", "captioner.batch_size=8", "captioner.warmup_steps=2", "captioner.workers=0",
+            "captioner.width=64", "captioner.vision_layers=2", "captioner.checkpoint_every=15"]
+    assert main(args) == 0
+    assert "caption train: 30 steps" in capsys.readouterr().out
+    logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [10, 20, 30]
+    vocab = json.loads((out / "model" / "vocab.json").read_text())["vocab"]
+    import math
+
+    # per-token loss well below uniform guessing over the vocabulary: the decoder has learned something
+    assert logs[-1]["caption_loss"] < math.log(len(vocab)) - 0.5, logs
+    assert {"cube", "sphere", "red", "left"} <= set(vocab) and len(vocab) < 100
+    cap = create_captioner(f"local-dir:{out / 'model'}", captioner_id="mine")
+    from qclip.data.shards import ShardReader as R
+
+    images = [s.pil() for s, _ in zip(R(world_dir / "val"), range(3))]
+    texts = cap.caption(images, 2, Sampling(method="beam", num_beams=2, max_len=20))
+    assert len(texts) == 3 and all(len(t) == 2 for t in texts)
+    assert all(set(w for c in t for w in c.split()) <= set(vocab) | {""} for t in texts)  # decoded words

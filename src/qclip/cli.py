@@ -155,6 +155,16 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
         print(format_quality(dataset_quality(args.data, args.max_samples)))
         return 0
+    if args.action == "train":
+        from .captions.train import train_captioner
+
+        if not args.out:
+            raise ConfigError("qclip caption train needs --out (the captioner's run directory)")
+        s = train_captioner(_load(args), args.data, args.out, progress=not args.quiet)
+        print(f"caption train: {s['steps']} steps, caption loss {s['caption_loss']:.3f} per token, vocabulary "
+              f"{s['vocab']} words, {s['seconds']:.0f}s; captioner in {s['model_dir']} "
+              f"(qclip caption run --captioner {s['model_dir']})")
+        return 0
     if args.action != "run":
         print(f"qclip caption {args.action}: not yet available (tracked in issue #4)", file=sys.stderr)
         return 3
@@ -313,11 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("caption", help="recaption a dataset; measure caption quality", formatter_class=_Formatter,
-                       epilog="actions: run (add synthetic captions, resumable), quality (the world's measure); "
-                              "train, score, stats: not yet available")
+                       epilog="actions: train (the in-repo CoCa on reference captions; options under captioner.*), "
+                              "run (add synthetic captions, resumable), quality (the world's measure); "
+                              "score, stats: not yet available")
     p.add_argument("action", choices=["run", "quality", "train", "score", "stats"])
     p.add_argument("--data", required=True, help="qclip dataset")
-    p.add_argument("--out", default="", help="run: output dataset (a copy with captions added)")
+    p.add_argument("--out", default="", help="run: output dataset (a copy with captions added); train: run folder")
     p.add_argument("--captioner", default="", help="run: open_clip CoCa name (coca_ViT-L-14) or a model folder")
     p.add_argument("--pretrained", default="", help="run: open_clip pretrained tag, e.g. mscoco_finetuned_laion2B-s13B-b90k")
     p.add_argument("--id", default="", help="run: captioner id under captions.synthetic (default: from --captioner)")
@@ -352,7 +363,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .models.factory import ModelError
     from .train.data import TrainDataError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may come after options of a subcommand with its own positionals (qclip caption train --data D
+    # captioner.steps=10), where argparse has already closed the positional list: collect them here
+    args, unknown = parser.parse_known_args(argv)
+    stray = [u for u in unknown if "=" not in u or u.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if unknown:
+        args.overrides = [*getattr(args, "overrides", []), *unknown]
     try:
         return int(args.func(args) or 0)
     except (ConfigError, IngestError, TooManyBadSamples, ShardIntegrityError, DenseDataError, PolicyError,

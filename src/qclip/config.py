@@ -83,6 +83,28 @@ class TrainConfig:
 
 
 @dataclass
+class CaptionerConfig:
+    """The in-repo CoCa captioner (`qclip caption train`): open_clip's CoCa at a CPU size, word vocabulary."""
+
+    image_size: int = 64
+    width: int = 128
+    vision_layers: int = 4
+    patch_size: int = 8
+    text_layers: int = 2
+    decoder_layers: int = 2
+    context_length: int = 32
+    batch_size: int = 64
+    steps: int = 600
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    caption_loss_weight: float = 2.0
+    clip_loss_weight: float = 1.0
+    workers: int = 2
+    checkpoint_every: int = 200
+
+
+@dataclass
 class Config:
     """A whole study. Stages read their own section; `seed` seeds every stage."""
 
@@ -90,6 +112,7 @@ class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ on a user's machine, or a `local-dir:` folder such as a CoCa trained by qclip). 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -61,6 +62,11 @@ class OpenClipCoCaCaptioner:
             raise CaptionerError(f"'{spec}' is not a CoCa model (no text decoder); use a coca_* config")
         self.model = self.bundle.model.eval()
         self.device = device
+        self.vocab = None  # a word vocabulary (qclip's in-repo captioner) replaces open_clip's BPE tokenizer
+        if spec.startswith("local-dir:") and (Path(spec[len("local-dir:"):]) / "vocab.json").is_file():
+            from .vocab import WordTokenizer
+
+            self.vocab = WordTokenizer.load(Path(spec[len("local-dir:"):]) / "vocab.json")
         self.id = captioner_id or spec.replace("local-dir:", "").rstrip("/").split("/")[-1].replace(":", "_")
 
     @torch.no_grad()
@@ -68,11 +74,15 @@ class OpenClipCoCaCaptioner:
         import open_clip
 
         kw = dict(seq_len=s.max_len, min_seq_len=s.min_len, temperature=s.temperature)
+        if self.vocab is not None:
+            kw.update(sot_token_id=self.vocab.sot_id, eos_token_id=self.vocab.eot_id, pad_token_id=self.vocab.pad_id)
         if beam:
             out = self.model.generate(pixels, generation_type="beam_search", num_beams=s.num_beams,
                                       num_beam_groups=1, **kw)
         else:
             out = self.model.generate(pixels, generation_type="top_p", top_p=s.top_p, **kw)
+        if self.vocab is not None:
+            return [_clean(self.vocab.decode(o)) for o in out]
         return [_clean(open_clip.decode(o)) for o in out]
 
     def caption(self, images: list[Image.Image], n: int, sampling: Sampling) -> list[list[str]]:
