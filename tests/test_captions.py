@@ -148,3 +148,18 @@ def test_caption_train_then_caption(world_dir, tmp_path, capsys):
     from qclip.captions.vocab import words
 
     assert all(set(w for c in t for w in words(c)) <= set(vocab) for t in texts)  # decoded with the vocabulary
+
+
+def test_from_scratch_coca_decoder_is_initialised(tmp_path):
+    """open_clip 3.3.0 leaves text_decoder.text_projection uninitialised (torch.empty); qclip initialises it."""
+    import torch
+
+    from qclip.models import create_clip
+
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_COCA}))
+    for _ in range(3):  # dirty the allocator with freed models first
+        junk = torch.full((64, 49408), 1e22)
+        del junk
+        m = create_clip(f"local-dir:{tmp_path}").model
+        w = m.text_decoder.text_projection
+        assert torch.isfinite(w).all() and w.abs().max() < 1.0

@@ -79,6 +79,19 @@ def resolve_model_cfg(spec: str, text_tower: str = "", image_size: int = 0) -> t
     return spec, cfg
 
 
+def _has_weights(spec: str) -> bool:
+    d = Path(spec[len("local-dir:"):])
+    return any(d.glob("*.safetensors")) or any(d.glob("*.bin")) or any(d.glob("*.pth"))
+
+
+def _init_coca_decoder(decoder: torch.nn.Module) -> None:
+    """open_clip 3.3.0 leaves CoCa's `text_decoder.text_projection` as torch.empty (its init_parameters is never
+    called): from-scratch CoCa models start with whatever was in memory, up to 1e22. Initialise it as open_clip
+    initialises the text tower's projection."""
+    with torch.no_grad():
+        decoder.text_projection.normal_(std=decoder.width ** -0.5)
+
+
 @dataclass
 class ClipBundle:
     model: torch.nn.Module
@@ -106,6 +119,10 @@ def create_clip(spec: str, text_tower: str = "", image_size: int = 0, pretrained
             base, pretrained=pretrained or None, device=device, **kwargs)
     finally:
         root.setLevel(level)
+    decoder = getattr(model, "text_decoder", None)
+    from_scratch = not pretrained and not (spec.startswith("local-dir:") and _has_weights(spec))
+    if decoder is not None and from_scratch:
+        _init_coca_decoder(decoder)
     tokenizer = open_clip.get_tokenizer(base, context_length=cfg["text_cfg"].get("context_length", 77))
     pp = getattr(model.visual, "preprocess_cfg", {}) or {}
     preprocess_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pp.items()}
