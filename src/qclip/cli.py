@@ -111,7 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"      verified {split}: {n:,} samples, counts and sha256 match manifest.json")
     preview = write_preview(world_dir, out / "world_preview.png")
     print(f"      preview: {preview}")
-    print("[2/5] caption: not yet available (issue #4); pretraining uses the pool's raw alt-text")
+    print("[2/5] caption: not part of qclip run yet (issue #6: qclip caption train/run exist); "
+          "pretraining uses the pool's raw alt-text")
     print(f"[3/5] pretrain: {cfg.train.model} on the pool, policy {cfg.train.caption_policy}")
     run_dir = out / "pretrain" / f"{cfg.train.model}-{cfg.train.caption_policy.replace(':', '_')}"
     summary = pretrain(cfg, world_dir / "pool", run_dir, progress=not args.quiet)
