@@ -8,6 +8,7 @@ writer in resume mode keeps every finished shard and redoes only the rest.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -193,8 +194,6 @@ class ShardReader:
             hint = " (an interrupted write left DIR.partial; re-run the command that makes it)" \
                 if self.root.with_name(self.root.name + ".partial").exists() else ""
             raise ShardIntegrityError(f"{self.root}: not a qclip dataset, {MANIFEST} is missing{hint}")
-        import json
-
         try:
             self.manifest = json.loads(mpath.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -27,7 +27,7 @@ class UnsafeCheckpoint(ValueError):
 
 def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
     # safetensors refuses shared storage; contiguous clones are cheap at the sizes we save often
-    return save({k: v.detach().contiguous().clone() if v.data_ptr() else v.contiguous() for k, v in state.items()})
+    return save({k: v.detach().contiguous().clone() for k, v in state.items()})
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:

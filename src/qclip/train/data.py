@@ -11,7 +11,6 @@ Each rank reads a disjoint set of shards (rank r takes shards r, r+W, ...), as w
 from __future__ import annotations
 
 import json
-import math
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +196,3 @@ def make_loader(ds: ClipShardDataset, batch_size: int, spe: int, total_steps: in
     sampler = EpochBatchSampler(len(ds), batch_size, spe, total_steps, seed, rank, start_step)
     return DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                       persistent_workers=False, prefetch_factor=4 if workers else None)
-
-
-def epochs_for(total_steps: int, spe: int) -> float:
-    return total_steps / spe if spe else math.inf
