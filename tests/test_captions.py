@@ -121,7 +121,36 @@ def test_cli_caption_run(world_dir, coca_dir, tmp_path, capsys):
     assert rc == 0
     assert "captioned (tiny) 16 of 16" in capsys.readouterr().out
     assert (out / "run.json").is_file() and len(ShardReader(out)) == 16
-    assert main(["caption", "score", "--data", str(out)]) == 3
+
+    # score every caption with a CLIP model (the tiny CoCa has both towers), then stats with plots
+    scored, stats_dir = tmp_path / "scored", tmp_path / "stats"
+    assert main(["caption", "score", "--data", str(out), "--out", str(scored), "--scorer", str(coca_dir),
+                 "--id", "tinyclip", "--quiet"]) == 0
+    assert "scored (tinyclip) 16 of 16" in capsys.readouterr().out
+    assert ShardReader(scored).manifest["scorers"] == ["tinyclip"]
+    from qclip.captions.score import clip_scores
+    from qclip.models import create_clip
+
+    bundle = create_clip(f"local-dir:{coca_dir}")
+    s = next(iter(ShardReader(scored)))
+    sc = s.meta["scores"]["tinyclip"]
+    assert set(sc) == {"raw", "reference", "tiny"} and len(sc["reference"]) == len(s.captions["reference"])
+    fresh = clip_scores(bundle, [s.pil()], [{"x": ["a photo", ""]}])[0]["x"]
+    assert fresh[1] is None and -1 <= fresh[0] <= 1
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():  # the stored score is the cosine of the normalised embeddings
+        img = F.normalize(bundle.model.encode_image(bundle.preprocess_val(s.pil())[None]), dim=-1)
+        txt = F.normalize(bundle.model.encode_text(bundle.tokenizer([s.captions["reference"][0]])), dim=-1)
+    assert sc["reference"][0] == pytest.approx((img * txt).sum().item(), abs=1e-4)
+
+    assert main(["caption", "stats", "--data", str(scored), "--out", str(stats_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "raw" in printed and "reference" in printed and "tiny" in printed
+    st = json.loads((stats_dir / "caption_stats.json").read_text())
+    assert st["reference"]["captions"] == 16 * 5 and st["reference"]["mean_words"] > st["raw"]["mean_words"]
+    assert st["tiny"]["scores"]["tinyclip"]["values"] and (stats_dir / "caption_stats.png").stat().st_size > 5000
 
 
 def test_caption_train_then_caption(world_dir, tmp_path, capsys):

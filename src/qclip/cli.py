@@ -14,7 +14,6 @@ from typing import Callable, Sequence
 from .config import Config, ConfigError, load_config
 
 _NOT_YET = {
-    "transfer": "issue #5 (dense transfer)",
     "report": "issue #6 (the study and its report)",
 }
 
@@ -27,6 +26,19 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML config file (see configs/); built-in defaults if omitted")
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="dotted config overrides, e.g. train.batch_size=64 world.n_pool=2000")
+
+
+def model_spec(arg: str) -> str:
+    """A folder qclip wrote (open_clip_config.json inside) becomes `local-dir:PATH`; names pass through."""
+    return f"local-dir:{arg}" if Path(arg, "open_clip_config.json").is_file() else arg
+
+
+def model_id(arg: str, pretrained: str = "") -> str:
+    """A short id for a model argument: the folder name for a path, `name_tag` for an open_clip name."""
+    name = arg.rstrip("/").split("/")[-1] if "/" in arg else arg
+    if name == "model" and "/" in arg.rstrip("/"):  # RUN/model -> RUN
+        name = arg.rstrip("/").split("/")[-2]
+    return "_".join(x for x in (name.replace(":", "_"), pretrained) if x)
 
 
 def _load(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
@@ -166,9 +178,30 @@ def cmd_caption(args: argparse.Namespace) -> int:
               f"{s['vocab']} words, {s['seconds']:.0f}s; captioner in {s['model_dir']} "
               f"(qclip caption run --captioner {s['model_dir']})")
         return 0
-    if args.action != "run":
-        print(f"qclip caption {args.action}: not yet available (tracked in issue #4)", file=sys.stderr)
-        return 3
+    if args.action == "stats":
+        from .captions.stats import caption_stats, format_stats, write_stats
+
+        st = caption_stats(args.data, args.max_samples)
+        print(format_stats(st))
+        if args.out:
+            print(f"caption stats: plots in {write_stats(st, args.out)}")
+        return 0
+    if args.action == "score":
+        from .captions.score import score_dataset
+        from .models import create_clip
+        from .provenance import write_run_info
+
+        if not args.scorer or not args.out:
+            raise ConfigError("qclip caption score needs --scorer (a CLIP model) and --out (the scored copy)")
+        cfg = _load(args)
+        bundle = create_clip(model_spec(args.scorer), pretrained=args.pretrained or None)
+        scorer_id = args.id or model_id(args.scorer, args.pretrained)
+        summary = score_dataset(args.data, args.out, bundle, scorer_id, args.batch_size, progress=not args.quiet)
+        if "line" in summary:
+            write_run_info(args.out, cfg, "caption-score", {"summary": summary})
+            print(summary["line"] + f"; scores under scores['{scorer_id}']; {summary['resumed_shards']} shard(s) "
+                  f"kept from an earlier run")
+        return 0
     from .captions.captioners import Sampling, create_captioner
     from .captions.recaption import recaption
     from .provenance import write_run_info
@@ -176,8 +209,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if not args.captioner or not args.out:
         raise ConfigError("qclip caption run needs --captioner and --out")
-    spec = f"local-dir:{args.captioner}" if Path(args.captioner, "open_clip_config.json").is_file() else args.captioner
-    captioner = create_captioner(spec, pretrained=args.pretrained or None, captioner_id=args.id)
+    captioner = create_captioner(model_spec(args.captioner), pretrained=args.pretrained or None, captioner_id=args.id,
+                                 trust_remote_code=args.trust_remote_code)
     sampling = Sampling(method=args.sampling, num_beams=args.num_beams, top_p=args.top_p,
                         temperature=args.temperature, max_len=args.max_len)
     summary = recaption(args.data, args.out, captioner, args.n, sampling, args.batch_size, progress=not args.quiet,
@@ -195,8 +228,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from .train.distill import write_teacher_embeddings
 
     cfg = _load(args)
-    spec = f"local-dir:{args.model}" if Path(args.model, "open_clip_config.json").is_file() else args.model
-    info = write_teacher_embeddings(args.data, args.out, create_clip(spec, pretrained=args.pretrained or None),
+    info = write_teacher_embeddings(args.data, args.out, create_clip(model_spec(args.model), pretrained=args.pretrained or None),
                                     progress=not args.quiet)
     write_run_info(args.out, cfg, "teacher", {"summary": info, "teacher": args.model})
     print(f"teacher: embeddings of {info['samples']:,} samples from {args.model} written to {args.out} "
@@ -218,8 +250,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate.retrieval import retrieval_metrics
     from .models import create_clip
 
-    spec = f"local-dir:{args.model}" if Path(args.model, "open_clip_config.json").is_file() else args.model
-    bundle = create_clip(spec, pretrained=args.pretrained or None)
+    bundle = create_clip(model_spec(args.model), pretrained=args.pretrained or None)
     m = retrieval_metrics(bundle, args.data, args.text, args.max_samples)
     if args.out:
         from .atomic import atomic_write_json
@@ -228,6 +259,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(json.dumps(m, indent=1))
     print(f"eval: {m['n']} images, image->text R@1 {m['image_to_text_R@1']:.3f}, text->image R@1 "
           f"{m['text_to_image_R@1']:.3f} (chance {m['chance_R@1']:.4f})")
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from .transfer.fractions import parse_fractions
+    from .transfer.run import format_summary, run_transfer
+
+    extra = [f"transfer.{k}={v}" for k, v in (("task", args.task), ("mode", args.mode)) if v]
+    if args.data_fractions:
+        try:
+            extra.append(f"transfer.data_fractions={parse_fractions(args.data_fractions)}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    cfg = _load(args, extra)
+    print(format_summary(run_transfer(cfg, model_spec(args.encoder), args.data, args.out, not args.quiet)))
     return 0
 
 
@@ -325,14 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="recaption a dataset; measure caption quality", formatter_class=_Formatter,
                        epilog="actions: train (the in-repo CoCa on reference captions; options under captioner.*), "
-                              "run (add synthetic captions, resumable), quality (the world's measure); "
-                              "score, stats: not yet available")
+                              "run (add synthetic captions, resumable), score (CLIP score of every caption, resumable), "
+                              "stats (length/vocabulary/score histograms), quality (the world's measure)")
     p.add_argument("action", choices=["run", "quality", "train", "score", "stats"])
     p.add_argument("--data", required=True, help="qclip dataset")
-    p.add_argument("--out", default="", help="run: output dataset (a copy with captions added); train: run folder")
-    p.add_argument("--captioner", default="", help="run: open_clip CoCa name (coca_ViT-L-14) or a model folder")
+    p.add_argument("--out", default="", help="run/score: output dataset (a copy with captions/scores added); "
+                   "train: run folder; stats: folder for caption_stats.png/.json")
+    p.add_argument("--captioner", default="", help="run: open_clip CoCa name (coca_ViT-L-14), hf:NAME_OR_DIR "
+                   "(BLIP, GIT, ...) or a model folder")
+    p.add_argument("--scorer", default="", help="score: CLIP model (open_clip name with --pretrained, or a folder)")
     p.add_argument("--pretrained", default="", help="run: open_clip pretrained tag, e.g. mscoco_finetuned_laion2B-s13B-b90k")
-    p.add_argument("--id", default="", help="run: captioner id under captions.synthetic (default: from --captioner)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run: let an hf: model run its own code from the hub (only for models you trust)")
+    p.add_argument("--id", default="", help="run/score: id under captions.synthetic / scores (default: from the model)")
     p.add_argument("--n", type=int, default=1, help="run: captions per image")
     p.add_argument("--sampling", default="beam", choices=["beam", "nucleus"], help="run: first caption's decoding")
     p.add_argument("--num-beams", type=int, default=4)
@@ -345,8 +396,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_caption)
 
-    for name, help_text in [("transfer", "transfer an image encoder to segmentation or depth"),
-                            ("report", "tables, plots and an HTML page from results")]:
+    p = sub.add_parser("transfer", help="transfer an image encoder to segmentation or depth (probe or fine-tune)",
+                       formatter_class=_Formatter,
+                       epilog="encoder specs: a qclip model/run folder, MODEL:TAG (open_clip pretrained), "
+                              "timm:NAME[.TAG] (e.g. timm:vit_base_patch16_224.mae), timm:local-dir:PATH, "
+                              "random:ARCH (e.g. random:qclip-vit-tiny). Other settings: transfer.* overrides, "
+                              "e.g. transfer.steps=2000 transfer.image_size=512")
+    p.add_argument("--encoder", required=True, help="encoder spec (see below)")
+    p.add_argument("--data", required=True, help="dense dataset: a world folder, ADE20k/VOC/NYUv2/folder layout")
+    p.add_argument("--task", choices=["segmentation", "depth"], default=None, help="None = transfer.task")
+    p.add_argument("--mode", choices=["probe", "finetune"], default=None, help="None = transfer.mode")
+    p.add_argument("--data-fractions", default=None, help="e.g. 0.1,1.0; None = transfer.data_fractions")
+    p.add_argument("--out", required=True, help="run folder (metrics.json, predictions, config)")
+    p.add_argument("--quiet", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_transfer)
+
+    for name, help_text in [("report", "tables, plots and an HTML page from results")]:
         p = sub.add_parser(name, help=f"{help_text} (not yet available)", formatter_class=_Formatter)
         _add_config_args(p)
         p.set_defaults(func=cmd_not_yet(name))
@@ -363,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .models.checkpoint import UnsafeCheckpoint
     from .models.factory import ModelError
     from .train.data import TrainDataError
+    from .transfer.encoders import EncoderError
 
     parser = build_parser()
     # overrides may come after options of a subcommand with its own positionals (qclip caption train --data D
@@ -376,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, IngestError, TooManyBadSamples, ShardIntegrityError, DenseDataError, PolicyError,
-            ModelError, TrainDataError, UnsafeCheckpoint, FileNotFoundError, CaptionerError) as e:
+            ModelError, TrainDataError, UnsafeCheckpoint, FileNotFoundError, CaptionerError, EncoderError) as e:
         print(f"qclip {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -105,6 +105,41 @@ class CaptionerConfig:
 
 
 @dataclass
+class TransferConfig:
+    """Dense transfer (`qclip transfer`): a head on the encoder's multi-level features, probe or fine-tune.
+
+    Schedules are in iterations (as mmsegmentation's 160k), the same for every data fraction."""
+
+    task: str = "segmentation"  # segmentation | depth
+    mode: str = "probe"  # probe (frozen encoder, DINOv2 linear head) | finetune (whole encoder + pyramid decoder)
+    data_fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    layout: str = "auto"  # auto | qclip | ade20k | voc | nyu | folder
+    train_split: str = ""  # "" = the layout's default (world: dense; ade20k/voc/folder: train; nyu: train)
+    val_split: str = ""  # "" = the layout's default (world: val; ade20k/voc/folder: val; nyu: test)
+    image_size: int = 64  # square input; predictions are resized back to each target's own size
+    levels: int = 4  # intermediate levels of the encoder (last blocks of a ViT, stages of a hierarchical one)
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3  # head
+    encoder_lr_mult: float = 0.1  # finetune: encoder lr = lr * this
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    decoder_width: int = 128
+    num_classes: int = 0  # 0 = from the dataset (world/ADE20k/VOC know theirs; folder: max id + 1)
+    depth_loss: str = "silog"  # silog | l1log
+    depth_bins: int = 256
+    bin_spacing: str = "log"  # log | uniform
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+    eigen_crop: bool = False  # NYUv2 evaluation crop (480x640 targets)
+    hflip: bool = True  # training augmentation (masks and depth flip with the image)
+    eval_batch_size: int = 64
+    max_cached_feature_gb: float = 4.0  # probe: cache frozen features in memory when they fit
+    workers: int = 0
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
+@dataclass
 class Config:
     """A whole study. Stages read their own section; `seed` seeds every stage."""
 
@@ -113,6 +148,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,6 +305,14 @@ def validate(cfg: Config) -> None:
         (cfg.train.distill_weight == 0 or cfg.train.loss == "clip", "distillation needs train.loss=clip"),
         (cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
         (cfg.train.checkpoint_every >= 1 and cfg.train.log_every >= 1, "train.checkpoint_every/log_every >= 1"),
+        (cfg.transfer.task in ("segmentation", "depth"), "transfer.task must be 'segmentation' or 'depth'"),
+        (cfg.transfer.mode in ("probe", "finetune"), "transfer.mode must be 'probe' or 'finetune'"),
+        (bool(cfg.transfer.data_fractions) and all(0 < f <= 1 for f in cfg.transfer.data_fractions),
+         "transfer.data_fractions must lie in (0, 1], e.g. [0.1, 1.0]"),
+        (cfg.transfer.depth_loss in ("silog", "l1log"), "transfer.depth_loss must be 'silog' or 'l1log'"),
+        (cfg.transfer.bin_spacing in ("log", "uniform"), "transfer.bin_spacing must be 'log' or 'uniform'"),
+        (0 < cfg.transfer.min_depth < cfg.transfer.max_depth, "need 0 < transfer.min_depth < transfer.max_depth"),
+        (cfg.transfer.steps >= 1 and cfg.transfer.batch_size >= 1, "transfer.steps/batch_size must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

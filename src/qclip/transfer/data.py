@@ -1,0 +1,84 @@
+"""Dense datasets as tensors for the transfer loop: layout detection, default splits, resize + normalise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..data.dense import DenseDataError, DenseDataset, open_dense
+from ..data.shards import is_dataset
+
+DEFAULT_SPLITS = {"qclip": ("dense", "val"), "ade20k": ("train", "val"), "voc": ("train", "val"),
+                  "nyu": ("train", "test"), "folder": ("train", "val")}
+
+
+def detect_layout(root: str | Path) -> str:
+    root = Path(root)
+    if not root.exists():
+        raise DenseDataError(f"dense dataset folder '{root}' does not exist")
+    if is_dataset(root) or any(is_dataset(d) for d in root.iterdir() if d.is_dir()):
+        return "qclip"
+    if (root / "images" / "training").is_dir() and (root / "annotations").is_dir():
+        return "ade20k"
+    if (root / "JPEGImages").is_dir():
+        return "voc"
+    if next(root.rglob("rgb_*"), None) is not None:
+        return "nyu"
+    if any((root / s / "images").is_dir() for s in ("train", "val")):
+        return "folder"
+    raise DenseDataError(f"cannot tell the layout of '{root}': expected a qclip dataset, ADE20k (images/training), "
+                         f"VOC (JPEGImages/), NYUv2 (rgb_*.png) or folder (train/images); pass transfer.layout")
+
+
+def open_splits(root: str | Path, layout: str, task: str, train_split: str = "", val_split: str = "",
+                max_depth: float = 10.0, num_classes: int = 0) -> tuple[str, DenseDataset, DenseDataset]:
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout not in DEFAULT_SPLITS:
+        raise DenseDataError(f"unknown layout '{layout}'; choose auto or one of {', '.join(DEFAULT_SPLITS)}")
+    tr, va = DEFAULT_SPLITS[layout]
+    kw: dict = {"max_depth": max_depth} if task == "depth" else ({"num_classes": num_classes} if num_classes else {})
+    return (layout, open_dense(root, layout, task, train_split or tr, **kw),
+            open_dense(root, layout, task, val_split or va, **kw))
+
+
+def infer_num_classes(ds: DenseDataset) -> int:
+    if ds.num_classes:
+        return ds.num_classes
+    top = max(int(t[t != 255].max(initial=-1)) for t in (ds._target(p) for p in ds.pairs))
+    return top + 1
+
+
+class DenseTensors(Dataset):
+    """Image resized to `size`x`size` and normalised; training targets resized (nearest) to the same size,
+    evaluation targets kept at their own resolution (metrics are computed there)."""
+
+    def __init__(self, ds: DenseDataset, indices: list[int], size: int, mean: tuple, std: tuple,
+                 train: bool) -> None:
+        self.ds, self.indices, self.size, self.train = ds, indices, size, train
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.key = "seg" if ds.task == "segmentation" else "depth"
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.ds[self.indices[i]]
+        img = torch.from_numpy(np.asarray(item["image"].convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear", antialias=True,
+                            align_corners=False)[0]
+        target = torch.from_numpy(np.ascontiguousarray(item[self.key]))
+        if self.train and target.shape != (self.size, self.size):
+            target = F.interpolate(target[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0]
+            target = target.long() if self.key == "seg" else target
+        return {"image": (img - self.mean) / self.std, "target": target, "key": item["key"]}
+
+
+def collate(items: list[dict]) -> dict:
+    targets = [it["target"] for it in items]
+    same = len({t.shape for t in targets}) == 1
+    return {"image": torch.stack([it["image"] for it in items]), "key": [it["key"] for it in items],
+            "target": torch.stack(targets) if same else targets}

@@ -1,0 +1,148 @@
+"""Dense heads over multi-level encoder features (list of NCHW maps, shallow to deep).
+
+- `LinearProbeHead`: DINOv2's linear head — upsample the levels to the finest one, concatenate, BatchNorm,
+  1x1 conv (DINOv2 `BNHead`, "ms" = last 4 layers); the encoder stays frozen.
+- `SimplePyramid`: ViTDet's simple feature pyramid, in mmseg's `MultiLevelNeck` form, for plain ViTs whose
+  levels share one stride: rescale level i by (4, 2, 1, 0.5) with deconvs / identity / max-pool.
+- `FPNDecoder`: UperNet's FPN branch (lateral 1x1, top-down sum, 3x3 smoothing, fuse all levels at the finest
+  stride), for segmentation fine-tuning.
+- `DPTDecoder`: DPT's fusion decoder (residual conv units, progressive 2x upsampling), for depth fine-tuning.
+Depth outputs are classification over bins with the prediction the softmax-weighted bin centre (AdaBins;
+DINOv2's depth probe uses 256 uniform or log bins), so depth is positive and bounded by `max_depth`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True))
+
+
+class DepthBins(nn.Module):
+    """Logits over `n` depth bins -> metres (softmax-weighted bin centres)."""
+
+    def __init__(self, n: int = 256, min_depth: float = 1e-3, max_depth: float = 10.0, spacing: str = "log") -> None:
+        super().__init__()
+        if spacing == "log":
+            centres = torch.logspace(math.log10(max(min_depth, 1e-3)), math.log10(max_depth), n)
+        else:
+            centres = torch.linspace(min_depth, max_depth, n)
+        self.register_buffer("centres", centres.view(1, n, 1, 1), persistent=False)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits.softmax(1) * self.centres).sum(1)
+
+
+class LinearProbeHead(nn.Module):
+    def __init__(self, channels: list[int], out_channels: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(sum(channels))
+        self.conv = nn.Conv2d(sum(channels), out_channels, 1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        size = max((f.shape[-2:] for f in feats), key=lambda s: s[0] * s[1])
+        return self.conv(self.bn(torch.cat([_resize(f, size) for f in feats], 1)))
+
+
+class SimplePyramid(nn.Module):
+    """Plain-ViT levels (one stride) -> strides /4, /2, x1, x2 of it (mmseg MultiLevelNeck, ViTDet)."""
+
+    def __init__(self, channels: list[int], width: int) -> None:
+        super().__init__()
+        n = len(channels)
+        scales = [4, 2, 1, 0.5][-n:] if n <= 4 else [1] * n
+        ops = []
+        for c, s in zip(channels, scales):
+            if s == 4:
+                op = nn.Sequential(nn.ConvTranspose2d(c, width, 2, 2), nn.BatchNorm2d(width), nn.GELU(),
+                                   nn.ConvTranspose2d(width, width, 2, 2))
+            elif s == 2:
+                op = nn.ConvTranspose2d(c, width, 2, 2)
+            elif s == 1:
+                op = nn.Conv2d(c, width, 1)
+            else:
+                op = nn.Sequential(nn.Conv2d(c, width, 1), nn.MaxPool2d(2, ceil_mode=True))
+            ops.append(op)
+        self.ops = nn.ModuleList(ops)
+        self.out_channels = [width] * n
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [op(f) for op, f in zip(self.ops, feats)]
+
+
+class FPNDecoder(nn.Module):
+    def __init__(self, channels: list[int], width: int, out_channels: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(_conv_bn_relu(c, width, 1) for c in channels)
+        self.smooth = nn.ModuleList(_conv_bn_relu(width, width) for _ in channels)
+        self.fuse = _conv_bn_relu(width * len(channels), width)
+        self.cls = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(width, out_channels, 1))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        lat = [l(f) for l, f in zip(self.lateral, feats)]
+        for i in range(len(lat) - 1, 0, -1):  # top-down: coarse into fine
+            lat[i - 1] = lat[i - 1] + _resize(lat[i], lat[i - 1].shape[-2:])
+        outs = [s(x) for s, x in zip(self.smooth, lat)]
+        size = outs[0].shape[-2:]
+        return self.cls(self.fuse(torch.cat([_resize(o, size) for o in outs], 1)))
+
+
+class _ResidualConvUnit(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(width, width, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class DPTDecoder(nn.Module):
+    def __init__(self, channels: list[int], width: int, out_channels: int) -> None:
+        super().__init__()
+        self.reassemble = nn.ModuleList(nn.Conv2d(c, width, 3, padding=1, bias=False) for c in channels)
+        self.rcu_lateral = nn.ModuleList(_ResidualConvUnit(width) for _ in channels)
+        self.rcu_fused = nn.ModuleList(_ResidualConvUnit(width) for _ in channels)
+        self.head = nn.Sequential(nn.Conv2d(width, width // 2, 3, padding=1), nn.ReLU(True),
+                                  nn.Conv2d(width // 2, out_channels, 1))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = None
+        for i in range(len(feats) - 1, -1, -1):  # deepest first, as DPT's fusion blocks
+            lat = self.reassemble[i](feats[i])
+            x = lat if x is None else _resize(x, lat.shape[-2:]) + self.rcu_lateral[i](lat)
+            x = self.rcu_fused[i](x)
+        return self.head(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+
+
+class DenseHead(nn.Module):
+    """A task head over an encoder's levels: logits (segmentation) or metres (depth) at the input size."""
+
+    def __init__(self, channels: list[int], plain: bool, task: str, mode: str, num_classes: int = 0,
+                 width: int = 128, depth_bins: int = 256, min_depth: float = 1e-3, max_depth: float = 10.0,
+                 bin_spacing: str = "log") -> None:
+        super().__init__()
+        out = num_classes if task == "segmentation" else depth_bins
+        self.task = task
+        self.neck = SimplePyramid(channels, width) if (plain and mode == "finetune") else nn.Identity()
+        ch = self.neck.out_channels if isinstance(self.neck, SimplePyramid) else channels
+        if mode == "probe":
+            self.decoder = LinearProbeHead(ch, out)
+        elif task == "segmentation":
+            self.decoder = FPNDecoder(ch, width, out)
+        else:
+            self.decoder = DPTDecoder(ch, width, out)
+        self.bins = DepthBins(depth_bins, min_depth, max_depth, bin_spacing) if task == "depth" else None
+
+    def forward(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        logits = _resize(self.decoder(self.neck(feats)), size)
+        return logits if self.bins is None else self.bins(logits)

@@ -1,0 +1,70 @@
+"""Dense metrics, computed as mmsegmentation computes them.
+
+Segmentation follows mmseg's `IoUMetric`: one confusion matrix over the whole dataset (ignore index excluded),
+IoU per class = intersection / union, mIoU = mean over classes that occur (union > 0, i.e. `nanmean`), aAcc =
+correct pixels / valid pixels. The confusion matrix is torchmetrics' `MulticlassConfusionMatrix`.
+Depth follows mmseg's `DepthMetric`: each metric per image over valid pixels (min_depth < gt < max_depth),
+then averaged over images; optional NYUv2 Eigen crop `[45:471, 41:601]` (for 480x640 targets).
+"""
+from __future__ import annotations
+
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+EIGEN_CROP = (45, 471, 41, 601)
+
+
+class SegmentationMetric:
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        self.num_classes = num_classes
+        self.cm = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred, target: int64 class ids (N, H, W) at the target's resolution."""
+        self.cm.update(pred.flatten(), target.flatten())
+
+    def compute(self) -> dict:
+        cm = self.cm.compute().double()  # rows: target, cols: prediction
+        inter = cm.diag()
+        union = cm.sum(0) + cm.sum(1) - inter
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.nan)
+        total = cm.sum()
+        return {"mIoU": float(iou.nanmean()) if (union > 0).any() else 0.0,
+                "aAcc": float(inter.sum() / total) if total > 0 else 0.0,
+                "IoU_per_class": [None if torch.isnan(v) else round(float(v), 5) for v in iou]}
+
+
+class DepthMetric:
+    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0, eigen_crop: bool = False) -> None:
+        self.min_depth, self.max_depth, self.eigen_crop = min_depth, max_depth, eigen_crop
+        self.per_image: list[dict[str, float]] = []
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred, target: metres (N, H, W); target 0 = invalid."""
+        for p, g in zip(pred.double(), target.double()):
+            valid = (g > self.min_depth) & (g < self.max_depth)
+            if self.eigen_crop:
+                crop = torch.zeros_like(valid)
+                t, b, l, r = EIGEN_CROP
+                crop[t:b, l:r] = True
+                valid &= crop
+            if not valid.any():
+                continue
+            p, g = p[valid].clamp(self.min_depth, self.max_depth), g[valid]
+            ratio = torch.maximum(p / g, g / p)
+            self.per_image.append({
+                "RMSE": float(((p - g) ** 2).mean().sqrt()),
+                "AbsRel": float(((p - g).abs() / g).mean()),
+                "SqRel": float(((p - g) ** 2 / g).mean()),
+                "log10": float((p.log10() - g.log10()).abs().mean()),
+                "delta1": float((ratio < 1.25).double().mean()),
+                "delta2": float((ratio < 1.25 ** 2).double().mean()),
+                "delta3": float((ratio < 1.25 ** 3).double().mean()),
+            })
+
+    def compute(self) -> dict:
+        if not self.per_image:
+            return {"images": 0}
+        keys = self.per_image[0]
+        out = {k: sum(m[k] for m in self.per_image) / len(self.per_image) for k in keys}
+        return {**out, "images": len(self.per_image)}

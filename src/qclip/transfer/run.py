@@ -1,0 +1,177 @@
+"""`qclip transfer`: an image encoder -> segmentation or depth, probe or fine-tune, at nested data fractions.
+
+Read top to bottom: open the train/val splits, build the encoder once, then for each data fraction train a fresh
+head (and, fine-tuning, a fresh copy of the encoder) for the same number of iterations and evaluate on the whole
+validation split. Probing never changes the encoder, so its features are computed once per run and cached in
+memory when they fit (`transfer.max_cached_feature_gb`): every fraction's head then trains on cached tensors.
+Writes OUT/metrics.json (all fractions), OUT/<task>-<mode>-f<fraction>/{metrics.json,predictions.png},
+and the resolved config + versions (config.yaml, run.json).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..atomic import atomic_write_json
+from ..config import Config
+from ..provenance import write_run_info
+from ..train.pretrain import lr_lambda, param_groups
+from .data import DenseTensors, collate, infer_num_classes, open_splits
+from .encoders import DenseEncoder, load_encoder
+from .fractions import nested_subset
+from .heads import DenseHead
+from .losses import depth_loss, segmentation_loss
+from .metrics import DepthMetric, SegmentationMetric
+from .visualize import save_prediction_grid
+
+HEADLINE = {"segmentation": "mIoU", "depth": "RMSE"}
+
+
+@torch.no_grad()
+def _features(encoder: DenseEncoder, ds: DenseTensors, batch_size: int) -> list[torch.Tensor]:
+    encoder.eval()
+    loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate)
+    chunks = [encoder(b["image"]) for b in loader]
+    return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def _feature_gb(encoder: DenseEncoder, n: int, size: int) -> float:
+    return n * sum(c * (size // r) ** 2 for c, r in zip(encoder.info.channels, encoder.info.reductions)) * 4 / 1e9
+
+
+def _loss(cfg, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if cfg.task == "segmentation":
+        return segmentation_loss(out, target)
+    return depth_loss(out, target, cfg.depth_loss, cfg.min_depth)
+
+
+@torch.no_grad()
+def evaluate(encoder: DenseEncoder, head: DenseHead, val: DenseTensors, cfg, num_classes: int,
+             n_examples: int = 4) -> tuple[dict, list[dict]]:
+    """Metrics on the whole validation split, predictions resized to each target's own resolution."""
+    encoder.eval()
+    head.eval()
+    metric = (SegmentationMetric(num_classes) if cfg.task == "segmentation"
+              else DepthMetric(cfg.min_depth, cfg.max_depth, cfg.eigen_crop))
+    examples = []
+    for b in DataLoader(val, batch_size=cfg.eval_batch_size, collate_fn=collate):
+        feats = encoder(b["image"])
+        targets = b["target"] if isinstance(b["target"], list) else list(b["target"])
+        for i, t in enumerate(targets):
+            out = head([f[i:i + 1] for f in feats], tuple(t.shape))
+            pred = out.argmax(1) if cfg.task == "segmentation" else out
+            metric.update(pred, t[None])
+            if len(examples) < n_examples:
+                img = (b["image"][i] * val.std + val.mean).clamp(0, 1).permute(1, 2, 0).numpy()
+                examples.append({"image": (img * 255).astype(np.uint8), "target": t.numpy(), "pred": pred[0].numpy()})
+    return metric.compute(), examples
+
+
+def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int, seed: int,
+               cached: list[torch.Tensor] | None, progress: bool, desc: str) -> tuple[DenseHead, list[float]]:
+    torch.manual_seed(seed)
+    head = DenseHead(encoder.info.channels, encoder.info.plain, cfg.task, cfg.mode, num_classes,
+                     cfg.decoder_width, cfg.depth_bins, cfg.min_depth, cfg.max_depth, cfg.bin_spacing)
+    groups = param_groups(head, cfg.weight_decay)
+    finetune = cfg.mode == "finetune"
+    if finetune:
+        for g in param_groups(encoder, cfg.weight_decay):
+            groups.append({**g, "lr": cfg.lr * cfg.encoder_lr_mult})
+    for g in groups:
+        g.setdefault("lr", cfg.lr)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.lr, 0.0))
+    gen = torch.Generator().manual_seed(seed)
+    n, bs = len(train), min(cfg.batch_size, len(train))
+    order: list[int] = []
+    losses = []
+    size = (cfg.image_size, cfg.image_size)
+    bar = tqdm(range(cfg.steps), desc=desc, unit="it", disable=not progress, leave=False)
+    encoder.train(finetune)
+    if not finetune:
+        encoder.requires_grad_(False)
+    head.train()
+    for _ in bar:
+        if len(order) < bs:  # epochs of a seeded permutation over the fraction's samples
+            order += torch.randperm(n, generator=gen).tolist()
+        idx, order = order[:bs], order[bs:]
+        flip = (torch.rand(bs, generator=gen) < 0.5) if cfg.hflip else torch.zeros(bs, dtype=torch.bool)
+        if cached is not None:
+            feats = [f[idx] for f in cached]  # frozen features: no image flip (it is not a feature flip for ViTs)
+            target = torch.stack([train[i]["target"] for i in idx])
+        else:
+            b = collate([train[i] for i in idx])
+            images, target = b["image"], b["target"]
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+            target = torch.where(flip.view(-1, *[1] * (target.dim() - 1)), target.flip(-1), target)
+            with torch.set_grad_enabled(finetune):
+                feats = encoder(images)
+        loss = _loss(cfg, head(feats, size), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 3.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    if not math.isfinite(losses[-1]):
+        raise FloatingPointError(f"{desc}: the loss diverged ({losses[-1]}); lower transfer.lr")
+    return head, losses
+
+
+def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Path, progress: bool = True) -> dict:
+    t, out, t0 = cfg.transfer, Path(out), time.time()
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    layout, train_ds, val_ds = open_splits(data, t.layout, t.task, t.train_split, t.val_split, t.max_depth,
+                                           t.num_classes)
+    num_classes = infer_num_classes(train_ds) if t.task == "segmentation" else 0
+    encoder = load_encoder(encoder_spec, t.image_size, t.levels)
+    init_state = copy.deepcopy(encoder.state_dict()) if t.mode == "finetune" else None
+    info = encoder.info
+    write_run_info(out, cfg, "transfer", {"encoder": encoder_spec, "data": str(data), "layout": layout,
+                                          "train": train_ds.summary(), "val": val_ds.summary()})
+    val = DenseTensors(val_ds, list(range(len(val_ds))), t.image_size, info.mean, info.std, train=False)
+    full = DenseTensors(train_ds, list(range(len(train_ds))), t.image_size, info.mean, info.std, train=True)
+    cached = None
+    if t.mode == "probe" and _feature_gb(encoder, len(full), t.image_size) <= t.max_cached_feature_gb:
+        cached = _features(encoder, full, t.eval_batch_size)  # once for all fractions
+    results = []
+    for frac in sorted(t.data_fractions):
+        idx = nested_subset(len(train_ds), frac, cfg.seed)
+        name = f"{t.task}-{t.mode}-f{frac:g}"
+        if init_state is not None:
+            encoder.load_state_dict(init_state)
+        sub = DenseTensors(train_ds, idx, t.image_size, info.mean, info.std, train=True)
+        t1 = time.time()
+        head, losses = train_head(encoder, sub, t, num_classes, cfg.seed, [c[idx] for c in cached] if cached else None,
+                                  progress, f"{name} ({len(idx)} imgs)")
+        metrics, examples = evaluate(encoder, head, val, t, num_classes)
+        run = {"encoder": encoder_spec, "task": t.task, "mode": t.mode, "data_fraction": frac,
+               "train_samples": len(idx), "val_samples": len(val_ds), "final_train_loss": losses[-1],
+               "seconds": round(time.time() - t1, 2), "metrics": metrics}
+        (out / name).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / name / "metrics.json", {**run, "train_loss": losses[::max(1, len(losses) // 100)]})
+        save_prediction_grid(examples, t.task, out / name / "predictions.png",
+                             f"{encoder_spec} | {name} | {HEADLINE[t.task]} {metrics.get(HEADLINE[t.task], 0):.3f}",
+                             num_classes)
+        results.append(run)
+    summary = {"encoder": encoder_spec, "encoder_info": info.__dict__, "task": t.task, "mode": t.mode,
+               "layout": layout, "num_classes": num_classes, "results": results,
+               "seconds": round(time.time() - t0, 2)}
+    atomic_write_json(out / "metrics.json", summary)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    key = HEADLINE[s["task"]]
+    parts = [f"{r['data_fraction']:g}: {key} {r['metrics'].get(key, float('nan')):.4f}" for r in s["results"]]
+    return f"transfer {s['encoder']} -> {s['task']} ({s['mode']}): " + ", ".join(parts) + f" ({s['seconds']:.0f}s)"

@@ -1,0 +1,42 @@
+"""Qualitative predictions: image | ground truth | prediction, a row per validation sample."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_file
+
+
+def save_prediction_grid(rows: list[dict], task: str, path: str | Path, title: str = "",
+                         num_classes: int = 0) -> None:
+    """rows: {"image": HxWx3 uint8, "target": HxW, "pred": HxW}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.2 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        axes[r, 0].imshow(row["image"])
+        if task == "segmentation":
+            t = np.ma.masked_equal(row["target"], 255)
+            kw = dict(cmap="tab20", vmin=0, vmax=max(num_classes - 1, 1), interpolation="nearest")
+            axes[r, 1].imshow(t, **kw)
+            axes[r, 2].imshow(row["pred"], **kw)
+        else:
+            valid = row["target"] > 0
+            lo, hi = (row["target"][valid].min(), row["target"][valid].max()) if valid.any() else (0, 1)
+            axes[r, 1].imshow(np.ma.masked_where(~valid, row["target"]), cmap="magma_r", vmin=lo, vmax=hi)
+            axes[r, 2].imshow(row["pred"], cmap="magma_r", vmin=lo, vmax=hi)
+        for c, name in enumerate(("image", "ground truth", "prediction")):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,172 @@
+"""Dense transfer: metrics with known answers, nested fractions, encoders from every spec form, heads, and
+`qclip transfer` on the world and on ADE20k / VOC / NYUv2 layout fixtures made from world renders."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qclip.cli import main
+from qclip.data.shards import ShardReader
+from qclip.transfer.encoders import EncoderError, load_encoder
+from qclip.transfer.fractions import nested_subset, parse_fractions
+from qclip.transfer.heads import DenseHead
+from qclip.transfer.metrics import DepthMetric, SegmentationMetric
+
+
+def test_segmentation_metric_known_answer_and_torchmetrics():
+    target = torch.tensor([[[0, 0, 1, 1], [2, 2, 255, 255]]])
+    pred = torch.tensor([[[0, 1, 1, 1], [2, 0, 0, 2]]])
+    m = SegmentationMetric(4)
+    m.update(pred, target)
+    r = m.compute()
+    # class 0: inter 1, union 3; class 1: inter 2, union 3; class 2: inter 1, union 2; class 3 absent (excluded)
+    assert r["IoU_per_class"][:3] == pytest.approx([1 / 3, 2 / 3, 1 / 2], abs=1e-5) and r["IoU_per_class"][3] is None
+    assert r["mIoU"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert r["aAcc"] == pytest.approx(4 / 6)  # ignored pixels are not counted
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    tm = MulticlassJaccardIndex(4, average=None, ignore_index=255)(pred.flatten(), target.flatten())
+    assert torch.allclose(tm[:3].double(), torch.tensor(r["IoU_per_class"][:3]).double(), atol=1e-4)
+    # dataset-level: a second batch changes the union, not an average of per-batch IoUs
+    m.update(torch.tensor([[[3, 3]]]), torch.tensor([[[3, 0]]]))
+    assert m.compute()["IoU_per_class"][3] == pytest.approx(0.5)
+
+
+def test_depth_metric_known_answers_per_image_average():
+    gt = torch.tensor([[[1.0, 2.0], [4.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])  # 0 = invalid
+    pred = torch.tensor([[[2.0, 4.0], [8.0, 5.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    m = DepthMetric(max_depth=10.0)
+    m.update(pred, gt)
+    r = m.compute()
+    rmse0 = np.sqrt((1 + 4 + 16) / 3)
+    assert r["images"] == 2
+    assert r["RMSE"] == pytest.approx(rmse0 / 2)  # image 2 is perfect; metrics are averaged over images
+    assert r["AbsRel"] == pytest.approx(0.5) and r["delta1"] == pytest.approx(0.5)
+
+
+def test_nested_fractions():
+    small, big = nested_subset(100, 0.1, seed=3), nested_subset(100, 1.0, seed=3)
+    mid = nested_subset(100, 0.5, seed=3)
+    assert len(small) == 10 and set(small) <= set(mid) <= set(big) and len(big) == 100
+    assert small == nested_subset(100, 0.1, seed=3) and small != nested_subset(100, 0.1, seed=4)
+    assert parse_fractions("1.0,0.1") == [0.1, 1.0]
+    for bad in ("0", "1.5", "-0.1,1"):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            parse_fractions(bad)
+
+
+@pytest.mark.parametrize("spec, strides, plain", [
+    ("random:qclip-vit-tiny", [8, 8, 8, 8], True),
+    ("random:qclip-mci-tiny", [4, 8, 16, 32], False),
+    ("random:vit_tiny_patch16_224", [16, 16, 16, 16], True),
+    ("random:fastvit_t8", [4, 8, 16, 32], False),
+])
+def test_encoder_levels_and_heads(spec, strides, plain):
+    enc = load_encoder(spec, 64)
+    assert enc.info.reductions == strides and enc.info.plain == plain
+    x = torch.randn(2, 3, 64, 64)
+    feats = enc(x)
+    for task, mode in (("segmentation", "probe"), ("segmentation", "finetune"), ("depth", "finetune")):
+        head = DenseHead(enc.info.channels, plain, task, mode, num_classes=6, width=32, depth_bins=16)
+        out = head(feats, (64, 64))
+        assert out.shape == ((2, 6, 64, 64) if task == "segmentation" else (2, 64, 64))
+        if task == "depth":
+            assert (out > 0).all() and (out <= 10).all()
+
+
+def test_encoder_from_qclip_folder_and_timm_export(tmp_path):
+    from qclip.models import create_clip
+    from qclip.models.checkpoint import save_model_dir
+    from qclip.models.export import export_image_tower
+
+    torch.manual_seed(0)
+    b = create_clip("qclip-mci-tiny")
+    save_model_dir(b.model, b.model_cfg, b.preprocess_cfg, tmp_path / "run" / "model")
+    x = torch.randn(1, 3, 64, 64)
+    b.model.eval()
+    want = b.model.visual.trunk.forward_intermediates(x, indices=4, intermediates_only=True)
+    for spec in (str(tmp_path / "run"), str(tmp_path / "run" / "model")):
+        got = load_encoder(spec, 64).eval()(x)
+        assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
+    export_image_tower(tmp_path / "run" / "model", tmp_path / "timm")
+    got = load_encoder(f"timm:local-dir:{tmp_path / 'timm'}", 64).eval()(x)
+    assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
+
+
+def test_unknown_encoder_fails_clearly():
+    with pytest.raises(EncoderError, match="random:ARCH"):
+        load_encoder("no_such_thing", 64)
+    with pytest.raises(EncoderError, match="unknown model .vit_tiny_patch16_2240"):
+        load_encoder("random:vit_tiny_patch16_2240", 64)
+
+
+def _world_to_layouts(world, root):
+    """Write the world's dense/val splits as ADE20k, VOC and NYUv2 folders (real renders, exact labels)."""
+    voc_ids = {"train": [], "val": []}
+    for split, sub, nyu in (("dense", "training", "train"), ("val", "validation", "test")):
+        for i, s in enumerate(ShardReader(world / split)):
+            img = s.pil()
+            (root / "ade/images" / sub).mkdir(parents=True, exist_ok=True)
+            (root / "ade/annotations" / sub).mkdir(parents=True, exist_ok=True)
+            img.save(root / "ade/images" / sub / f"{s.key}.jpg")
+            Image.fromarray((s.seg + 1).astype(np.uint8)).save(root / "ade/annotations" / sub / f"{s.key}.png")
+            for d in ("JPEGImages", "SegmentationClass"):
+                (root / "voc" / d).mkdir(parents=True, exist_ok=True)
+            img.save(root / "voc/JPEGImages" / f"{s.key}.jpg")
+            Image.fromarray(s.seg.astype(np.uint8), mode="L").convert("P").save(root / "voc/SegmentationClass" / f"{s.key}.png")
+            voc_ids["train" if split == "dense" else "val"].append(s.key)
+            (root / "nyu" / nyu / "scene").mkdir(parents=True, exist_ok=True)
+            img.save(root / "nyu" / nyu / "scene" / f"rgb_{i:05d}.png")
+            Image.fromarray((s.depth * 1000).astype(np.uint16)).save(root / "nyu" / nyu / "scene" / f"sync_depth_{i:05d}.png")
+    (root / "voc/ImageSets/Segmentation").mkdir(parents=True)
+    for k, ids in voc_ids.items():
+        (root / "voc/ImageSets/Segmentation" / f"{k}.txt").write_text("\n".join(ids) + "\n")
+
+
+def test_transfer_cli_world_and_layouts(world_dir, tmp_path, capsys):
+    _world_to_layouts(world_dir, tmp_path)
+    fast = ["transfer.steps=4", "transfer.batch_size=4", "transfer.decoder_width=16", "transfer.depth_bins=16"]
+    cases = [(world_dir, "segmentation", "probe", 6), (world_dir, "depth", "finetune", 0),
+             (tmp_path / "ade", "segmentation", "finetune", 150), (tmp_path / "voc", "segmentation", "probe", 21),
+             (tmp_path / "nyu", "depth", "probe", 0)]
+    for data, task, mode, classes in cases:
+        out = tmp_path / "runs" / f"{data.name}-{task}-{mode}"
+        rc = main(["transfer", "--encoder", "random:qclip-mci-tiny", "--data", str(data), "--task", task, "--mode",
+                   mode, "--data-fractions", "0.25,1.0", "--out", str(out), "--quiet", *fast])
+        assert rc == 0, (data, task, mode)
+        assert f"-> {task} ({mode})" in capsys.readouterr().out
+        s = json.loads((out / "metrics.json").read_text())
+        assert s["num_classes"] == classes and [r["data_fraction"] for r in s["results"]] == [0.25, 1.0]
+        assert s["results"][0]["train_samples"] == 4 and s["results"][1]["train_samples"] == 16
+        key = "mIoU" if task == "segmentation" else "RMSE"
+        assert all(np.isfinite(r["metrics"][key]) for r in s["results"])
+        assert (out / f"{task}-{mode}-f0.25" / "predictions.png").stat().st_size > 3000
+        assert (out / "config.yaml").is_file() and (out / "run.json").is_file()
+
+
+def test_transfer_probe_learns(world_dir, tmp_path):
+    """A probe on frozen random-init features must beat predicting the majority class (floor) everywhere."""
+    from qclip.config import load_config
+    from qclip.transfer.run import run_transfer
+
+    cfg = load_config(None, ["transfer.steps=60", "transfer.batch_size=8", "transfer.lr=0.01",
+                             "transfer.data_fractions=[1.0]"])
+    s = run_transfer(cfg, "random:qclip-vit-tiny", world_dir, tmp_path / "probe", progress=False)
+    val = [x.seg for x in ShardReader(world_dir / "val")]
+    floor = np.mean([(v == 0).mean() for v in val])  # IoU of "all floor" with the floor class
+    n_present = len({int(c) for v in val for c in np.unique(v)})
+    assert s["results"][0]["metrics"]["mIoU"] > 1.5 * floor / n_present
+
+
+def test_transfer_config_errors(world_dir, tmp_path, capsys):
+    assert main(["transfer", "--encoder", "random:qclip-vit-tiny", "--data", str(world_dir), "--data-fractions",
+                 "0,1", "--out", str(tmp_path / "x")]) == 2
+    assert "(0, 1]" in capsys.readouterr().err
+    assert main(["transfer", "--encoder", "random:nope_net", "--data", str(world_dir), "--out",
+                 str(tmp_path / "y")]) == 2
+    assert "unknown" in capsys.readouterr().err and not (tmp_path / "y" / "metrics.json").exists()
+    assert main(["transfer", "--encoder", "random:qclip-vit-tiny", "--data", str(tmp_path / "missing"), "--out",
+                 str(tmp_path / "z")]) == 2
+    assert "does not exist" in capsys.readouterr().err
