@@ -251,14 +251,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .models import create_clip
 
     bundle = create_clip(model_spec(args.model), pretrained=args.pretrained or None)
-    m = retrieval_metrics(bundle, args.data, args.text, args.max_samples)
+    result: dict = {"model": args.model, "data": args.data}
+    lines = []
+    if args.task in ("retrieval", "all"):
+        m = result["retrieval"] = retrieval_metrics(bundle, args.data, args.text, args.max_samples)
+        lines.append(f"eval: retrieval over {m['n']} images ({args.text} text), image->text R@1 "
+                     f"{m['image_to_text_R@1']:.3f}, text->image R@1 {m['text_to_image_R@1']:.3f} "
+                     f"(chance {m['chance_R@1']:.4f})")
+    if args.task in ("zeroshot", "all"):
+        from .evaluate.zeroshot import zero_shot_classification
+
+        z = result["zeroshot"] = zero_shot_classification(bundle, args.classes_data or args.data, args.templates,
+                                                          args.max_samples)
+        lines.append(f"eval: zero-shot classification of {z['n']} images into {len(z['classes'])} classes, top-1 "
+                     f"{z['top1']:.3f} (majority class {z['chance_top1']:.3f})")
     if args.out:
         from .atomic import atomic_write_json
 
-        atomic_write_json(args.out, {"model": args.model, "data": args.data, "retrieval": m})
-    print(json.dumps(m, indent=1))
-    print(f"eval: {m['n']} images, image->text R@1 {m['image_to_text_R@1']:.3f}, text->image R@1 "
-          f"{m['text_to_image_R@1']:.3f} (chance {m['chance_R@1']:.4f})")
+        atomic_write_json(args.out, result)
+    print(json.dumps({k: v for k, v in result.items() if k in ("retrieval", "zeroshot")}, indent=1))
+    print("\n".join(lines))
     return 0
 
 
@@ -359,7 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("eval", help="zero-shot image-text retrieval R@1/5/10", formatter_class=_Formatter)
+    p = sub.add_parser("eval", help="zero-shot image-text retrieval R@1/5/10 and zero-shot classification",
+                       formatter_class=_Formatter)
+    p.add_argument("--task", choices=["retrieval", "zeroshot", "all"], default="all")
+    p.add_argument("--classes-data", default="", help="zeroshot: labelled images if not --data: an ImageFolder "
+                   "layout (ROOT/<class>/*.jpg) or a world split (label: the shape with the most pixels)")
+    p.add_argument("--templates", choices=["openai", "simple"], default="openai", help="zeroshot prompt templates")
     p.add_argument("--model", required=True, help="model folder (RUN/model) or open_clip model name")
     p.add_argument("--pretrained", default="", help="open_clip pretrained tag or weights file (with a name)")
     p.add_argument("--data", required=True, help="qclip dataset with captions (e.g. the world's val split)")
