@@ -9,13 +9,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .config import Config, ConfigError, load_config
 
-_NOT_YET = {
-    "report": "issue #6 (the study and its report)",
-}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -103,48 +100,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .data.shards import ShardReader
-    from .data.world_shards import build_world, summary_line, write_preview
-    from .evaluate.retrieval import retrieval_metrics
-    from .models import create_clip
-    from .provenance import write_run_info
-    from .train.pretrain import pretrain
+    from .study import run_study
 
     t0 = time.time()
-    cfg = _load(args)
-    out = Path(args.out)
-    world_dir = out / "world"
-    print(f"qclip run: study in {out} (seed {cfg.seed})")
-    print("[1/5] world: generating the embedded world")
-    info = build_world(cfg, world_dir, progress=not args.quiet)
-    print("      " + summary_line(info))
-    for split in info["splits"]:
-        n = ShardReader(world_dir / split).verify()
-        print(f"      verified {split}: {n:,} samples, counts and sha256 match manifest.json")
-    preview = write_preview(world_dir, out / "world_preview.png")
-    print(f"      preview: {preview}")
-    print("[2/5] caption: not part of qclip run yet (issue #6: qclip caption train/run exist); "
-          "pretraining uses the pool's raw alt-text")
-    print(f"[3/5] pretrain: {cfg.train.model} on the pool, policy {cfg.train.caption_policy}")
-    run_dir = out / "pretrain" / f"{cfg.train.model}-{cfg.train.caption_policy.replace(':', '_')}"
-    summary = pretrain(cfg, world_dir / "pool", run_dir, progress=not args.quiet)
-    rows = []
-    for text in ("raw", "reference"):
-        m = retrieval_metrics(create_clip(f"local-dir:{run_dir / 'model'}"), world_dir / "val", text)
-        rows.append({"method": f"clip-{cfg.train.caption_policy}", "encoder": cfg.train.model,
-                     "task": f"retrieval-{text}", "data_fraction": 1.0, "metrics": m})
-        print(f"      zero-shot retrieval on val ({text} text): image->text R@1 {m['image_to_text_R@1']:.3f}, "
-              f"R@10 {m['image_to_text_R@10']:.3f} (chance R@1 {m['chance_R@1']:.4f})")
-    print("[4-5/5] transfer, report: not yet available (issues #5, #6)")
-    wall = round(time.time() - t0, 2)
-    record = write_run_info(out, cfg, "run", {"world": info, "pretrain": summary, "wall_seconds": wall})
-    from .atomic import atomic_write_json
-    from .config import to_dict
+    cfg = _load(args, [f"study.seeds={args.seeds}"] if args.seeds else [])
+    print(f"qclip run: study in {args.out} (seed {cfg.seed}, {cfg.study.seeds} seed(s); encoders "
+          f"{', '.join(cfg.study.encoders)}; methods {', '.join(cfg.study.methods)})")
+    run_study(cfg, args.out, fresh=args.fresh, progress=not args.quiet)
+    print(f"qclip run: done in {time.time() - t0:.1f}s; results in {args.out}/results.json, report in "
+          f"{args.out}/report.html")
+    return 0
 
-    atomic_write_json(out / "results.json", {"rows": rows, "config": to_dict(cfg), "versions": record["versions"],
-                                             "git_commit": record["git_commit"], "wall_seconds": wall})
-    print(f"qclip run: done in {time.time() - t0:.1f}s; results in {out}/results.json, "
-          f"config and versions in {out}/config.yaml, {out}/run.json")
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.build import build_report
+
+    build_report(args.out)
     return 0
 
 
@@ -289,11 +260,6 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"qclip {name}: not yet available (tracked in {_NOT_YET[name]})", file=sys.stderr)
-        return 3
-    return run
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,9 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the whole study from one config (the main job)", formatter_class=_Formatter)
     p.add_argument("--out", default="runs/demo", help="output directory of the study")
+    p.add_argument("--fresh", action="store_true", help="ignore cached stages and redo everything")
+    p.add_argument("--seeds", type=int, default=0, help="repeat pretraining + transfer for N seeds (0 = study.seeds)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="re-render tables, plots and report.html from a study's results.json",
+                       formatter_class=_Formatter)
+    p.add_argument("--out", required=True, help="the study's output directory (holds results.json)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("world", help="generate the embedded procedural world as shards", formatter_class=_Formatter)
     p.add_argument("--out", required=True, help="output directory (one dataset per split inside)")
@@ -429,10 +403,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_transfer)
 
-    for name, help_text in [("report", "tables, plots and an HTML page from results")]:
-        p = sub.add_parser(name, help=f"{help_text} (not yet available)", formatter_class=_Formatter)
-        _add_config_args(p)
-        p.set_defaults(func=cmd_not_yet(name))
     return parser
 
 

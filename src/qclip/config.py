@@ -140,6 +140,24 @@ class TransferConfig:
 
 
 @dataclass
+class StudyConfig:
+    """`qclip run`: which encoders and methods to compare, on which tasks; every method gets the same pool
+    images and the same `train.*` budget. Methods: clip-raw, clip-synthetic, clip-mix (train.caption_policy
+    raw / synthetic / mix:mix_p), random (no pretraining), supervised (object labels), mim (SimMIM)."""
+
+    encoders: list[str] = field(default_factory=lambda: ["qclip-vit-tiny", "qclip-mci-tiny"])
+    methods: list[str] = field(default_factory=lambda: ["clip-raw", "clip-synthetic", "clip-mix", "random",
+                                                        "supervised", "mim"])
+    tasks: list[str] = field(default_factory=lambda: ["segmentation", "depth"])
+    mix_p: float = 0.8  # clip-mix: probability of a synthetic caption per sample (MobileCLIP / LaCLIP style)
+    captions_per_image: int = 1
+    caption_sampling: str = "beam"
+    caption_beams: int = 2
+    caption_batch_size: int = 128
+    seeds: int = 1  # >1: the whole study per seed (seed, seed+1, ...), results as mean +- std
+
+
+@dataclass
 class Config:
     """A whole study. Stages read their own section; `seed` seeds every stage."""
 
@@ -149,12 +167,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Loading and validation
 
 
+STUDY_METHODS = ("clip-raw", "clip-synthetic", "clip-mix", "clip-reference", "random", "supervised", "mim")
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -313,6 +333,10 @@ def validate(cfg: Config) -> None:
         (cfg.transfer.bin_spacing in ("log", "uniform"), "transfer.bin_spacing must be 'log' or 'uniform'"),
         (0 < cfg.transfer.min_depth < cfg.transfer.max_depth, "need 0 < transfer.min_depth < transfer.max_depth"),
         (cfg.transfer.steps >= 1 and cfg.transfer.batch_size >= 1, "transfer.steps/batch_size must be >= 1"),
+        (not set(cfg.study.methods) - set(STUDY_METHODS),
+         f"study.methods: unknown {sorted(set(cfg.study.methods) - set(STUDY_METHODS))}; valid: {', '.join(STUDY_METHODS)}"),
+        (set(cfg.study.tasks) <= {"segmentation", "depth"}, "study.tasks: segmentation and/or depth"),
+        (cfg.study.seeds >= 1 and 0 < cfg.study.mix_p < 1, "study.seeds >= 1 and 0 < study.mix_p < 1"),
     ]
     for ok, msg in checks:
         if not ok:

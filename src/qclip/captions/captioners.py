@@ -80,7 +80,9 @@ class OpenClipCoCaCaptioner:
         kw = dict(seq_len=s.max_len, min_seq_len=s.min_len, temperature=s.temperature)
         if self.vocab is not None:
             kw.update(sot_token_id=self.vocab.sot_id, eos_token_id=self.vocab.eot_id, pad_token_id=self.vocab.pad_id)
-        if beam:
+        if beam and s.num_beams == 1:  # greedy: open_clip's beam search needs 2+ beams
+            out = self.model.generate(pixels, generation_type="top_k", top_k=1, **kw)
+        elif beam:
             out = self.model.generate(pixels, generation_type="beam_search", num_beams=s.num_beams,
                                       num_beam_groups=1, **kw)
         else:

@@ -10,7 +10,6 @@ and the resolved config + versions (config.yaml, run.json).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path

@@ -1,0 +1,63 @@
+"""Everything `qclip run` / `qclip report` writes from a results.json: plots, report.md, report.html, and the
+headline table on the console."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .findings import finding_lines, findings, format_table, headline_table
+from .page import write_report
+from .plots import bar_chart, data_efficiency_plot, training_curves
+
+
+def caption_examples(data: Path, n: int = 6) -> list[dict]:
+    from ..data.shards import ShardReader, is_dataset
+
+    if not is_dataset(data):
+        return []
+    out = []
+    for s in ShardReader(data):
+        c = s.captions
+        syn = next(iter((c.get("synthetic") or {}).values()), [""])
+        out.append({"raw": (c.get("raw") or [""])[0], "synthetic": syn[0] if syn else "",
+                    "reference": (c.get("reference") or [""])[0]})
+        if len(out) >= n:
+            break
+    return out
+
+
+def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: dict[str, Path] | None = None,
+                 log=print) -> Path:
+    out = Path(out)
+    if results is None:
+        f = out / "results.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: run `qclip run --out {out}` first")
+        results = json.loads(f.read_text())
+    if pretrain_dirs is None:
+        pretrain_dirs = {p.parent.name + "/" + p.name: p for p in sorted((out / "pretrain").glob("*/*")) if p.is_dir()}
+    rows = results["rows"]
+    figs: dict[str, Path] = {}
+    if any(r["task"] in ("segmentation", "depth") for r in rows):
+        figs["data efficiency"] = data_efficiency_plot(rows, out / "data_efficiency.png")
+        for task in ("segmentation", "depth"):
+            if any(r["task"] == task for r in rows):
+                figs[f"{task} at the full labelled set"] = bar_chart(rows, task, out / f"bar_{task}.png")
+    if pretrain_dirs:
+        figs["training curves"] = training_curves(pretrain_dirs, out / "training_curves.png")
+    for name, src in (("qualitative predictions", next(iter(sorted((out / "transfer").glob(
+            "*/*clip-synthetic-segmentation/segmentation-*-f1/predictions.png"))), None)),
+                      ("world", out / "world_preview.png")):
+        if src is not None and Path(src).is_file():
+            dst = out / ("qualitative.png" if name.startswith("qual") else Path(src).name)
+            if Path(src) != dst:
+                shutil.copyfile(src, dst)
+            figs[name] = dst
+    md, html = write_report(out, results, figs, caption_examples(out / "pool_captioned"),
+                            results.get("caption_quality"))
+    log(format_table(headline_table(rows)))
+    for line in finding_lines(findings(rows)):
+        log("  " + line)
+    log(f"report: {html} (self-contained), {md}, figures {', '.join(p.name for p in figs.values())}")
+    return html

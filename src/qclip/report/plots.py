@@ -1,0 +1,81 @@
+"""The study's figures: data-efficiency curves, a bar chart per task, training curves."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import atomic_file
+from .findings import HEADLINE, aggregate
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def data_efficiency_plot(rows: list[dict], path: Path) -> Path:
+    plt = _plt()
+    agg = aggregate(rows)
+    panels = sorted({(k[0], k[2]) for k in agg})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (enc, task) in zip(axes[0], panels):
+        for m in dict.fromkeys(k[1] for k in agg if k[0] == enc and k[2] == task):
+            pts = sorted((k[3], v) for k, v in agg.items() if k[:3] == (enc, m, task))
+            ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["std"] for p in pts],
+                        marker="o", capsize=3, label=m, lw=2 if m == "clip-synthetic" else 1.2)
+        ax.set_xscale("log")
+        ax.set(title=f"{enc}: {task}", xlabel="fraction of labelled data", ylabel=HEADLINE[task][0])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def bar_chart(rows: list[dict], task: str, path: Path) -> Path:
+    plt = _plt()
+    agg = aggregate(rows)
+    top = max((k[3] for k in agg if k[2] == task), default=1.0)
+    encs = sorted({k[0] for k in agg if k[2] == task})
+    methods = list(dict.fromkeys(k[1] for k in agg if k[2] == task))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods) * len(encs) / 2, 3.6))
+    w = 0.8 / max(len(encs), 1)
+    for j, enc in enumerate(encs):
+        vals = [agg.get((enc, m, task, top), {"mean": 0, "std": 0}) for m in methods]
+        ax.bar([i + j * w for i in range(len(methods))], [v["mean"] for v in vals], w,
+               yerr=[v["std"] for v in vals], capsize=2, label=enc)
+    ax.set_xticks([i + w * (len(encs) - 1) / 2 for i in range(len(methods))])
+    ax.set_xticklabels(methods, rotation=25, ha="right")
+    ax.set(title=f"{task} at fraction {top:g} ({HEADLINE[task][0]}, "
+                 f"{'higher' if HEADLINE[task][1] > 0 else 'lower'} is better)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def training_curves(runs: dict[str, Path], path: Path) -> Path:
+    """runs: label -> pretraining folder with metrics.jsonl (CLIP: `loss`; baselines: `loss`)."""
+    plt = _plt()
+    fig, ax = plt.subplots(1, 1, figsize=(6, 3.6))
+    for label, d in runs.items():
+        f = Path(d) / "metrics.jsonl"
+        if not f.is_file():
+            continue
+        pts = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        pts = [p for p in pts if "loss" in p]
+        if pts:
+            first = pts[0]["loss"] or 1.0
+            ax.plot([p["step"] for p in pts], [p["loss"] / first for p in pts], label=label, lw=1)
+    ax.set(title="pretraining loss (relative to its first step)", xlabel="step", ylabel="loss / first loss")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)

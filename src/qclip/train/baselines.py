@@ -1,0 +1,130 @@
+"""The study's non-CLIP baselines, trained on the same pool images with the same steps, batch and schedule as
+CLIP pretraining (`train.*`), so methods differ only in their training signal:
+
+- `supervised`: the image tower + a linear classifier, multi-label BCE on the objects (colour x shape) that are
+  visible in each image, read from the world's scene graph — the analogue of ImageNet-supervised pretraining.
+- `mim`: masked image modeling as SimMIM (Xie et al., 2022): random 8x8 patches of the input are replaced by
+  zeros (the normalised mean), a 1x1 conv + pixel shuffle on the deepest feature map predicts the pixels, L1
+  loss on the masked pixels only. SimMIM works unchanged for plain ViTs and hierarchical towers (MCi/FastViT),
+  which MAE's token dropping does not; for ViTs it is MAE's objective with a mask token instead of dropping.
+
+The result is an ordinary qclip model folder (`OUT/model`, the whole CLIP model with an untouched text tower),
+so `qclip transfer --encoder OUT` reads baselines and CLIP runs alike.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..atomic import atomic_write_json
+from ..config import Config
+from ..data.shards import ShardReader
+from ..data.world import COLOURS, SHAPES
+from ..models import create_clip
+from ..models.checkpoint import save_model_dir
+from ..provenance import write_run_info
+from ..transfer.encoders import DenseEncoder
+from .pretrain import lr_lambda, param_groups
+
+METHODS = ("supervised", "mim")
+LABELS = [(c, s) for c in COLOURS for s in SHAPES]  # 32 object classes
+MASK_PATCH, MASK_RATIO = 8, 0.6  # SimMIM's ratio for its ViT setting
+
+
+def object_labels(scene: dict) -> np.ndarray:
+    y = np.zeros(len(LABELS), np.float32)
+    for o in scene["objects"]:
+        if o["visible"]:
+            y[LABELS.index((o["colour"], o["shape"]))] = 1.0
+    return y
+
+
+def _load_pool(data: str | Path, preprocess, need_labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """All pool images as one tensor (the world is small: 10k x 3 x 64 x 64 floats = 0.5 GB)."""
+    images, labels = [], []
+    for s in ShardReader(data):
+        images.append(preprocess(s.pil()))
+        if need_labels:
+            scene = s.meta.get("scene")
+            if scene is None:
+                raise ValueError(f"{data}: sample {s.key} has no scene graph; the supervised baseline needs world data")
+            labels.append(object_labels(scene))
+    return torch.stack(images), (torch.from_numpy(np.stack(labels)) if need_labels else None)
+
+
+class SimMIMDecoder(nn.Module):
+    def __init__(self, channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.proj = nn.Conv2d(channels, 3 * stride * stride, 1)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.proj(feat), self.stride)
+
+
+def random_patch_mask(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, 1, size, size) with 1 = masked, in MASK_PATCH blocks."""
+    g = size // MASK_PATCH
+    m = (torch.rand(n, 1, g, g, generator=gen) < MASK_RATIO).float()
+    return F.interpolate(m, scale_factor=MASK_PATCH, mode="nearest")
+
+
+def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, progress: bool = True) -> dict:
+    if method not in METHODS:
+        raise ValueError(f"baseline must be one of {', '.join(METHODS)}, got '{method}'")
+    tc, out, t0 = cfg.train, Path(out), time.time()
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(cfg.seed)
+    bundle = create_clip(tc.model, tc.text_tower, tc.image_size)
+    model = bundle.model
+    size = bundle.model_cfg["vision_cfg"]["image_size"]
+    encoder = DenseEncoder(model.visual, f"random:{tc.model}", tc.model, size, levels=1)
+    if method == "supervised":
+        head: nn.Module = nn.Linear(bundle.model_cfg["embed_dim"], len(LABELS))
+    else:
+        head = SimMIMDecoder(encoder.info.channels[-1], encoder.info.reductions[-1])
+    images, labels = _load_pool(data, bundle.preprocess_val, method == "supervised")
+    params = nn.ModuleList([model.visual, head])
+    opt = torch.optim.AdamW(param_groups(params, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
+    write_run_info(out, cfg, f"baseline-{method}", {"data": str(data), "samples": len(images)})
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
+    bs = min(tc.batch_size, len(images))
+    metrics = []
+    params.train()
+    bar = tqdm(range(tc.steps), desc=f"pretrain {method}", unit="step", disable=not progress)
+    for step in bar:
+        if len(order) < bs:
+            order += torch.randperm(len(images), generator=gen).tolist()
+        idx, order = order[:bs], order[bs:]
+        x = images[idx]
+        if method == "supervised":
+            loss = F.binary_cross_entropy_with_logits(head(model.visual(x)), labels[idx])
+        else:
+            mask = random_patch_mask(len(idx), size, gen)
+            pred = head(encoder(x * (1 - mask))[-1])
+            loss = ((pred - x).abs() * mask).sum() / (mask.sum() * 3 + 1e-6)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        metrics.append({"step": step + 1, "loss": loss.item()})
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model")
+    with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(m) + "\n" for m in metrics)
+    summary = {"method": method, "model": tc.model, "steps": tc.steps, "first_loss": metrics[0]["loss"],
+               "final_loss": metrics[-1]["loss"], "seconds": round(time.time() - t0, 2), "model_dir": str(out / "model")}
+    atomic_write_json(out / "summary.json", summary)
+    return summary
