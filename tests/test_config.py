@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from qclip.config import Config, ConfigError, load_config
@@ -49,8 +51,11 @@ def test_value_checks_and_bad_files(tmp_path):
 
 
 def test_demo_config_loads():
+    import yaml
+
     cfg = load_config("configs/demo.yaml")
-    assert cfg.world.n_pool == 10000
+    raw = yaml.safe_load(Path("configs/demo.yaml").read_text())
+    assert cfg.world.n_pool == raw["world"]["n_pool"] and cfg.study.methods == raw["study"]["methods"]
 
 
 def test_float_written_without_dot(tmp_path):
