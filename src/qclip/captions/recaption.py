@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.images import BadImage, open_image
 from ..data.sample import Sample
-from ..data.shard_job import map_shards
+from ..data.shard_job import decoded_batches, map_shards
 from ..data.skips import SkipCounter
 from .captioners import Captioner, Sampling
 
@@ -20,20 +19,11 @@ def recaption(src: str | Path, dst: str | Path, captioner: Captioner, n: int = 1
               batch_size: int = 32, progress: bool = True, seed: int = 0) -> dict:
     def process(samples: list[Sample], skips: SkipCounter, bar) -> dict[str, int]:
         done = empty = 0
-        for i in range(0, len(samples), batch_size):
-            batch, images = [], []
-            for s in samples[i:i + batch_size]:
-                try:
-                    images.append(open_image(s.image))
-                    batch.append(s)
-                except BadImage as e:
-                    skips.skip(e.reason, s.key)
-            if batch:
-                for s, caps in zip(batch, captioner.caption(images, n, sampling)):
-                    s.captions.setdefault("synthetic", {})[captioner.id] = caps
-                    empty += sum(1 for c in caps if not c)
-                    done += 1
-            bar.update(len(samples[i:i + batch_size]))
+        for batch, images in decoded_batches(samples, batch_size, skips, bar):
+            for s, caps in zip(batch, captioner.caption(images, n, sampling)):
+                s.captions.setdefault("synthetic", {})[captioner.id] = caps
+                empty += sum(1 for c in caps if not c)
+                done += 1
         return {"captioned": done, "empty": empty}
 
     def manifest_update(info: dict) -> dict:

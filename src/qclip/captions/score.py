@@ -12,9 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.images import BadImage, open_image
 from ..data.sample import Sample
-from ..data.shard_job import map_shards
+from ..data.shard_job import decoded_batches, map_shards
 from ..data.skips import SkipCounter
 from ..models import ClipBundle
 
@@ -51,20 +50,11 @@ def score_dataset(src: str | Path, dst: str | Path, bundle: ClipBundle, scorer_i
 
     def process(samples: list[Sample], skips: SkipCounter, bar) -> dict[str, int]:
         scored = 0
-        for i in range(0, len(samples), batch_size):
-            batch, images = [], []
-            for s in samples[i:i + batch_size]:
-                try:
-                    images.append(open_image(s.image))
-                    batch.append(s)
-                except BadImage as e:
-                    skips.skip(e.reason, s.key)
-            if batch:
-                sets = [caption_sets(s.captions) for s in batch]
-                for s, sc in zip(batch, clip_scores(bundle, images, sets, device)):
-                    s.meta.setdefault("scores", {})[scorer_id] = sc
-                    scored += 1
-            bar.update(len(samples[i:i + batch_size]))
+        for batch, images in decoded_batches(samples, batch_size, skips, bar):
+            sets = [caption_sets(s.captions) for s in batch]
+            for s, sc in zip(batch, clip_scores(bundle, images, sets, device)):
+                s.meta.setdefault("scores", {})[scorer_id] = sc
+                scored += 1
         return {"scored": scored}
 
     def manifest_update(info: dict) -> dict:

@@ -11,18 +11,36 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
 
 from ..atomic import atomic_write_json
+from .images import BadImage, open_image
 from .sample import Sample
 from .shards import ShardReader, ShardWriter, write_shard_file
 from .skips import SkipCounter
 
 # process(samples, skips, bar) -> counters to add up (e.g. {"captioned": 10, "empty": 0})
 ShardFn = Callable[[list[Sample], SkipCounter, tqdm], dict[str, int]]
+
+
+def decoded_batches(samples: list[Sample], batch_size: int, skips: SkipCounter,
+                    bar: tqdm) -> Iterator[tuple[list[Sample], list]]:
+    """(samples, decoded PIL images) in batches; an undecodable image is skipped and counted, its sample kept
+    in `samples` unchanged. Advances `bar` by every sample seen."""
+    for i in range(0, len(samples), batch_size):
+        chunk, batch, images = samples[i:i + batch_size], [], []
+        for s in chunk:
+            try:
+                images.append(open_image(s.image))
+                batch.append(s)
+            except BadImage as e:
+                skips.skip(e.reason, s.key)
+        if batch:
+            yield batch, images
+        bar.update(len(chunk))
 
 
 def map_shards(src: str | Path, dst: str | Path, process: ShardFn, manifest_update: Callable[[dict], dict],
