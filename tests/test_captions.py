@@ -167,7 +167,12 @@ def test_caption_train_then_caption(world_dir, tmp_path, capsys):
 
     # per-token loss well below uniform guessing over the vocabulary: the decoder has learned something
     assert logs[-1]["caption_loss"] < math.log(len(vocab)) - 0.5, logs
-    assert {"cube", "sphere", "red", "left"} <= set(vocab) and len(vocab) < 100
+    from qclip.data.world import COLOURS
+
+    assert {"cube", "left", "photo"} <= set(vocab) and set(COLOURS) & set(vocab) and len(vocab) < 100
+    # the in-repo captioner: patch tokens straight to the decoder, convolutional stem, both recorded in the folder
+    cfg = json.loads((out / "model" / "open_clip_config.json").read_text())
+    assert cfg["qclip"] == {"vision_stem": "conv"} and cfg["model_cfg"]["vision_cfg"]["attentional_pool"] is False
     cap = create_captioner(f"local-dir:{out / 'model'}", captioner_id="mine")
     from qclip.data.shards import ShardReader as R
 

@@ -34,7 +34,7 @@ def coca_config(c, vocab_size: int) -> dict:
     return {
         "embed_dim": c.width,
         "vision_cfg": {"image_size": c.image_size, "layers": c.vision_layers, "width": c.width,
-                       "patch_size": c.patch_size, "head_width": 32, "attentional_pool": True,
+                       "patch_size": c.patch_size, "head_width": 32, "attentional_pool": c.attentional_pool,
                        "attn_pooler_heads": heads, "output_tokens": True},
         "text_cfg": {"context_length": c.context_length, "vocab_size": vocab_size, "width": c.width, "heads": heads,
                      "layers": c.text_layers, "embed_cls": True, "output_tokens": True, "pad_id": 0},
@@ -59,7 +59,8 @@ def train_captioner(cfg: Config, data: str | Path, out: str | Path, progress: bo
         tok = WordTokenizer.from_texts(texts, c.context_length)
         model_dir.mkdir(parents=True, exist_ok=True)
         tok.save(vocab_file)
-        atomic_write_json(model_dir / MODEL_CONFIG, {"model_cfg": coca_config(c, len(tok)), "preprocess_cfg": {}})
+        atomic_write_json(model_dir / MODEL_CONFIG, {"model_cfg": coca_config(c, len(tok)), "preprocess_cfg": {},
+                                                     "qclip": {"vision_stem": c.vision_stem}})
     bundle = create_clip(f"local-dir:{model_dir}")
     model = bundle.model
     ds = ClipShardDataset(data, policy, bundle.preprocess_train, tok, cfg.seed)
@@ -98,7 +99,7 @@ def train_captioner(cfg: Config, data: str | Path, out: str | Path, progress: bo
             save_checkpoint(out / "checkpoints", model, opt, sched, step)
     bar.close()
     metrics.close()
-    save_model_dir(model, coca_config(c, len(tok)), bundle.preprocess_cfg, model_dir)
+    save_model_dir(model, coca_config(c, len(tok)), bundle.preprocess_cfg, model_dir, bundle.qclip_cfg)
     summary = {"steps": step, "caption_loss": cap_l, "clip_loss": clip_l, "vocab": len(tok),
                "seconds": round(time.time() - t0, 2), "model_dir": str(model_dir)}
     atomic_write_json(out / "summary.json", summary)

@@ -55,12 +55,17 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def save_model_dir(model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict, out: str | Path) -> Path:
-    """Write an open_clip `local-dir:` model folder (weights first, config last: the config marks it complete)."""
+def save_model_dir(model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict, out: str | Path,
+                   qclip_cfg: dict | None = None) -> Path:
+    """Write an open_clip `local-dir:` model folder (weights first, config last: the config marks it complete).
+    `qclip_cfg` holds what open_clip's config cannot say (e.g. {"vision_stem": "conv"}); open_clip ignores it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_weights(unwrap(model).state_dict(), out / MODEL_WEIGHTS)
-    atomic_write_json(out / MODEL_CONFIG, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
+    cfg = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+    if qclip_cfg:
+        cfg["qclip"] = qclip_cfg
+    atomic_write_json(out / MODEL_CONFIG, cfg)
     return out
 
 

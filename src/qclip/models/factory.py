@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +21,8 @@ import timm
 import torch
 
 from . import timm_towers  # noqa: F401  (registers qclip's timm towers)
+from .checkpoint import MODEL_CONFIG, MODEL_WEIGHTS, load_weights
+from .vision_stem import apply_vision_stem
 
 PRESET_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(PRESET_DIR)
@@ -100,16 +103,28 @@ class ClipBundle:
     tokenizer: Callable
     model_cfg: dict  # what open_clip built, for open_clip_config.json
     preprocess_cfg: dict
+    qclip_cfg: dict = field(default_factory=dict)  # beyond open_clip's config: {"vision_stem": "conv"}
+
+
+def _qclip_cfg(spec: str) -> dict:
+    if not spec.startswith("local-dir:"):
+        return {}
+    f = Path(spec[len("local-dir:"):]) / MODEL_CONFIG
+    return json.loads(f.read_text(encoding="utf-8")).get("qclip", {}) if f.is_file() else {}
 
 
 def create_clip(spec: str, text_tower: str = "", image_size: int = 0, pretrained: str | None = None,
                 device: str | torch.device = "cpu", **model_kwargs: Any) -> ClipBundle:
     """Build a CLIP model, its train/val transforms and tokenizer through open_clip's factory."""
     base, cfg = resolve_model_cfg(spec, text_tower, image_size)
+    qclip_cfg = _qclip_cfg(spec)
+    stem = qclip_cfg.get("vision_stem", "patch")
     kwargs: dict[str, Any] = {}
     if base != spec or image_size:  # override the registered config with the resolved one
         kwargs = {k: v for k, v in cfg.items() if k != "custom_text"}
     kwargs.update(model_kwargs)
+    if stem != "patch":  # open_clip cannot build the stem: build, swap it in, then load the folder's weights
+        kwargs["load_weights"] = False
     root = logging.getLogger()
     level = root.level
     if not pretrained:
@@ -119,6 +134,11 @@ def create_clip(spec: str, text_tower: str = "", image_size: int = 0, pretrained
             base, pretrained=pretrained or None, device=device, **kwargs)
     finally:
         root.setLevel(level)
+    if stem != "patch":
+        apply_vision_stem(model.visual, stem)
+        if _has_weights(spec):
+            model.load_state_dict(load_weights(Path(spec[len("local-dir:"):]) / MODEL_WEIGHTS))
+        model.to(device)
     decoder = getattr(model, "text_decoder", None)
     from_scratch = not pretrained and not (spec.startswith("local-dir:") and _has_weights(spec))
     if decoder is not None and from_scratch:
@@ -126,4 +146,4 @@ def create_clip(spec: str, text_tower: str = "", image_size: int = 0, pretrained
     tokenizer = open_clip.get_tokenizer(base, context_length=cfg["text_cfg"].get("context_length", 77))
     pp = getattr(model.visual, "preprocess_cfg", {}) or {}
     preprocess_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pp.items()}
-    return ClipBundle(model, pre_train, pre_val, tokenizer, cfg, preprocess_cfg)
+    return ClipBundle(model, pre_train, pre_val, tokenizer, cfg, preprocess_cfg, qclip_cfg)

@@ -121,7 +121,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
         sched.step()
         metrics.append({"step": step + 1, "loss": loss.item()})
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model")
+    save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model", bundle.qclip_cfg)
     with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(m) + "\n" for m in metrics)
     summary = {"method": method, "model": tc.model, "steps": tc.steps, "first_loss": metrics[0]["loss"],

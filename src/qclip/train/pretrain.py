@@ -261,7 +261,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     summary = {"steps": step, "final_loss": last_loss, "world_size": world, "seconds": round(time.time() - t_start, 2),
                "model_dir": str(out / "model")}
     if is_main:
-        save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model")
+        save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model", bundle.qclip_cfg)
         metrics_f.close()
         tb.close()
         atomic_write_json(out / "summary.json", summary)
