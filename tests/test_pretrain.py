@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -64,19 +65,24 @@ def test_sigkill_and_resume_equals_uninterrupted_run(world, tmp_path):
     assert ref.wait(timeout=300) == 0, ref.stdout.read()
     run = tmp_path / "killed"
     kills = 0
-    for target in (3, 9):  # kill twice, each time after a new checkpoint has landed
+    # three kills at seeded random points: once a checkpoint at or past `target` has landed, after `delay` more
+    # seconds (inside a step, a loader fetch or the next checkpoint write)
+    rng = random.Random(5)
+    plan = sorted((rng.randint(0, 12), round(rng.uniform(0, 0.4), 2)) for _ in range(3))
+    for target, delay in plan:
         p = _run(["--out", str(run), *common])
         deadline = time.time() + 240
-        while time.time() < deadline:
+        while time.time() < deadline and p.poll() is None:
             latest = run / "checkpoints" / "latest.json"
             if latest.is_file() and json.loads(latest.read_text())["step"] >= target:
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
+        time.sleep(delay)
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
         p.wait(timeout=60)
-    assert kills >= 1
+    assert kills >= 2, plan
     p = _run(["--out", str(run), *common])
     out = p.communicate(timeout=300)[0]
     assert p.returncode == 0 and "resuming at step" in out, out

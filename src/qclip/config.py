@@ -6,6 +6,7 @@ types are errors that name the key and list the valid ones, so a typo never sile
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -240,7 +241,8 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         full = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
             where = f"section '{prefix}'" if prefix else "the top level"
-            raise ConfigError(f"unknown config key '{full}'; valid keys in {where}: {', '.join(names)}")
+            raise ConfigError(f"unknown config key '{full}'{_did_you_mean(str(k), names, prefix)}; "
+                              f"valid keys in {where}: {', '.join(names)}")
         kwargs[k] = _coerce(v, hints[k], full)
     return cls(**kwargs)
 
@@ -258,7 +260,8 @@ def _set_dotted(tree: dict, dotted: str, value: Any, cls: type) -> None:
         if part not in names:
             where = f"section '{'.'.join(path[:-1])}'" if i else "the top level"
             raise ConfigError(
-                f"unknown config key '{'.'.join(path)}'; valid keys in {where}: {', '.join(names)}"
+                f"unknown config key '{'.'.join(path)}'{_did_you_mean(part, list(names), '.'.join(path[:-1]))}; "
+                f"valid keys in {where}: {', '.join(names)}"
             )
         if i == len(parts) - 1:
             node[part] = value
@@ -306,6 +309,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), c
     cfg = from_dict(cls, tree)
     validate(cfg)
     return cfg
+
+
+def _did_you_mean(key: str, names: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
 
 
 def validate(cfg: Config) -> None:

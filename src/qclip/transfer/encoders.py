@@ -58,8 +58,16 @@ class DenseEncoder(nn.Module):
 
 
 def _timm_tower(name: str, pretrained: bool, image_size: int) -> nn.Module:
+    import difflib
+
     import timm
 
+    arch = name.split(".")[0]
+    if not name.startswith("local-dir:") and not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+        from ..models.factory import ModelError
+
+        raise ModelError(f"unknown timm model '{arch}'; close matches: {', '.join(close) or 'none'} (timm.list_models())")
     # the classifier/projection head stays (forward_intermediates never runs it) so exported heads load strictly
     try:
         return timm.create_model(name, pretrained=pretrained, img_size=image_size)

@@ -165,6 +165,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         results.append(run)
     summary = {"encoder": encoder_spec, "encoder_info": info.__dict__, "task": t.task, "mode": t.mode,
                "layout": layout, "num_classes": num_classes, "results": results,
+               "skipped": {"train": train_ds.skips.as_dict(), "val": val_ds.skips.as_dict()},
                "seconds": round(time.time() - t0, 2)}
     atomic_write_json(out / "metrics.json", summary)
     return summary

@@ -1,0 +1,134 @@
+"""SIGKILL at random points, then re-run: `qclip caption run` and `qclip run` finish, lose and duplicate
+nothing, and equal an uninterrupted run (pretraining's bitwise check is tests/test_pretrain.py).
+
+The kill points are drawn from a seeded generator (printed on failure): each waits for some progress (a
+finished shard or stage) and then a random extra delay, so kills land inside a batch, a write or a stage."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qclip.captions.captioners import create_captioner
+from qclip.config import load_config
+from qclip.data.shards import ShardReader
+from qclip.data.world_shards import build_world
+from qclip.models.checkpoint import save_model_dir
+
+TINY_COCA = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32,
+                   "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
+                 "embed_cls": True, "output_tokens": True},
+    "multimodal_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
+                       "attn_pooler_heads": 2},
+    "custom_text": True,
+}
+
+
+def _qclip(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "qclip", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_when(p: subprocess.Popen, progress, target: int, delay: float, timeout: float = 240) -> bool:
+    """SIGKILL `p` once progress() >= target plus `delay` seconds; False if it finished first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None and progress() < target:
+        time.sleep(0.02)
+    time.sleep(delay)
+    if p.poll() is not None:
+        return False
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    return True
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("kill_world")
+    cfg = load_config(None, ["world.n_pool=96", "world.n_curated=0", "world.n_dense=0", "world.n_val=0",
+                             "world.shard_size=12", "world.workers=1"])
+    build_world(cfg, out, progress=False)
+    return out / "pool"
+
+
+@pytest.fixture(scope="module")
+def coca(tmp_path_factory) -> Path:
+    import torch
+
+    d = tmp_path_factory.mktemp("coca")
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_COCA}))
+    torch.manual_seed(0)
+    save_model_dir(create_captioner(f"local-dir:{d}").model, TINY_COCA, {}, d)
+    return d
+
+
+def _captions(d: Path) -> dict[str, list[str]]:
+    return {s.key: s.captions["synthetic"]["tiny"] for s in ShardReader(d)}
+
+
+def test_caption_run_killed_three_times_equals_uninterrupted(pool, coca, tmp_path):
+    args = ["caption", "run", "--data", str(pool), "--captioner", str(coca), "--id", "tiny", "--n", "2",
+            "--num-beams", "1", "--max-len", "10", "--batch-size", "6", "--quiet"]
+    ref = _qclip([*args, "--out", str(tmp_path / "ref")])
+    assert ref.wait(timeout=300) == 0, ref.stdout.read()
+    out = tmp_path / "killed"
+    rng = random.Random(8)
+    plan = sorted((rng.randint(0, 6), round(rng.uniform(0.0, 0.6), 2)) for _ in range(3))
+
+    def shards_done() -> int:  # finished shards land in the staging area first, then move into place
+        return len(list(out.rglob("*.tar"))) if out.exists() else 0
+
+    kills = [_kill_when(_qclip([*args, "--out", str(out)]), shards_done, t, d) for t, d in plan]
+    assert sum(kills) >= 2, f"plan {plan}: the runs finished before they could be killed"
+    final = _qclip([*args, "--out", str(out)])
+    text = final.communicate(timeout=300)[0]
+    assert final.returncode == 0, text
+    got, want = _captions(out), _captions(tmp_path / "ref")
+    assert got.keys() == want.keys() and len(got) == 96, f"plan {plan}: lost or duplicated samples"
+    assert got == want, f"plan {plan}: captions differ from the uninterrupted run"
+    assert all(len(v) == 2 for v in got.values())
+
+
+STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "world.n_val=12", "world.shard_size=24",
+         "world.workers=1", "captioner.steps=4", "captioner.batch_size=8", "captioner.warmup_steps=1",
+         "captioner.workers=0", "captioner.checkpoint_every=2", "train.steps=6", "train.batch_size=8",
+         "train.warmup_steps=1", "train.workers=0", "train.checkpoint_every=2", "transfer.steps=3",
+         "transfer.batch_size=4", "transfer.decoder_width=8", "transfer.data_fractions=[1.0]",
+         "study.caption_beams=1", "study.encoders=[qclip-mci-tiny]", "study.methods=[clip-raw,clip-synthetic,random]",
+         "study.tasks=[segmentation]"]
+
+
+def _rows(out: Path) -> list[tuple]:
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    return sorted((r["encoder"], r["method"], r["task"], str(r.get("data_fraction")), json.dumps(r["metrics"],
+                   sort_keys=True)) for r in rows)
+
+
+def test_study_killed_three_times_equals_uninterrupted(tmp_path):
+    args = ["run", "--config", "configs/demo.yaml", "--quiet", *STUDY]
+    ref = _qclip([*args, "--out", str(tmp_path / "ref")])
+    text = ref.communicate(timeout=600)[0]
+    assert ref.returncode == 0, text[-3000:]
+    out = tmp_path / "killed"
+    rng = random.Random(3)
+    plan = sorted((rng.randint(0, 5), round(rng.uniform(0.0, 1.5), 2)) for _ in range(3))
+
+    def stages_done() -> int:
+        return len(list((out / "stages").glob("*.json"))) if (out / "stages").is_dir() else 0
+
+    kills = [_kill_when(_qclip([*args, "--out", str(out)]), stages_done, t, d, timeout=600) for t, d in plan]
+    assert sum(kills) >= 2, f"plan {plan}: the runs finished before they could be killed"
+    final = _qclip([*args, "--out", str(out)])
+    text = final.communicate(timeout=600)[0]
+    assert final.returncode == 0, text[-3000:]
+    assert _rows(out) == _rows(tmp_path / "ref"), f"plan {plan}: results differ from the uninterrupted run"
+    assert (out / "report.html").is_file()
