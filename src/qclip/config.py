@@ -240,9 +240,7 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     for k, v in data.items():
         full = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
-            where = f"section '{prefix}'" if prefix else "the top level"
-            raise ConfigError(f"unknown config key '{full}'{_did_you_mean(str(k), names, prefix)}; "
-                              f"valid keys in {where}: {', '.join(names)}")
+            raise _unknown_key(prefix, str(k), names)
         kwargs[k] = _coerce(v, hints[k], full)
     return cls(**kwargs)
 
@@ -258,11 +256,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any, cls: type) -> None:
         names = {f.name: f for f in dataclasses.fields(node_cls)}
         path.append(part)
         if part not in names:
-            where = f"section '{'.'.join(path[:-1])}'" if i else "the top level"
-            raise ConfigError(
-                f"unknown config key '{'.'.join(path)}'{_did_you_mean(part, list(names), '.'.join(path[:-1]))}; "
-                f"valid keys in {where}: {', '.join(names)}"
-            )
+            raise _unknown_key(".".join(path[:-1]), part, list(names))
         if i == len(parts) - 1:
             node[part] = value
         else:
@@ -311,9 +305,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), c
     return cfg
 
 
-def _did_you_mean(key: str, names: list[str], prefix: str) -> str:
+def _unknown_key(prefix: str, key: str, names: list[str]) -> ConfigError:
+    """The error for `prefix.key`: the closest valid key, then every valid key of that section."""
+    dotted = (prefix + "." if prefix else "")
     close = difflib.get_close_matches(key, names, n=1)
-    return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+    hint = f" (did you mean '{dotted}{close[0]}'?)" if close else ""
+    where = f"section '{prefix}'" if prefix else "the top level"
+    return ConfigError(f"unknown config key '{dotted}{key}'{hint}; valid keys in {where}: {', '.join(names)}")
 
 
 def validate(cfg: Config) -> None:
