@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import io
+import json
+import signal
+import subprocess
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -43,3 +48,45 @@ def jpg_bytes(w: int = 32, h: int = 24, mode: str = "RGB", seed: int = 0) -> byt
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+# A tiny open_clip CoCa: random weights, the real generation code path, offline.
+TINY_COCA = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32,
+                   "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
+                 "embed_cls": True, "output_tokens": True},
+    "multimodal_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
+                       "attn_pooler_heads": 2},
+    "custom_text": True,
+}
+
+
+@pytest.fixture(scope="session")
+def coca_dir(tmp_path_factory) -> Path:
+    """A model folder holding TINY_COCA with seeded random weights."""
+    import torch
+
+    from qclip.captions.captioners import create_captioner
+    from qclip.models.checkpoint import save_model_dir
+
+    d = tmp_path_factory.mktemp("coca")
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_COCA}))
+    torch.manual_seed(0)
+    save_model_dir(create_captioner(f"local-dir:{d}").model, TINY_COCA, {}, d)
+    return d
+
+
+def kill_when(p: subprocess.Popen, progress: Callable[[], int], target: int, delay: float,
+              timeout: float = 240) -> bool:
+    """SIGKILL `p` once progress() >= target, `delay` seconds later; False if it finished first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None and progress() < target:
+        time.sleep(0.02)
+    time.sleep(delay)
+    if p.poll() is not None:
+        return False
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    return True

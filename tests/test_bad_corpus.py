@@ -13,7 +13,6 @@ from conftest import jpg_bytes, png_bytes
 from qclip.cli import main
 from qclip.data.sample import Sample
 from qclip.data.shards import ShardReader, ShardWriter
-from test_captions import TINY_COCA
 
 
 def _tree(root: Path, skip: tuple[Path, ...]) -> dict[str, int]:
@@ -48,12 +47,9 @@ def _corpus(root: Path) -> Path:
     return table
 
 
-def test_bad_corpus_through_ingest_caption_pretrain(tmp_path, capsys):
+def test_bad_corpus_through_ingest_caption_pretrain(tmp_path, coca_dir, capsys):
     table = _corpus(tmp_path / "in")
     out = tmp_path / "out"
-    coca = tmp_path / "coca"  # a tiny CoCa with random weights: the real generation path, offline
-    coca.mkdir()
-    (coca / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_COCA}))
     before = _tree(tmp_path, (out,))
     ds = out / "ds"
     assert main(["ingest", "table", "--images", str(tmp_path / "in" / "imgs"), "--table", str(table),
@@ -76,7 +72,7 @@ def test_bad_corpus_through_ingest_caption_pretrain(tmp_path, capsys):
         w.write(Sample(key="nothing", image=b"", image_ext="png", meta={"captions": {"raw": ["empty"]}}))
         w.close()
     assert main(["caption", "run", "--data", str(foreign), "--out", str(out / "captioned"), "--captioner",
-                 str(coca), "--id", "tiny", "--num-beams", "1", "--max-len", "6", "--quiet"]) == 0
+                 str(coca_dir), "--id", "tiny", "--num-beams", "1", "--max-len", "6", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "captioned (tiny) 26 of 28" in text and "unreadable image" in text and "empty file" in text, text
     have = {s.key: bool(s.captions.get("synthetic", {}).get("tiny")) for s in ShardReader(out / "captioned")}

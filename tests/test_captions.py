@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from conftest import TINY_COCA
 from qclip.captions.captioners import Sampling, create_captioner
 from qclip.captions.quality import caption_quality, dataset_quality, named_objects
 from qclip.captions.recaption import recaption
@@ -10,31 +11,7 @@ from qclip.cli import main
 from qclip.data.sample import Sample
 from qclip.data.shards import ShardReader, ShardWriter
 
-TINY_COCA = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32,
-                   "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
-                 "embed_cls": True, "output_tokens": True},
-    "multimodal_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
-                       "attn_pooler_heads": 2},
-    "custom_text": True,
-}
 BEAM = Sampling(method="beam", num_beams=2, max_len=8, min_len=2)
-
-
-@pytest.fixture(scope="module")
-def coca_dir(tmp_path_factory):
-    import torch
-
-    d = tmp_path_factory.mktemp("coca")
-    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_COCA}))
-    torch.manual_seed(0)
-    cap = create_captioner(f"local-dir:{d}")  # random weights: the real generation code path, offline
-    from qclip.models.checkpoint import save_model_dir
-
-    save_model_dir(cap.model, TINY_COCA, {}, d)
-    return d
 
 
 def test_quality_measure_known_answers():

@@ -3,15 +3,14 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import kill_when
 from qclip.config import load_config
 from qclip.data.world_shards import build_world
 from qclip.evaluate.retrieval import retrieval_metrics
@@ -64,24 +63,17 @@ def test_sigkill_and_resume_equals_uninterrupted_run(world, tmp_path):
     ref = _run(["--out", str(tmp_path / "ref"), *common])
     assert ref.wait(timeout=300) == 0, ref.stdout.read()
     run = tmp_path / "killed"
-    kills = 0
     # three kills at seeded random points: once a checkpoint at or past `target` has landed, after `delay` more
     # seconds (inside a step, a loader fetch or the next checkpoint write)
     rng = random.Random(5)
     plan = sorted((rng.randint(0, 12), round(rng.uniform(0, 0.4), 2)) for _ in range(3))
-    for target, delay in plan:
-        p = _run(["--out", str(run), *common])
-        deadline = time.time() + 240
-        while time.time() < deadline and p.poll() is None:
-            latest = run / "checkpoints" / "latest.json"
-            if latest.is_file() and json.loads(latest.read_text())["step"] >= target:
-                break
-            time.sleep(0.02)
-        time.sleep(delay)
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            kills += 1
-        p.wait(timeout=60)
+
+    def checkpointed_step() -> int:
+        latest = run / "checkpoints" / "latest.json"
+        return json.loads(latest.read_text())["step"] if latest.is_file() else -1
+
+    kills = sum(kill_when(_run(["--out", str(run), *common]), checkpointed_step, target, delay)
+                for target, delay in plan)
     assert kills >= 2, plan
     p = _run(["--out", str(run), *common])
     out = p.communicate(timeout=300)[0]

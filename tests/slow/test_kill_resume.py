@@ -7,48 +7,21 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from qclip.captions.captioners import create_captioner
+from conftest import kill_when
 from qclip.config import load_config
 from qclip.data.shards import ShardReader
 from qclip.data.world_shards import build_world
-from qclip.models.checkpoint import save_model_dir
-
-TINY_COCA = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32,
-                   "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
-                 "embed_cls": True, "output_tokens": True},
-    "multimodal_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2,
-                       "attn_pooler_heads": 2},
-    "custom_text": True,
-}
 
 
 def _qclip(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "qclip", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-
-
-def _kill_when(p: subprocess.Popen, progress, target: int, delay: float, timeout: float = 240) -> bool:
-    """SIGKILL `p` once progress() >= target plus `delay` seconds; False if it finished first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and p.poll() is None and progress() < target:
-        time.sleep(0.02)
-    time.sleep(delay)
-    if p.poll() is not None:
-        return False
-    p.send_signal(signal.SIGKILL)
-    p.wait(timeout=60)
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +33,12 @@ def pool(tmp_path_factory) -> Path:
     return out / "pool"
 
 
-@pytest.fixture(scope="module")
-def coca(tmp_path_factory) -> Path:
-    import torch
-
-    d = tmp_path_factory.mktemp("coca")
-    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_COCA}))
-    torch.manual_seed(0)
-    save_model_dir(create_captioner(f"local-dir:{d}").model, TINY_COCA, {}, d)
-    return d
-
-
 def _captions(d: Path) -> dict[str, list[str]]:
     return {s.key: s.captions["synthetic"]["tiny"] for s in ShardReader(d)}
 
 
-def test_caption_run_killed_three_times_equals_uninterrupted(pool, coca, tmp_path):
-    args = ["caption", "run", "--data", str(pool), "--captioner", str(coca), "--id", "tiny", "--n", "2",
+def test_caption_run_killed_three_times_equals_uninterrupted(pool, coca_dir, tmp_path):
+    args = ["caption", "run", "--data", str(pool), "--captioner", str(coca_dir), "--id", "tiny", "--n", "2",
             "--num-beams", "1", "--max-len", "10", "--batch-size", "6", "--quiet"]
     ref = _qclip([*args, "--out", str(tmp_path / "ref")])
     assert ref.wait(timeout=300) == 0, ref.stdout.read()
@@ -87,7 +49,7 @@ def test_caption_run_killed_three_times_equals_uninterrupted(pool, coca, tmp_pat
     def shards_done() -> int:  # finished shards land in the staging area first, then move into place
         return len(list(out.rglob("*.tar"))) if out.exists() else 0
 
-    kills = [_kill_when(_qclip([*args, "--out", str(out)]), shards_done, t, d) for t, d in plan]
+    kills = [kill_when(_qclip([*args, "--out", str(out)]), shards_done, t, d) for t, d in plan]
     assert sum(kills) >= 2, f"plan {plan}: the runs finished before they could be killed"
     final = _qclip([*args, "--out", str(out)])
     text = final.communicate(timeout=300)[0]
@@ -125,7 +87,7 @@ def test_study_killed_three_times_equals_uninterrupted(tmp_path):
     def stages_done() -> int:
         return len(list((out / "stages").glob("*.json"))) if (out / "stages").is_dir() else 0
 
-    kills = [_kill_when(_qclip([*args, "--out", str(out)]), stages_done, t, d, timeout=600) for t, d in plan]
+    kills = [kill_when(_qclip([*args, "--out", str(out)]), stages_done, t, d, timeout=600) for t, d in plan]
     assert sum(kills) >= 2, f"plan {plan}: the runs finished before they could be killed"
     final = _qclip([*args, "--out", str(out)])
     text = final.communicate(timeout=600)[0]
