@@ -4,8 +4,7 @@ projection to the width. It replaces the patchify convolution (`visual.conv1`), 
 embeddings, `forward_intermediates` and CoCa's generation are unchanged.
 
 Why: at 64 px with 8 px patches a small object falls inside one patch, and a patchify ViT learns shape slowly
-from a few thousand images (4-way shape of the largest object, 300 steps: 40% with patchify, 69% with this
-stem, at ~1.2x the step time). open_clip has no such option, so the model folder records it outside
+from a few thousand images; a convolutional stem learns it much sooner, at a somewhat higher step time. open_clip has no such option, so the model folder records it outside
 `model_cfg` (`open_clip_config.json` -> "qclip": {"vision_stem": "conv"}) and `create_clip` applies it.
 """
 from __future__ import annotations
