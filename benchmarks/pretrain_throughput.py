@@ -1,7 +1,8 @@
 """Training throughput: `qclip pretrain` vs `open_clip_train.main` on the same model, batch, shards and steps.
 
     python benchmarks/pretrain_throughput.py                      # tiny preset + ViT-B-16 at 64 px, CPU
-    python benchmarks/pretrain_throughput.py --models ViT-B-16 --image-size 224 --batch-size 256 --steps 50
+    python benchmarks/pretrain_throughput.py --models ViT-B-16 --image-size 224 --batch-size 256 --steps 50 \
+        --device cuda --precision bf16 --peak-tflops 989             # on an H100: adds MFU
 
 Both runs read the same qclip shards (open_clip_train through its webdataset pipeline, qclip through its
 exact-resume loader) with the same number of loader workers; images/s is averaged over the steps after
@@ -20,11 +21,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from flops import train_flops_per_sample  # noqa: E402  (benchmarks/flops.py, beside this script)
 
 
 def model_dir(name: str, image_size: int, tmp: Path) -> Path:
     """An open_clip `local-dir:` folder holding the model config, so both trainers build the same model."""
-    sys.path.insert(0, str(ROOT / "src"))
     from qclip.models import resolve_model_cfg
 
     _, cfg = resolve_model_cfg(name, image_size=image_size)
@@ -79,6 +81,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--data", default="", help="qclip dataset; default: a world pool generated here")
+    ap.add_argument("--peak-tflops", type=float, default=0.0,
+                    help="the device's dense peak (H100 SXM bf16: 989); > 0 adds model FLOPs utilisation columns")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="qclip-bench-"))
@@ -94,14 +98,21 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"device {args.device}, batch {args.batch_size}, {args.steps} steps (first {args.skip} left out), "
           f"{args.workers} workers, {args.precision}")
-    print(f"{'model':<18}{'qclip img/s':>14}{'open_clip img/s':>18}{'ratio':>8}")
+    mfu_head = f"{'GFLOPs/img':>12}{'qclip MFU':>11}{'open_clip MFU':>15}" if args.peak_tflops else ""
+    print(f"{'model':<18}{'qclip img/s':>14}{'open_clip img/s':>18}{'ratio':>8}{mfu_head}")
     for name in args.models.split(","):
         mdir = model_dir(name, args.image_size, tmp)
         t0 = time.time()
         ours = mean_after(run_qclip(data, mdir, tmp / f"q-{name}", args), args.skip)
         (tmp / f"o-{name}").mkdir()
         theirs = mean_after(run_open_clip(data, mdir, tmp / f"o-{name}", args), args.skip)
-        print(f"{name:<18}{ours:>14.1f}{theirs:>18.1f}{ours / theirs:>8.2f}   ({time.time() - t0:.0f}s)", flush=True)
+        mfu = ""
+        if args.peak_tflops:  # model FLOPs (forward + backward, counted by torch) x images/s / peak
+            flops = train_flops_per_sample(f"local-dir:{mdir}", args.image_size)[0]
+            peak = args.peak_tflops * 1e12
+            mfu = f"{flops / 1e9:>12.1f}{ours * flops / peak:>11.1%}{theirs * flops / peak:>15.1%}"
+        print(f"{name:<18}{ours:>14.1f}{theirs:>18.1f}{ours / theirs:>8.2f}{mfu}   ({time.time() - t0:.0f}s)",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -138,10 +138,13 @@ class TransferConfig:
     max_depth: float = 10.0
     eigen_crop: bool = False  # NYUv2 evaluation crop (480x640 targets)
     hflip: bool = True  # training augmentation (masks and depth flip with the image)
+    # [1, 1]: resize to image_size square; else mmseg's resize (short side image_size x r) + random square crop
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
     eval_batch_size: int = 64
     max_cached_feature_gb: float = 4.0  # probe: cache frozen features in memory when they fit
-    workers: int = 0
+    workers: int = 0  # loader processes for decoding + augmentation (fine-tuning and evaluation)
     threads: int = 0  # torch threads; 0 = torch's default
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N; bf16 autocast on CUDA
 
 
 @dataclass
@@ -344,6 +347,10 @@ def validate(cfg: Config) -> None:
         (cfg.transfer.bin_spacing in ("log", "uniform"), "transfer.bin_spacing must be 'log' or 'uniform'"),
         (0 < cfg.transfer.min_depth < cfg.transfer.max_depth, "need 0 < transfer.min_depth < transfer.max_depth"),
         (cfg.transfer.steps >= 1 and cfg.transfer.batch_size >= 1, "transfer.steps/batch_size must be >= 1"),
+        (len(cfg.transfer.scale_range) == 2 and 0 < cfg.transfer.scale_range[0] <= cfg.transfer.scale_range[1],
+         "transfer.scale_range must be [low, high] with 0 < low <= high, e.g. [0.5, 2.0]"),
+        (cfg.transfer.device == "auto" or cfg.transfer.device.split(":")[0] in ("cpu", "cuda"),
+         "transfer.device must be auto, cpu, cuda or cuda:N"),
         (not set(cfg.study.methods) - set(STUDY_METHODS),
          f"study.methods: unknown {sorted(set(cfg.study.methods) - set(STUDY_METHODS))}; valid: {', '.join(STUDY_METHODS)}"),
         (set(cfg.study.tasks) <= {"segmentation", "depth"}, "study.tasks: segmentation and/or depth"),

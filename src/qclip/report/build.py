@@ -8,22 +8,39 @@ from pathlib import Path
 
 from .findings import finding_lines, findings, format_table, headline_table
 from .page import write_report
-from .plots import bar_chart, data_efficiency_plot, training_curves
+from .plots import bar_chart, caption_examples_figure, data_efficiency_plot, training_curves
 
 
 def caption_examples(data: Path, n: int = 6) -> list[dict]:
+    """The first `n` samples' raw, synthetic and reference captions, each with its score by the world's measure
+    (objects named correctly / named objects that are wrong). Pool samples carry no reference descriptions;
+    theirs is written from the scene graph here, as the world writes the curated split's."""
+    import numpy as np
+
+    from ..captions.quality import caption_quality
     from ..data.shards import ShardReader, is_dataset
+    from ..data.world import describe
 
     if not is_dataset(data):
         return []
     out = []
-    for s in ShardReader(data):
-        c = s.captions
-        syn = next(iter((c.get("synthetic") or {}).values()), [""])
-        out.append({"raw": (c.get("raw") or [""])[0], "synthetic": syn[0] if syn else "",
-                    "reference": (c.get("reference") or [""])[0]})
-        if len(out) >= n:
+    for i, s in enumerate(ShardReader(data)):
+        if i >= n:
             break
+        c, scene = s.captions, s.meta.get("scene")
+        syn = next(iter((c.get("synthetic") or {}).values()), [""])
+        texts = {"raw": (c.get("raw") or [""])[0], "synthetic": syn[0] if syn else "",
+                 "reference": (c.get("reference") or [""])[0]}
+        if not texts["reference"] and scene is not None:
+            texts["reference"] = describe(scene, np.random.default_rng(i))
+        ex = {**texts, "image": s.image, "scores": {}}
+        if scene is not None:
+            visible = sum(o["visible"] for o in scene["objects"])
+            for kind, text in texts.items():
+                recall, wrong = caption_quality(text, scene)
+                ex["scores"][kind] = (f"{round(recall * visible)}/{visible} objects named"
+                                      + (f", {wrong:.0%} of named wrong" if wrong is not None else ", none named"))
+        out.append(ex)
     return out
 
 
@@ -54,8 +71,10 @@ def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: di
             if Path(src) != dst:
                 shutil.copyfile(src, dst)
             figs[name] = dst
-    md, html = write_report(out, results, figs, caption_examples(out / "pool_captioned"),
-                            results.get("caption_quality"))
+    examples = caption_examples(out / "pool_captioned")
+    if examples:
+        figs["caption examples"] = caption_examples_figure(examples, out / "caption_examples.png")
+    md, html = write_report(out, results, figs, examples, results.get("caption_quality"))
     log(format_table(headline_table(rows)))
     for line in finding_lines(findings(rows)):
         log("  " + line)

@@ -16,6 +16,11 @@ scene graph), mim (SimMIM masked pixel regression). Transfer trains a fresh head
 iterations; fractions are nested subsets."""
 
 
+def _scored(example: dict, kind: str) -> str:
+    score = example.get("scores", {}).get(kind)
+    return f"{example[kind] or '(empty)'} [{score}]" if score else (example[kind] or "(empty)")
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(Path(path).stem)}">'
@@ -39,7 +44,8 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
                  for k, v in caption_quality.items()), ""]
     if caption_examples:
         md += ["## Caption examples", "", "| raw alt-text | synthetic | reference |", "|---|---|---|",
-               *(f"| {e['raw']} | {e['synthetic']} | {e['reference']} |" for e in caption_examples), ""]
+               *("| " + " | ".join(_scored(e, k) for k in ("raw", "synthetic", "reference")) + " |"
+                 for e in caption_examples), ""]
     md += ["## Figures", "", *(f"![{k}]({Path(p).name})" for k, p in figures.items()), "",
            "## Notes", "", notes, ""]
     md_path = out / "report.md"
@@ -66,7 +72,8 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
         parts += ["<h2>Caption quality</h2>", tbl(q)]
     if caption_examples:
         parts += ["<h2>Caption examples</h2>", tbl([["raw alt-text", "synthetic", "reference"]] +
-                                                    [[e["raw"], e["synthetic"], e["reference"]] for e in caption_examples])]
+                                                    [[_scored(e, k) for k in ("raw", "synthetic", "reference")]
+                                                     for e in caption_examples])]
     parts += ["<h2>Figures</h2>", *(f"<h3>{html.escape(k)}</h3>{_img(p)}" for k, p in figures.items()),
               f"<h2>Notes</h2><p>{html.escape(notes)}</p></body></html>"]
     html_path = out / "report.html"

@@ -1,4 +1,4 @@
-"""The study's figures: data-efficiency curves, a bar chart per task, training curves."""
+"""The study's figures: data-efficiency curves, a bar chart per task, training curves, caption examples."""
 from __future__ import annotations
 
 import json
@@ -77,5 +77,30 @@ def training_curves(runs: dict[str, Path], path: Path) -> Path:
             ax.plot([p["step"] for p in pts], [p["loss"] / first for p in pts], label=label, lw=1)
     ax.set(title="pretraining loss (relative to its first step)", xlabel="step", ylabel="loss / first loss")
     ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def caption_examples_figure(examples: list[dict], path: Path) -> Path:
+    """Each example image beside its raw, synthetic and reference caption with their scores."""
+    import io
+    import textwrap
+
+    from PIL import Image
+
+    plt = _plt()
+    fig, axes = plt.subplots(len(examples), 2, figsize=(11, 1.9 * len(examples)),
+                             gridspec_kw={"width_ratios": [1, 6]}, squeeze=False)
+    for (ax_img, ax_txt), e in zip(axes, examples):
+        ax_img.imshow(Image.open(io.BytesIO(e["image"])).convert("RGB"))
+        lines = []
+        for kind in ("raw", "synthetic", "reference"):
+            text = textwrap.shorten(e[kind] or "(empty)", 110)
+            score = e.get("scores", {}).get(kind, "")
+            lines.append(f"{kind}: {text}" + (f"   [{score}]" if score else ""))
+        ax_txt.text(0, 0.5, "\n".join(lines), va="center", fontsize=8.5, family="monospace")
+        for ax in (ax_img, ax_txt):
+            ax.axis("off")
+    fig.suptitle("Captions of pool images: raw alt-text, the captioner's, and a reference description")
     fig.tight_layout()
     return _save(fig, path)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..data.dense import DenseDataError, DenseDataset, open_dense
+from ..data.dense import IGNORE_INDEX, DenseDataError, DenseDataset, open_dense
 from ..data.shards import is_dataset
 
 DEFAULT_SPLITS = {"qclip": ("dense", "val"), "ade20k": ("train", "val"), "voc": ("train", "val"),
@@ -53,11 +53,16 @@ def infer_num_classes(ds: DenseDataset) -> int:
 
 class DenseTensors(Dataset):
     """Image resized to `size`x`size` and normalised; training targets resized (nearest) to the same size,
-    evaluation targets kept at their own resolution (metrics are computed there)."""
+    evaluation targets kept at their own resolution (metrics are computed there).
+
+    With `scale_range` other than (1, 1), training samples follow mmsegmentation's ADE20k pipeline instead:
+    resize keeping the aspect ratio so the short side is `size` x r (r uniform in the range), then a random
+    `size`x`size` crop, padded with ignore (segmentation) or 0 = invalid (depth) where the image is smaller."""
 
     def __init__(self, ds: DenseDataset, indices: list[int], size: int, mean: tuple, std: tuple,
-                 train: bool) -> None:
+                 train: bool, scale_range: tuple[float, float] = (1.0, 1.0)) -> None:
         self.ds, self.indices, self.size, self.train = ds, indices, size, train
+        self.scale_range = tuple(scale_range)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.key = "seg" if ds.task == "segmentation" else "depth"
@@ -68,6 +73,8 @@ class DenseTensors(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = self.ds[self.indices[i]]
         img = torch.from_numpy(np.asarray(item["image"].convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        if self.train and self.scale_range != (1.0, 1.0):
+            return self._resize_crop(img, torch.from_numpy(np.ascontiguousarray(item[self.key])), item["key"])
         img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear", antialias=True,
                             align_corners=False)[0]
         target = torch.from_numpy(np.ascontiguousarray(item[self.key]))
@@ -75,6 +82,27 @@ class DenseTensors(Dataset):
             target = F.interpolate(target[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0]
             target = target.long() if self.key == "seg" else target
         return {"image": (img - self.mean) / self.std, "target": target, "key": item["key"]}
+
+    def _resize_crop(self, img: torch.Tensor, target: torch.Tensor, key: str) -> dict:
+        # torch's global generator: seeded by the transfer run in the main process, per worker by DataLoader
+        lo, hi = self.scale_range
+        r = lo + (hi - lo) * float(torch.rand(()))
+        h, w = img.shape[-2:]
+        k = self.size * r / min(h, w)
+        nh, nw = max(1, round(h * k)), max(1, round(w * k))
+        img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+        target = F.interpolate(target[None, None].float(), size=(nh, nw), mode="nearest")[0, 0]
+        img = (img - self.mean) / self.std
+        S = self.size
+        out_img = torch.zeros(3, S, S)  # 0 after normalisation = the mean colour
+        fill = IGNORE_INDEX if self.key == "seg" else 0.0
+        out_t = torch.full((S, S), float(fill))
+        y = int(torch.randint(0, max(1, nh - S + 1), ()))
+        x = int(torch.randint(0, max(1, nw - S + 1), ()))
+        ch, cw = min(S, nh), min(S, nw)
+        out_img[:, :ch, :cw] = img[:, y:y + ch, x:x + cw]
+        out_t[:ch, :cw] = target[y:y + ch, x:x + cw]
+        return {"image": out_img, "target": out_t.long() if self.key == "seg" else out_t, "key": key}
 
 
 def collate(items: list[dict]) -> dict:

@@ -4,8 +4,9 @@
   1x1 conv (DINOv2 `BNHead`, "ms" = last 4 layers); the encoder stays frozen.
 - `SimplePyramid`: ViTDet's simple feature pyramid, in mmseg's `MultiLevelNeck` form, for plain ViTs whose
   levels share one stride: rescale level i by (4, 2, 1, 0.5) with deconvs / identity / max-pool.
-- `FPNDecoder`: UperNet's FPN branch (lateral 1x1, top-down sum, 3x3 smoothing, fuse all levels at the finest
-  stride), for segmentation fine-tuning.
+- `UperNetDecoder`: UperNet (Xiao et al. 2018) as mmsegmentation's `UPerHead`: a pyramid pooling module on
+  the deepest level (pool scales 1, 2, 3, 6), FPN (lateral 1x1, top-down sum, 3x3 smoothing), all levels fused
+  at the finest stride; for segmentation fine-tuning (the ADE20k recipe's head).
 - `DPTDecoder`: DPT's fusion decoder (residual conv units, progressive 2x upsampling), for depth fine-tuning.
 Depth outputs are classification over bins with the prediction the softmax-weighted bin centre (AdaBins;
 DINOv2's depth probe uses 256 uniform or log bins), so depth is positive and bounded by `max_depth`.
@@ -79,19 +80,36 @@ class SimplePyramid(nn.Module):
         return [op(f) for op, f in zip(self.ops, feats)]
 
 
-class FPNDecoder(nn.Module):
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling on one map: average-pool to each scale, 1x1 conv, upsample, concatenate with the
+    input, 3x3 conv (mmseg `PPM` + `bottleneck`): global context for the deepest level."""
+
+    def __init__(self, cin: int, width: int, scales: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        # no BatchNorm on the pooled maps (mmseg has one): at scale 1 and batch 1 there is one value per channel
+        self.branches = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(cin, width, 1), nn.ReLU(True))
+                                      for s in scales)
+        self.bottleneck = _conv_bn_relu(cin + width * len(scales), width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        return self.bottleneck(torch.cat([x] + [_resize(b(x), size) for b in self.branches], 1))
+
+
+class UperNetDecoder(nn.Module):
     def __init__(self, channels: list[int], width: int, out_channels: int) -> None:
         super().__init__()
-        self.lateral = nn.ModuleList(_conv_bn_relu(c, width, 1) for c in channels)
-        self.smooth = nn.ModuleList(_conv_bn_relu(width, width) for _ in channels)
+        self.lateral = nn.ModuleList(_conv_bn_relu(c, width, 1) for c in channels[:-1])
+        self.ppm = PyramidPooling(channels[-1], width)
+        self.smooth = nn.ModuleList(_conv_bn_relu(width, width) for _ in channels[:-1])
         self.fuse = _conv_bn_relu(width * len(channels), width)
         self.cls = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(width, out_channels, 1))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        lat = [l(f) for l, f in zip(self.lateral, feats)]
+        lat = [l(f) for l, f in zip(self.lateral, feats[:-1])] + [self.ppm(feats[-1])]
         for i in range(len(lat) - 1, 0, -1):  # top-down: coarse into fine
             lat[i - 1] = lat[i - 1] + _resize(lat[i], lat[i - 1].shape[-2:])
-        outs = [s(x) for s, x in zip(self.smooth, lat)]
+        outs = [s(x) for s, x in zip(self.smooth, lat[:-1])] + [lat[-1]]  # the PPM output is already smoothed
         size = outs[0].shape[-2:]
         return self.cls(self.fuse(torch.cat([_resize(o, size) for o in outs], 1)))
 
@@ -138,11 +156,15 @@ class DenseHead(nn.Module):
         if mode == "probe":
             self.decoder = LinearProbeHead(ch, out)
         elif task == "segmentation":
-            self.decoder = FPNDecoder(ch, width, out)
+            self.decoder = UperNetDecoder(ch, width, out)
         else:
             self.decoder = DPTDecoder(ch, width, out)
         self.bins = DepthBins(depth_bins, min_depth, max_depth, bin_spacing) if task == "depth" else None
 
     def forward(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        logits = _resize(self.decoder(self.neck(feats)), size)
-        return logits if self.bins is None else self.bins(logits)
+        out = self.decoder(self.neck(feats))
+        if self.bins is None:
+            return _resize(out, size)
+        # bins -> metres at the decoder's resolution, then upsample the one-channel map (DINOv2's depth head
+        # does the same): upsampling 256 bin logits to full size cost 20x the rest of a probe step
+        return _resize(self.bins(out)[:, None], size)[:, 0]

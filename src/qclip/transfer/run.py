@@ -34,12 +34,38 @@ from .visualize import save_prediction_grid
 HEADLINE = {"segmentation": "mIoU", "depth": "RMSE"}
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device):
+    # bf16 on GPUs, as pretraining's precision=auto; CPU stays fp32
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @torch.no_grad()
-def _features(encoder: DenseEncoder, ds: DenseTensors, batch_size: int) -> list[torch.Tensor]:
+def _features(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, workers: int,
+              device: torch.device) -> list[torch.Tensor]:
     encoder.eval()
-    loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate)
-    chunks = [encoder(b["image"]) for b in loader]
+    loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=workers)
+    chunks = []
+    for b in loader:
+        with _autocast(device):
+            chunks.append([f.float().cpu() for f in encoder(b["image"].to(device))])
     return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def _batches(n: int, bs: int, steps: int, gen: torch.Generator) -> list[list[int]]:
+    """`steps` batches of indices: epochs of a seeded permutation over the fraction's samples."""
+    out, order = [], []
+    for _ in range(steps):
+        if len(order) < bs:
+            order += torch.randperm(n, generator=gen).tolist()
+        out.append(order[:bs])
+        order = order[bs:]
+    return out
 
 
 def _feature_gb(encoder: DenseEncoder, n: int, size: int) -> float:
@@ -58,27 +84,35 @@ def evaluate(encoder: DenseEncoder, head: DenseHead, val: DenseTensors, cfg, num
     """Metrics on the whole validation split, predictions resized to each target's own resolution."""
     encoder.eval()
     head.eval()
+    device = next(head.parameters()).device
     metric = (SegmentationMetric(num_classes) if cfg.task == "segmentation"
               else DepthMetric(cfg.min_depth, cfg.max_depth, cfg.eigen_crop))
     examples = []
-    for b in DataLoader(val, batch_size=cfg.eval_batch_size, collate_fn=collate):
-        feats = encoder(b["image"])
-        targets = b["target"] if isinstance(b["target"], list) else list(b["target"])
-        for i, t in enumerate(targets):
-            out = head([f[i:i + 1] for f in feats], tuple(t.shape))
-            pred = out.argmax(1) if cfg.task == "segmentation" else out
-            metric.update(pred, t[None])
-            if len(examples) < n_examples:
-                img = (b["image"][i] * val.std + val.mean).clamp(0, 1).permute(1, 2, 0).numpy()
-                examples.append({"image": (img * 255).astype(np.uint8), "target": t.numpy(), "pred": pred[0].numpy()})
+    for b in DataLoader(val, batch_size=cfg.eval_batch_size, collate_fn=collate, num_workers=cfg.workers):
+        with _autocast(device):
+            feats = encoder(b["image"].to(device))
+        if isinstance(b["target"], list):  # targets of different sizes: one image at a time
+            parts = [(i, [f[i:i + 1] for f in feats], t[None]) for i, t in enumerate(b["target"])]
+        else:
+            parts = [(0, feats, b["target"])]
+        for first, part_feats, target in parts:
+            with _autocast(device):
+                out = head(part_feats, tuple(target.shape[-2:]))
+            pred = (out.argmax(1) if cfg.task == "segmentation" else out.float()).cpu()
+            metric.update(pred, target)
+            for j in range(min(len(pred), n_examples - len(examples))):
+                img = (b["image"][first + j] * val.std + val.mean).clamp(0, 1).permute(1, 2, 0).numpy()
+                examples.append({"image": (img * 255).astype(np.uint8), "target": target[j].numpy(),
+                                 "pred": pred[j].numpy()})
     return metric.compute(), examples
 
 
 def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int, seed: int,
                cached: list[torch.Tensor] | None, progress: bool, desc: str) -> tuple[DenseHead, list[float]]:
     torch.manual_seed(seed)
+    device = next(encoder.parameters()).device
     head = DenseHead(encoder.info.channels, encoder.info.plain, cfg.task, cfg.mode, num_classes,
-                     cfg.decoder_width, cfg.depth_bins, cfg.min_depth, cfg.max_depth, cfg.bin_spacing)
+                     cfg.decoder_width, cfg.depth_bins, cfg.min_depth, cfg.max_depth, cfg.bin_spacing).to(device)
     groups = param_groups(head, cfg.weight_decay)
     finetune = cfg.mode == "finetune"
     if finetune:
@@ -89,38 +123,42 @@ def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.lr, 0.0))
     gen = torch.Generator().manual_seed(seed)
-    n, bs = len(train), min(cfg.batch_size, len(train))
-    order: list[int] = []
+    flip_gen = torch.Generator().manual_seed(seed + 1)
+    bs = min(cfg.batch_size, len(train))
+    batches = _batches(len(train), bs, cfg.steps, gen)
     losses = []
     size = (cfg.image_size, cfg.image_size)
-    bar = tqdm(range(cfg.steps), desc=desc, unit="it", disable=not progress, leave=False)
+    bar = tqdm(total=cfg.steps, desc=desc, unit="it", disable=not progress, leave=False)
     encoder.train(finetune)
     if not finetune:
         encoder.requires_grad_(False)
     head.train()
-    for _ in bar:
-        if len(order) < bs:  # epochs of a seeded permutation over the fraction's samples
-            order += torch.randperm(n, generator=gen).tolist()
-        idx, order = order[:bs], order[bs:]
-        flip = (torch.rand(bs, generator=gen) < 0.5) if cfg.hflip else torch.zeros(bs, dtype=torch.bool)
-        if cached is not None:
-            feats = [f[idx] for f in cached]  # frozen features: no image flip (it is not a feature flip for ViTs)
-            target = torch.stack([train[i]["target"] for i in idx])
-        else:
-            b = collate([train[i] for i in idx])
-            images, target = b["image"], b["target"]
-            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    if cached is not None:  # frozen features: no image flip (it is not a feature flip for ViTs)
+        data = (([f[idx] for f in cached], torch.stack([train[i]["target"] for i in idx])) for idx in batches)
+    else:  # decode + augment in `transfer.workers` processes while the model trains
+        loader = DataLoader(train, batch_sampler=batches, collate_fn=collate, num_workers=cfg.workers,
+                            prefetch_factor=4 if cfg.workers else None)
+        data = ((b["image"], b["target"]) for b in loader)
+    for x, target in data:
+        x = [f.to(device) for f in x] if cached is not None else x.to(device)
+        target = target.to(device)
+        if cached is None:
+            flip = ((torch.rand(bs, generator=flip_gen) < 0.5) if cfg.hflip else torch.zeros(bs, dtype=torch.bool)).to(device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             target = torch.where(flip.view(-1, *[1] * (target.dim() - 1)), target.flip(-1), target)
+        with _autocast(device):
             with torch.set_grad_enabled(finetune):
-                feats = encoder(images)
-        loss = _loss(cfg, head(feats, size), target)
+                feats = x if cached is not None else encoder(x)
+            loss = _loss(cfg, head(feats, size).float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 3.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
+        bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
     if not math.isfinite(losses[-1]):
         raise FloatingPointError(f"{desc}: the loss diverged ({losses[-1]}); lower transfer.lr")
     return head, losses
@@ -133,23 +171,26 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     layout, train_ds, val_ds = open_splits(data, t.layout, t.task, t.train_split, t.val_split, t.max_depth,
                                            t.num_classes)
     num_classes = infer_num_classes(train_ds) if t.task == "segmentation" else 0
-    encoder = load_encoder(encoder_spec, t.image_size, t.levels)
+    device = resolve_device(t.device)
+    encoder = load_encoder(encoder_spec, t.image_size, t.levels).to(device)
     init_state = copy.deepcopy(encoder.state_dict()) if t.mode == "finetune" else None
     info = encoder.info
     write_run_info(out, cfg, "transfer", {"encoder": encoder_spec, "data": str(data), "layout": layout,
+                                          "device": str(device),
                                           "train": train_ds.summary(), "val": val_ds.summary()})
     val = DenseTensors(val_ds, list(range(len(val_ds))), t.image_size, info.mean, info.std, train=False)
     full = DenseTensors(train_ds, list(range(len(train_ds))), t.image_size, info.mean, info.std, train=True)
+    scales = tuple(t.scale_range)
     cached = None
-    if t.mode == "probe" and _feature_gb(encoder, len(full), t.image_size) <= t.max_cached_feature_gb:
-        cached = _features(encoder, full, t.eval_batch_size)  # once for all fractions
+    if t.mode == "probe" and scales == (1.0, 1.0) and _feature_gb(encoder, len(full), t.image_size) <= t.max_cached_feature_gb:
+        cached = _features(encoder, full, t.eval_batch_size, t.workers, device)  # once for all fractions
     results = []
     for frac in sorted(t.data_fractions):
         idx = nested_subset(len(train_ds), frac, cfg.seed)
         name = f"{t.task}-{t.mode}-f{frac:g}"
         if init_state is not None:
             encoder.load_state_dict(init_state)
-        sub = DenseTensors(train_ds, idx, t.image_size, info.mean, info.std, train=True)
+        sub = DenseTensors(train_ds, idx, t.image_size, info.mean, info.std, train=True, scale_range=scales)
         t1 = time.time()
         head, losses = train_head(encoder, sub, t, num_classes, cfg.seed, [c[idx] for c in cached] if cached else None,
                                   progress, f"{name} ({len(idx)} imgs)")

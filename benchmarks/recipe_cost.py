@@ -1,0 +1,48 @@
+"""GPU-hours of a pretraining recipe: training FLOPs per sample counted by torch, times samples seen.
+
+    python benchmarks/recipe_cost.py --config configs/pretrain_vit_b16_datacomp.yaml --gpus 256
+    python benchmarks/recipe_cost.py --config configs/pretrain_vit_b16_datacomp.yaml --mfu 0.35 --peak-tflops 989
+
+FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one forward + backward of the recipe's model (image and
+text tower, one sample, the recipe's image size and the tokenizer's context length) on this CPU: model FLOPs,
+not counting activation recomputation. Samples seen = steps x batch_size x accum_steps x GPUs. GPU-hours =
+FLOPs / (peak x MFU): the peak is the accelerator's dense bf16 figure from its data sheet and the MFU an
+assumption you pass (benchmarks/pretrain_throughput.py measures it on a GPU); both are printed with the result.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--gpus", type=int, default=256, help="ranks the recipe runs on (its per-rank batch times this)")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per GPU (H100 SXM: 989)")
+    ap.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from qclip.config import load_config
+    from flops import train_flops_per_sample
+
+    t = load_config(args.config).train
+    flops, size, ctx = train_flops_per_sample(t.model, t.image_size)
+    global_batch = t.batch_size * t.accum_steps * args.gpus
+    samples = t.steps * global_batch
+    total = flops * samples
+    hours = total / (args.peak_tflops * 1e12 * args.mfu) / 3600
+    print(f"model {t.model} at {size} px, text context {ctx}: {flops / 1e9:.1f} GFLOPs per sample "
+          f"(forward + backward, counted by torch)")
+    print(f"global batch {global_batch:,} ({args.gpus} GPUs x {t.batch_size} x {t.accum_steps}), {t.steps:,} steps "
+          f"= {samples / 1e9:.2f}B samples seen, {total:.3g} FLOPs")
+    print(f"at {args.peak_tflops:g} TFLOP/s peak and {args.mfu:.0%} MFU (assumed): {hours:,.0f} GPU-hours "
+          f"= {hours / args.gpus:,.1f} h on {args.gpus} GPUs")
+
+
+if __name__ == "__main__":
+    main()

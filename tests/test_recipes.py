@@ -1,0 +1,93 @@
+"""The real-scale recipes in configs/: each runs a few steps here, on generated fixtures, with its sizes
+overridden; everything else (model, policy, head, layout, augmentation, loss) is the recipe's own."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qclip.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ("pretrain_vit_b16_datacomp.yaml", "transfer_ade20k_upernet.yaml", "transfer_nyuv2_depth.yaml")
+SMALL_TRANSFER = ["transfer.image_size=32", "transfer.steps=2", "transfer.batch_size=2", "transfer.warmup_steps=1",
+                  "transfer.decoder_width=16", "transfer.eval_batch_size=2", "transfer.workers=1",
+                  "transfer.device=cpu"]
+
+
+def test_every_recipe_has_a_test():
+    found = {p.name for p in (ROOT / "configs").glob("*.yaml")} - {"demo.yaml"}
+    assert found == set(RECIPES)
+
+
+def test_pretrain_recipe_is_the_papers_setting():
+    t = load_config(ROOT / "configs" / RECIPES[0]).train
+    global_batch = t.batch_size * t.accum_steps * 256  # 32 nodes x 8 GPUs, as the recipe's torchrun lines
+    assert (t.model, t.image_size, global_batch) == ("ViT-B-16", 224, 65536)
+    assert t.steps * global_batch == pytest.approx(13e9, rel=1e-4)
+
+
+def test_pretrain_recipe_runs(world_dir, coca_dir, tmp_path):
+    from qclip.captions.captioners import Sampling, create_captioner
+    from qclip.captions.recaption import recaption
+    from qclip.train.pretrain import pretrain
+
+    # the recipe's captions come from coca_ViT-L-14 (a hub download); a tiny CoCa stands in under the same id
+    recaption(world_dir / "pool", tmp_path / "pool", create_captioner(f"local-dir:{coca_dir}", captioner_id="coca"),
+              1, Sampling(num_beams=1, max_len=8), 16, progress=False)
+    cfg = load_config(ROOT / "configs" / RECIPES[0],
+                      ["train.image_size=32", "train.batch_size=4", "train.steps=2", "train.warmup_steps=1",
+                       "train.workers=0", "train.precision=fp32", "train.checkpoint_every=2", "train.log_every=1"])
+    pretrain(cfg, tmp_path / "pool", tmp_path / "run", progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+    model_cfg = json.loads((tmp_path / "run" / "model" / "open_clip_config.json").read_text())["model_cfg"]
+    assert model_cfg["vision_cfg"]["width"] == 768 and model_cfg["vision_cfg"]["patch_size"] == 16
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _rgb(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_ade20k_recipe_runs(tmp_path):
+    from qclip.transfer.run import run_transfer
+
+    root = tmp_path / "ADEChallengeData2016"
+    for split, n in (("training", 6), ("validation", 2)):
+        for i in range(n):
+            _save(root / "images" / split / f"ADE_{split}_{i:08d}.jpg", _rgb(48, 64, i))
+            m = np.zeros((48, 64), np.uint8)
+            m[:, 32:] = 1 + (i % 150)
+            m[10:20, 10:20] = 150
+            _save(root / "annotations" / split / f"ADE_{split}_{i:08d}.png", m)
+    cfg = load_config(ROOT / "configs" / RECIPES[1], SMALL_TRANSFER)
+    assert (cfg.transfer.mode, cfg.transfer.scale_range, cfg.transfer.steps) == ("finetune", [0.5, 2.0], 2)
+    s = run_transfer(cfg, "random:qclip-vit-tiny", root, tmp_path / "out", progress=False)
+    assert s["layout"] == "ade20k" and s["num_classes"] == 150
+    assert [r["data_fraction"] for r in s["results"]] == [0.1, 1.0]
+    assert all(0 <= r["metrics"]["mIoU"] <= 1 and np.isfinite(r["final_train_loss"]) for r in s["results"])
+
+
+def test_nyuv2_recipe_runs(tmp_path):
+    from qclip.transfer.run import run_transfer
+
+    root = tmp_path / "nyu"
+    for split, n, (h, w) in (("train", 4, (60, 80)), ("test", 2, (480, 640))):  # test at NYUv2's size: Eigen crop
+        for i in range(n):
+            _save(root / split / "kitchen_0001" / f"rgb_{i:05d}.jpg", _rgb(h, w, i))
+            depth = np.full((h, w), 1500 + 500 * i, np.uint16)  # millimetres
+            depth[: h // 2] = 4000
+            _save(root / split / "kitchen_0001" / f"sync_depth_{i:05d}.png", depth)
+    cfg = load_config(ROOT / "configs" / RECIPES[2], SMALL_TRANSFER)
+    assert (cfg.transfer.task, cfg.transfer.eigen_crop, cfg.transfer.depth_loss) == ("depth", True, "silog")
+    s = run_transfer(cfg, "random:qclip-vit-tiny", root, tmp_path / "out", progress=False)
+    assert s["layout"] == "nyu" and [r["data_fraction"] for r in s["results"]] == [0.1, 1.0]
+    assert all(np.isfinite(r["metrics"]["RMSE"]) and r["metrics"]["RMSE"] > 0 for r in s["results"])
