@@ -46,8 +46,8 @@ def train_rate(bundle, batch: dict, steps: int, skip: int = 2) -> float:
     for i in range(steps + skip):
         if i == skip:
             t = time.perf_counter()
-        o = model(images, texts)
-        loss = loss_fn(o["image_features"], o["text_features"], o["logit_scale"])
+        image_features, text_features, logit_scale = model(images, texts)[:3]
+        loss = loss_fn(image_features, text_features, logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

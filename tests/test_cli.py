@@ -81,10 +81,11 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     assert {r["task"] for r in results["rows"]} >= {"retrieval", "zeroshot"}
     assert "synthetic:tiny" in results["caption_quality"] and "raw" in results["caption_quality"]
     for f in ("report.html", "report.md", "data_efficiency.png", "bar_segmentation.png", "bar_depth.png",
-              "training_curves.png", "config.yaml", "run.json"):
+              "training_curves.png", "caption_examples.png", "config.yaml", "run.json"):
         assert (out / f).is_file(), f
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "clip-synthetic vs clip-raw" in html and "<img src=\"http" not in html
+    assert "objects named" in html  # caption examples carry their scores
     assert "clip-synthetic" in res.stdout.split("[5/5] report")[1]  # the console ends with the headline table
 
     res2 = subprocess.run(cmd[:-len(TINY_STUDY)] + TINY_STUDY + ["transfer.steps=3"], capture_output=True, text=True,

@@ -170,3 +170,40 @@ def test_transfer_config_errors(world_dir, tmp_path, capsys):
     assert main(["transfer", "--encoder", "random:qclip-vit-tiny", "--data", str(tmp_path / "missing"), "--out",
                  str(tmp_path / "z")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_finetune_resumes_from_its_checkpoint(world_dir, tmp_path, monkeypatch):
+    """A fine-tuning run that dies after its step-2 checkpoint, re-run, ends where an uninterrupted run ends; a
+    changed setting does not resume the old checkpoints."""
+    import qclip.transfer.run as tr
+    from qclip.config import load_config
+
+    cfg = load_config(None, ["transfer.task=depth", "transfer.mode=finetune", "transfer.steps=4",
+                             "transfer.checkpoint_every=2", "transfer.batch_size=4", "transfer.decoder_width=8",
+                             "transfer.depth_bins=8", "transfer.data_fractions=[1.0]", "transfer.device=cpu"])
+    ref = tr.run_transfer(cfg, "random:qclip-vit-tiny", world_dir, tmp_path / "ref", progress=False)
+
+    calls, real_loss = [], tr._loss
+
+    def dies_at_step_3(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_loss(*a)
+
+    monkeypatch.setattr(tr, "_loss", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        tr.run_transfer(cfg, "random:qclip-vit-tiny", world_dir, tmp_path / "run", progress=False)
+    monkeypatch.setattr(tr, "_loss", real_loss)
+    ckpt = tmp_path / "run" / "depth-finetune-f1" / "checkpoints"
+    assert json.loads((ckpt / "latest.json").read_text())["step"] == 2
+    resumed = tr.run_transfer(cfg, "random:qclip-vit-tiny", world_dir, tmp_path / "run", progress=False)
+    a, b = ref["results"][0], resumed["results"][0]
+    assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-5)
+    assert a["metrics"]["RMSE"] == pytest.approx(b["metrics"]["RMSE"], rel=1e-5)
+
+    cfg.transfer.lr = cfg.transfer.lr / 2  # another setting: the old checkpoints are dropped, not resumed
+    again = tr.run_transfer(cfg, "random:qclip-vit-tiny", world_dir, tmp_path / "run", progress=False)
+    fresh = tr.run_transfer(cfg, "random:qclip-vit-tiny", world_dir, tmp_path / "fresh", progress=False)
+    assert again["results"][0]["final_train_loss"] == pytest.approx(fresh["results"][0]["final_train_loss"], rel=1e-5)
+    assert again["results"][0]["final_train_loss"] != pytest.approx(a["final_train_loss"], rel=1e-5)

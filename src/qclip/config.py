@@ -145,13 +145,15 @@ class TransferConfig:
     workers: int = 0  # loader processes for decoding + augmentation (fine-tuning and evaluation)
     threads: int = 0  # torch threads; 0 = torch's default
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N; bf16 autocast on CUDA
+    checkpoint_every: int = 0  # > 0: save every N iterations under RUN/<fraction>/checkpoints and resume there
 
 
 @dataclass
 class StudyConfig:
     """`qclip run`: which encoders and methods to compare, on which tasks; every method gets the same pool
     images and the same `train.*` budget. Methods: clip-raw, clip-synthetic, clip-mix (train.caption_policy
-    raw / synthetic / mix:mix_p), random (no pretraining), supervised (object labels), mim (SimMIM)."""
+    raw / synthetic / mix:mix_p), random (no pretraining), supervised (object labels), mim (MAE for ViTs,
+    SimMIM for hierarchical towers)."""
 
     encoders: list[str] = field(default_factory=lambda: ["qclip-vit-tiny", "qclip-mci-tiny"])
     methods: list[str] = field(default_factory=lambda: ["clip-raw", "clip-synthetic", "clip-mix", "random",
@@ -347,6 +349,7 @@ def validate(cfg: Config) -> None:
         (cfg.transfer.bin_spacing in ("log", "uniform"), "transfer.bin_spacing must be 'log' or 'uniform'"),
         (0 < cfg.transfer.min_depth < cfg.transfer.max_depth, "need 0 < transfer.min_depth < transfer.max_depth"),
         (cfg.transfer.steps >= 1 and cfg.transfer.batch_size >= 1, "transfer.steps/batch_size must be >= 1"),
+        (cfg.transfer.checkpoint_every >= 0, "transfer.checkpoint_every must be >= 0 (0 = no checkpoints)"),
         (len(cfg.transfer.scale_range) == 2 and 0 < cfg.transfer.scale_range[0] <= cfg.transfer.scale_range[1],
          "transfer.scale_range must be [low, high] with 0 < low <= high, e.g. [0.5, 2.0]"),
         (cfg.transfer.device == "auto" or cfg.transfer.device.split(":")[0] in ("cpu", "cuda"),

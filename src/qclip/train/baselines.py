@@ -3,10 +3,12 @@ CLIP pretraining (`train.*`), so methods differ only in their training signal:
 
 - `supervised`: the image tower + a linear classifier, multi-label BCE on the objects (colour x shape) that are
   visible in each image, read from the world's scene graph — the analogue of ImageNet-supervised pretraining.
-- `mim`: masked image modeling as SimMIM (Xie et al., 2022): random 8x8 patches of the input are replaced by
-  zeros (the normalised mean), a 1x1 conv + pixel shuffle on the deepest feature map predicts the pixels, L1
-  loss on the masked pixels only. SimMIM works unchanged for plain ViTs and hierarchical towers (MCi/FastViT),
-  which MAE's token dropping does not; for ViTs it is MAE's objective with a mask token instead of dropping.
+- `mim`: masked image modeling. For ViTs (open_clip's VisionTransformer) it is MAE (He et al., 2022): 75% of
+  the patch tokens are dropped, the encoder sees the rest, a one-block decoder with mask tokens predicts every
+  patch's pixels (normalised per patch), MSE on the dropped patches. Hierarchical towers (MCi/FastViT) cannot
+  drop tokens, so they get SimMIM (Xie et al., 2022): random 8x8 patches of the input are replaced by zeros
+  (the normalised mean), a 1x1 conv + pixel shuffle on the deepest feature map predicts the pixels, L1 loss
+  on the masked pixels only. `summary.json` records which (`objective`).
 
 The result is an ordinary qclip model folder (`OUT/model`, the whole CLIP model with an untouched text tower),
 so `qclip transfer --encoder OUT` reads baselines and CLIP runs alike.
@@ -36,6 +38,7 @@ from .pretrain import lr_lambda, param_groups
 METHODS = ("supervised", "mim")
 LABELS = [(c, s) for c in COLOURS for s in SHAPES]  # 32 object classes
 MASK_PATCH, MASK_RATIO = 8, 0.6  # SimMIM's ratio for its ViT setting
+MAE_MASK_RATIO = 0.75  # MAE's
 
 
 def object_labels(scene: dict) -> np.ndarray:
@@ -69,6 +72,51 @@ class SimMIMDecoder(nn.Module):
         return F.pixel_shuffle(self.proj(feat), self.stride)
 
 
+def is_open_clip_vit(visual: nn.Module) -> bool:
+    return all(hasattr(visual, a) for a in ("conv1", "class_embedding", "positional_embedding", "transformer"))
+
+
+class MAEDecoder(nn.Module):
+    """MAE's decoder: encoded visible tokens and mask tokens, each at its position -> pixels of every patch."""
+
+    def __init__(self, width: int, patch: int, grid: int, dec_width: int = 64, depth: int = 1) -> None:
+        super().__init__()
+        self.embed = nn.Linear(width, dec_width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_width))
+        self.pos = nn.Parameter(torch.randn(1, grid * grid, dec_width) * 0.02)
+        self.blocks = nn.Sequential(*[nn.TransformerEncoderLayer(dec_width, max(1, dec_width // 32), 4 * dec_width,
+                                                                 dropout=0.0, activation="gelu", batch_first=True,
+                                                                 norm_first=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dec_width)
+        self.pred = nn.Linear(dec_width, patch * patch * 3)
+
+    def forward(self, visible: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        x = self.embed(visible)
+        b, d = x.shape[0], x.shape[-1]
+        full = self.mask_token.expand(b, self.pos.shape[1], d).scatter(1, keep[..., None].expand(-1, -1, d), x)
+        return self.pred(self.norm(self.blocks(full + self.pos)))
+
+
+def mae_encode(visual: nn.Module, x: torch.Tensor, ratio: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """open_clip ViT forward on a random `1 - ratio` of the patch tokens: (encoded visible tokens, their indices)."""
+    t = visual.conv1(x).flatten(2).transpose(1, 2)  # B x N x W (patch embedding or qclip's conv stem)
+    pos = visual.positional_embedding.to(t.dtype)
+    t = t + pos[1:]
+    b, n, w = t.shape
+    keep = torch.rand(b, n, generator=gen).argsort(1)[:, : max(1, round(n * (1 - ratio)))]
+    t = t.gather(1, keep[..., None].expand(-1, -1, w))
+    cls = (visual.class_embedding + pos[0]).expand(b, 1, w)
+    t = visual.ln_post(visual.transformer(visual.ln_pre(torch.cat([cls, t], 1))))
+    return t[:, 1:], keep
+
+
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """B x 3 x H x W -> B x N x (patch * patch * 3), patches in row-major order as the ViT's tokens."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
 def random_patch_mask(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
     """(n, 1, size, size) with 1 = masked, in MASK_PATCH blocks."""
     g = size // MASK_PATCH
@@ -87,9 +135,14 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     model = bundle.model
     size = bundle.model_cfg["vision_cfg"]["image_size"]
     encoder = DenseEncoder(model.visual, f"random:{tc.model}", tc.model, size, levels=1)
+    objective = method
     if method == "supervised":
         head: nn.Module = nn.Linear(bundle.model_cfg["embed_dim"], len(LABELS))
+    elif is_open_clip_vit(model.visual):
+        objective, patch = "mae", bundle.model_cfg["vision_cfg"]["patch_size"]
+        head = MAEDecoder(model.visual.transformer.width, patch, size // patch)
     else:
+        objective = "simmim"
         head = SimMIMDecoder(encoder.info.channels[-1], encoder.info.reductions[-1])
     images, labels = _load_pool(data, bundle.preprocess_val, method == "supervised")
     params = nn.ModuleList([model.visual, head])
@@ -109,6 +162,12 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
         x = images[idx]
         if method == "supervised":
             loss = F.binary_cross_entropy_with_logits(head(model.visual(x)), labels[idx])
+        elif objective == "mae":
+            visible, keep = mae_encode(model.visual, x, MAE_MASK_RATIO, gen)
+            target = patchify(x, patch)
+            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+            masked = torch.ones(target.shape[:2]).scatter(1, keep, 0.0)  # 1 = dropped
+            loss = (((head(visible, keep) - target) ** 2).mean(-1) * masked).sum() / masked.sum()
         else:
             mask = random_patch_mask(len(idx), size, gen)
             pred = head(encoder(x * (1 - mask))[-1])
@@ -124,7 +183,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model", bundle.qclip_cfg)
     with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(m) + "\n" for m in metrics)
-    summary = {"method": method, "model": tc.model, "steps": tc.steps, "first_loss": metrics[0]["loss"],
+    summary = {"method": method, "objective": objective, "model": tc.model, "steps": tc.steps, "first_loss": metrics[0]["loss"],
                "final_loss": metrics[-1]["loss"], "seconds": round(time.time() - t0, 2), "model_dir": str(out / "model")}
     atomic_write_json(out / "summary.json", summary)
     return summary

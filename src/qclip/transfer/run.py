@@ -10,19 +10,22 @@ and the resolved config + versions (config.yaml, run.json).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, remove_tree
 from ..config import Config
 from ..provenance import write_run_info
-from ..train.pretrain import lr_lambda, param_groups
+from ..train.pretrain import load_checkpoint, lr_lambda, param_groups, save_checkpoint
 from .data import DenseTensors, collate, infer_num_classes, open_splits
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
@@ -47,14 +50,16 @@ def _autocast(device: torch.device):
 
 @torch.no_grad()
 def _features(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, workers: int,
-              device: torch.device) -> list[torch.Tensor]:
+              device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Frozen features of every sample (levels, on the CPU) and the training targets beside them."""
     encoder.eval()
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=workers)
-    chunks = []
+    chunks, targets = [], []
     for b in loader:
         with _autocast(device):
             chunks.append([f.float().cpu() for f in encoder(b["image"].to(device))])
-    return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+        targets.append(b["target"])
+    return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))], torch.cat(targets)
 
 
 def _batches(n: int, bs: int, steps: int, gen: torch.Generator) -> list[list[int]]:
@@ -108,7 +113,11 @@ def evaluate(encoder: DenseEncoder, head: DenseHead, val: DenseTensors, cfg, num
 
 
 def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int, seed: int,
-               cached: list[torch.Tensor] | None, progress: bool, desc: str) -> tuple[DenseHead, list[float]]:
+               cached: tuple[list[torch.Tensor], torch.Tensor] | None, progress: bool,
+               desc: str, ckpt_dir: Path | None = None) -> tuple[DenseHead, list[float]]:
+    """Train a fresh head (and, fine-tuning, the encoder) for `cfg.steps` iterations. With `ckpt_dir` and
+    `cfg.checkpoint_every`, saves head, encoder, optimizer, schedule and RNG there and resumes from the latest:
+    the same batches follow; random crops in loader workers are re-drawn, so a resumed run is close, not equal."""
     torch.manual_seed(seed)
     device = next(encoder.parameters()).device
     head = DenseHead(encoder.info.channels, encoder.info.plain, cfg.task, cfg.mode, num_classes,
@@ -126,15 +135,25 @@ def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int
     flip_gen = torch.Generator().manual_seed(seed + 1)
     bs = min(cfg.batch_size, len(train))
     batches = _batches(len(train), bs, cfg.steps, gen)
-    losses = []
+    losses: list[float] = []
+    # one module for checkpoints: the encoder only when it trains
+    trained = nn.ModuleDict({"head": head, **({"encoder": encoder} if finetune else {})})
+    start = 0
+    if ckpt_dir is not None and cfg.checkpoint_every:
+        start = load_checkpoint(ckpt_dir, trained, opt, sched)
+        if start:
+            losses = json.loads((ckpt_dir / "losses.json").read_text())[:start]
+            for _ in range(start):  # the flips already drawn
+                torch.rand(bs, generator=flip_gen)
+            batches = batches[start:]
     size = (cfg.image_size, cfg.image_size)
-    bar = tqdm(total=cfg.steps, desc=desc, unit="it", disable=not progress, leave=False)
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, unit="it", disable=not progress, leave=False)
     encoder.train(finetune)
     if not finetune:
         encoder.requires_grad_(False)
     head.train()
     if cached is not None:  # frozen features: no image flip (it is not a feature flip for ViTs)
-        data = (([f[idx] for f in cached], torch.stack([train[i]["target"] for i in idx])) for idx in batches)
+        data = (([f[idx] for f in cached[0]], cached[1][idx]) for idx in batches)
     else:  # decode + augment in `transfer.workers` processes while the model trains
         loader = DataLoader(train, batch_sampler=batches, collate_fn=collate, num_workers=cfg.workers,
                             prefetch_factor=4 if cfg.workers else None)
@@ -158,6 +177,10 @@ def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        step = len(losses)
+        if ckpt_dir is not None and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            atomic_write_json(ckpt_dir / "losses.json", losses)
+            save_checkpoint(ckpt_dir, trained, opt, sched, step)
     bar.close()
     if not math.isfinite(losses[-1]):
         raise FloatingPointError(f"{desc}: the loss diverged ({losses[-1]}); lower transfer.lr")
@@ -172,6 +195,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
                                            t.num_classes)
     num_classes = infer_num_classes(train_ds) if t.task == "segmentation" else 0
     device = resolve_device(t.device)
+    torch.manual_seed(cfg.seed)  # a random:ARCH encoder is the same random encoder on every run
     encoder = load_encoder(encoder_spec, t.image_size, t.levels).to(device)
     init_state = copy.deepcopy(encoder.state_dict()) if t.mode == "finetune" else None
     info = encoder.info
@@ -191,9 +215,17 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         if init_state is not None:
             encoder.load_state_dict(init_state)
         sub = DenseTensors(train_ds, idx, t.image_size, info.mean, info.std, train=True, scale_range=scales)
+        ckpt_dir = out / name / "checkpoints"
+        run_key = {"encoder": encoder_spec, "data": str(data), "seed": cfg.seed, "transfer": asdict(t)}
+        if (ckpt_dir / "run_key.json").is_file() and json.loads((ckpt_dir / "run_key.json").read_text()) != run_key:
+            remove_tree(ckpt_dir)  # checkpoints of another setting: start afresh rather than resume them
+        if t.checkpoint_every:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(ckpt_dir / "run_key.json", run_key)
         t1 = time.time()
-        head, losses = train_head(encoder, sub, t, num_classes, cfg.seed, [c[idx] for c in cached] if cached else None,
-                                  progress, f"{name} ({len(idx)} imgs)")
+        head, losses = train_head(encoder, sub, t, num_classes, cfg.seed,
+                                  ([c[idx] for c in cached[0]], cached[1][idx]) if cached else None,
+                                  progress, f"{name} ({len(idx)} imgs)", ckpt_dir)
         metrics, examples = evaluate(encoder, head, val, t, num_classes)
         run = {"encoder": encoder_spec, "task": t.task, "mode": t.mode, "data_fraction": frac,
                "train_samples": len(idx), "val_samples": len(val_ds), "final_train_loss": losses[-1],
