@@ -42,6 +42,15 @@ def findings(rows: list[dict]) -> list[dict]:
                 continue
             top = fr[-1]
             get = lambda m, f=top: agg.get((enc, m, task, f), {}).get("mean")  # noqa: E731
+
+            def beats(other: str) -> bool | None:
+                """The study's direction with margin: synthetic better than `other` by more than either's std
+                over seeds (by any amount with one seed)."""
+                a, b = agg.get((enc, "clip-synthetic", task, top)), agg.get((enc, other, task, top))
+                if a is None or b is None:
+                    return None
+                return sign * (a["mean"] - b["mean"]) > max(a["std"], b["std"])
+
             syn, raw, mim = get("clip-synthetic"), get("clip-raw"), get("mim")
             f_match = None
             if syn is not None and raw is not None:
@@ -53,6 +62,7 @@ def findings(rows: list[dict]) -> list[dict]:
             out.append({"encoder": enc, "task": task, "metric": metric, "fraction": top,
                         "synthetic_vs_raw_pct": _rel(syn, raw, sign) if None not in (syn, raw) else None,
                         "synthetic_vs_mim_pct": _rel(syn, mim, sign) if None not in (syn, mim) else None,
+                        "beats_raw": beats("clip-raw"), "beats_mim": beats("mim"),
                         "data_efficiency": (top / f_match) if f_match else None,
                         "matched_at_fraction": f_match})
     return out
@@ -101,4 +111,13 @@ def finding_lines(fs: list[dict]) -> list[str]:
         lines.append(f"{f['encoder']} {f['task']}: clip-synthetic vs clip-raw {pct(f['synthetic_vs_raw_pct'])} {word}, "
                      f"vs masked image modeling {pct(f['synthetic_vs_mim_pct'])} (paper vs MAE: "
                      f"{'+' if f['task'] == 'segmentation' else '-'}{paper}%); data efficiency {eff} (paper ~10x)")
+    checks = [(f"{f['encoder']} {f['task']}: synthetic beats raw", f["beats_raw"]) for f in fs]
+    checks += [(f"{f['encoder']} segmentation: synthetic beats masked image modeling", f["beats_mim"])
+               for f in fs if f["task"] == "segmentation"]
+    known = [(name, ok) for name, ok in checks if ok is not None]
+    if known:
+        held = [name for name, ok in known if ok]
+        lines.append(f"The paper's direction holds with margin (difference > std over seeds) in {len(held)} of "
+                     f"{len(known)} checks" + (f"; it does not in: {'; '.join(n for n, ok in known if not ok)}"
+                                               if len(held) < len(known) else ""))
     return lines
