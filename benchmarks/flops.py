@@ -13,6 +13,6 @@ def train_flops_per_sample(model_name: str, image_size: int) -> tuple[float, int
     images = torch.randn(1, 3, size, size)
     texts = bundle.tokenizer(["a photo of a cat"])
     with FlopCounterMode(display=False) as counter:
-        out = model(images, texts)
-        (out["image_features"].sum() + out["text_features"].sum()).backward()
+        image_features, text_features = model(images, texts)[:2]
+        (image_features.sum() + text_features.sum()).backward()
     return float(counter.get_total_flops()), size, texts.shape[1]
