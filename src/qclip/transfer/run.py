@@ -4,6 +4,8 @@ Read top to bottom: open the train/val splits, build the encoder once, then for 
 head (and, fine-tuning, a fresh copy of the encoder) for the same number of iterations and evaluate on the whole
 validation split. Probing never changes the encoder, so its features are computed once per run and cached in
 memory when they fit (`transfer.max_cached_feature_gb`): every fraction's head then trains on cached tensors.
+Runs on a GPU when there is one (`transfer.device`, bf16 autocast); with `transfer.checkpoint_every` a fraction
+resumes from its latest checkpoint (OUT/<task>-<mode>-f<fraction>/checkpoints).
 Writes OUT/metrics.json (all fractions), OUT/<task>-<mode>-f<fraction>/{metrics.json,predictions.png},
 and the resolved config + versions (config.yaml, run.json).
 """
