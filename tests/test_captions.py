@@ -139,6 +139,10 @@ def test_caption_train_then_caption(world_dir, tmp_path, capsys):
     assert "caption train: 30 steps" in capsys.readouterr().out
     logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [10, 20, 30]
+    # the world's curated split carries boxes: the region head trained beside the captions
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["region_classes"] == ["cone", "cube", "cylinder", "sphere"] and summary["region_boxes"] > 16
+    assert all(r["region_loss"] > 0 for r in logs)
     vocab = json.loads((out / "model" / "vocab.json").read_text())["vocab"]
     import math
 
@@ -174,3 +178,56 @@ def test_from_scratch_coca_decoder_is_initialised(tmp_path):
         m = create_clip(f"local-dir:{tmp_path}").model
         w = m.text_decoder.text_projection
         assert torch.isfinite(w).all() and w.abs().max() < 1.0
+
+
+def test_region_boxes_map_through_the_eval_transform():
+    from qclip.captions.regions import box_in_input, object_boxes
+
+    assert box_in_input((8, 16, 24, 40), 64, 64, 64) == (8, 16, 24, 40)  # the world's own size: unchanged
+    assert box_in_input((0, 0, 32, 32), 128, 128, 64) == (0, 0, 16, 16)  # resized by half
+    # 96x64 -> shortest side 64 (no resize), centre crop drops 16 px each side
+    assert box_in_input((20, 0, 40, 10), 96, 64, 64) == (4, 0, 24, 10)
+    assert box_in_input((0, 0, 10, 10), 96, 64, 64) is None  # cropped away
+    meta = {"scene": {"objects": [{"bbox": [1, 2, 3, 4], "shape": "cube", "visible": True},
+                                  {"bbox": [5, 6, 7, 8], "shape": "cone", "visible": False}]}}
+    assert object_boxes(meta) == [((1, 2, 3, 4), "cube")] and object_boxes({}) == []
+
+
+def test_region_head_pools_the_tokens_under_each_box():
+    import torch
+
+    from qclip.captions.regions import RegionHead
+
+    head = RegionHead(width=3, n_classes=2, grid=4, image_size=32)  # 8 px cells
+    tokens = torch.zeros(1, 16, 3)
+    tokens[0, 1 * 4 + 2] = torch.tensor([1.0, 2.0, 3.0])  # row 1, column 2
+    tokens[0, 1 * 4 + 3] = torch.tensor([3.0, 2.0, 1.0])  # row 1, column 3
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.eye(2, 3))
+        head.fc.bias.zero_()
+    logits, targets = head(tokens, [[((17.0, 9.0, 23.0, 15.0), 1), ((17.0, 8.0, 25.0, 16.0), 0)]])
+    assert torch.allclose(logits[0], torch.tensor([1.0, 2.0]))  # inside one cell: that token
+    assert torch.allclose(logits[1], torch.tensor([2.0, 2.0]))  # touches columns 2 and 3: their mean
+    assert targets.tolist() == [1, 0]
+
+
+def test_pixel_cache_gives_the_same_items(world_dir, coca_dir):
+    """The captioner's loader caches transformed images; items (pixels and the drawn caption) must not change."""
+    import torch
+
+    from qclip.captions.policy import CaptionPolicy
+    from qclip.captions.vocab import WordTokenizer
+    from qclip.models import create_clip
+    from qclip.train.data import ClipShardDataset
+
+    transform = create_clip(f"local-dir:{coca_dir}").preprocess_val
+    policy = CaptionPolicy.parse("reference")
+    texts = [t for s in ShardReader(world_dir / "curated") for t in s.captions["reference"]]
+    tok = WordTokenizer.from_texts(texts)
+    plain = ClipShardDataset(world_dir / "curated", policy, transform, tok, seed=3)
+    cached = ClipShardDataset(world_dir / "curated", policy, transform, tok, seed=3, cache_pixels=True)
+    for epoch in (0, 1):
+        for i in range(len(plain)):
+            a, b = plain[(i, epoch)], cached[(i, epoch)]
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    assert len(cached._pixels) == len(plain)

@@ -27,7 +27,7 @@ class WorldConfig:
 
     image_size: int = 64
     n_pool: int = 10000  # alt-text only: what CLIP pretrains on
-    n_curated: int = 1000  # reference descriptions: what the captioner trains on
+    n_curated: int = 5000  # reference descriptions + object boxes: what the captioner trains on
     n_dense: int = 1000  # labelled (masks + depth) training set for the transfer stage
     n_val: int = 500  # held out: dense evaluation and retrieval
     min_objects: int = 2
@@ -88,7 +88,7 @@ class CaptionerConfig:
     """The in-repo CoCa captioner (`qclip caption train`): open_clip's CoCa at a CPU size, word vocabulary."""
 
     image_size: int = 64
-    width: int = 128
+    width: int = 64  # 128 named objects no better on the world, at about twice the step time
     vision_layers: int = 4
     patch_size: int = 8
     text_layers: int = 2
@@ -99,12 +99,14 @@ class CaptionerConfig:
     vision_stem: str = "conv"  # conv (Xiao et al. 2021; learns shapes far faster at 64 px) | patch (open_clip's)
     context_length: int = 32
     batch_size: int = 64
-    steps: int = 600
+    steps: int = 1000  # on the world, shapes are learned between steps 500 and 1000
     lr: float = 2e-3
     warmup_steps: int = 50
     weight_decay: float = 0.05
     caption_loss_weight: float = 2.0
     clip_loss_weight: float = 1.0
+    # region supervision (captions/regions.py): object boxes + class from the scene graph, where samples have one
+    region_loss_weight: float = 1.0
     workers: int = 2
     checkpoint_every: int = 200
 
@@ -341,6 +343,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
         (cfg.train.checkpoint_every >= 1 and cfg.train.log_every >= 1, "train.checkpoint_every/log_every >= 1"),
         (cfg.captioner.vision_stem in ("patch", "conv"), "captioner.vision_stem must be 'patch' or 'conv'"),
+        (cfg.captioner.region_loss_weight >= 0, "captioner.region_loss_weight must be >= 0 (0: captions only)"),
         (cfg.transfer.task in ("segmentation", "depth"), "transfer.task must be 'segmentation' or 'depth'"),
         (cfg.transfer.mode in ("probe", "finetune"), "transfer.mode must be 'probe' or 'finetune'"),
         (bool(cfg.transfer.data_fractions) and all(0 < f <= 1 for f in cfg.transfer.data_fractions),

@@ -1,5 +1,9 @@
 """`qclip caption train`: train the in-repo captioner (open_clip's CoCa, tiny) on a dataset's reference
-descriptions, as COCO-trained captioners are trained before they recaption web data.
+descriptions, as COCO-trained captioners are trained before they recaption web data, plus region supervision
+(object boxes and their class, `captions.regions`) where the samples carry a scene graph.
+
+Images go through the deterministic eval transform (resize, centre crop): descriptions say "left of" and
+the region loss needs exact boxes, which a random crop would move.
 
 Same conventions as pretraining: exact-resume data order, safetensors checkpoints + state, metrics.jsonl,
 and a model folder (`OUT/model`: open_clip_config.json, weights, vocab.json) that `qclip caption run
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import torch
 from open_clip.loss import CoCaLoss
+from torch import nn
 from tqdm import tqdm
 
 from ..atomic import atomic_write_json
@@ -24,6 +29,7 @@ from ..provenance import write_run_info
 from ..train.data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 from ..train.pretrain import load_checkpoint, lr_lambda, param_groups, save_checkpoint
 from .policy import CaptionPolicy
+from .regions import RegionHead, box_in_input, object_boxes
 from .vocab import WordTokenizer
 
 VOCAB = "vocab.json"
@@ -42,6 +48,27 @@ def coca_config(c, vocab_size: int) -> dict:
                            "heads": heads, "layers": c.decoder_layers, "attn_pooler_heads": heads},
         "custom_text": True,
     }
+
+
+class CaptionerTraining(nn.Module):
+    """What a training step updates and a checkpoint holds: the CoCa and, with region supervision, its
+    region head (not part of the saved captioner)."""
+
+    def __init__(self, coca: nn.Module, region_head: RegionHead | None) -> None:
+        super().__init__()
+        self.coca, self.region_head = coca, region_head
+
+
+def region_targets(data: str | Path, keys: list[str], image_size: int) -> tuple[list[list], list[str]]:
+    """Per dataset sample (in `keys` order): [(box in input pixels, class id)], and the class names."""
+    found: dict[str, list] = {}
+    for s in ShardReader(data):
+        w, h = s.meta.get("width"), s.meta.get("height")
+        if w and h:
+            found[s.key] = [(box_in_input(b, w, h, image_size), name) for b, name in object_boxes(s.meta)]
+    classes = sorted({name for boxes in found.values() for _, name in boxes})
+    index = {c: i for i, c in enumerate(classes)}
+    return [[(b, index[n]) for b, n in found.get(k, []) if b is not None] for k in keys], classes
 
 
 def train_captioner(cfg: Config, data: str | Path, out: str | Path, progress: bool = True) -> dict:
@@ -63,28 +90,42 @@ def train_captioner(cfg: Config, data: str | Path, out: str | Path, progress: bo
                                                      "qclip": {"vision_stem": c.vision_stem}})
     bundle = create_clip(f"local-dir:{model_dir}")
     model = bundle.model
-    ds = ClipShardDataset(data, policy, bundle.preprocess_train, tok, cfg.seed)
+    ds = ClipShardDataset(data, policy, bundle.preprocess_val, tok, cfg.seed, cache_pixels=True)
     spe = steps_per_epoch(len(ds), c.batch_size, 1)
     if spe == 0:
         raise TrainDataError(f"{data}: {len(ds)} captioned samples, fewer than one batch of {c.batch_size}")
-    opt = torch.optim.AdamW(param_groups(model, c.weight_decay), lr=c.lr, betas=(0.9, 0.98), eps=1e-6)
+    boxes, classes = region_targets(data, [x.key for x in ds.samples], c.image_size) \
+        if c.region_loss_weight > 0 else ([], [])
+    head = RegionHead(c.width, len(classes), c.image_size // c.patch_size, c.image_size) if classes else None
+    trainee = CaptionerTraining(model, head)
+    opt = torch.optim.AdamW(param_groups(trainee, c.weight_decay), lr=c.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(c.warmup_steps, c.steps, c.lr, 0.0))
-    start = load_checkpoint(out / "checkpoints", model, opt, sched)
+    start = load_checkpoint(out / "checkpoints", trainee, opt, sched)
     loss_fn = CoCaLoss(caption_loss_weight=c.caption_loss_weight, clip_loss_weight=c.clip_loss_weight,
                        pad_id=tok.pad_id)
-    write_run_info(out, cfg, "caption-train", {"data": str(data), "vocab": len(tok), "resumed_from_step": start})
+    n_boxes = sum(len(b) for b in boxes)
+    write_run_info(out, cfg, "caption-train", {"data": str(data), "vocab": len(tok), "resumed_from_step": start,
+                                               "region_classes": classes, "region_boxes": n_boxes})
     loader = make_loader(ds, c.batch_size, spe, c.steps, cfg.seed, 0, start, c.workers)
     metrics = open(out / "metrics.jsonl", "a", encoding="utf-8")
     bar = tqdm(total=c.steps, initial=start, desc="caption train", unit="step", disable=not progress)
-    model.train()
+    trainee.train()
     step, clip_l, cap_l = start, float("nan"), float("nan")
+    region_l: float | None = None  # None: no region supervision
     for batch in loader:
-        o = model(batch["images"], batch["texts"][:, 0])
+        # the tower runs once: the decoder and the region head read the same tokens
+        latent, tokens = model._encode_image(batch["images"])
+        o = model(batch["images"], batch["texts"][:, 0], image_latent=latent, image_embs=tokens)
         clip_loss, cap_loss = loss_fn(o["image_features"], o["text_features"], o["logits"], o["labels"],
                                       o["logit_scale"])
+        loss = clip_loss + cap_loss
+        if head is not None:
+            region_loss = head.loss(tokens, [boxes[i] for i in batch["index"].tolist()])
+            loss = loss + c.region_loss_weight * region_loss
+            region_l = region_loss.item()
         opt.zero_grad(set_to_none=True)
-        (clip_loss + cap_loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainee.parameters(), 1.0)
         opt.step()
         sched.step()
         step += 1
@@ -92,15 +133,16 @@ def train_captioner(cfg: Config, data: str | Path, out: str | Path, progress: bo
         bar.update(1)
         if step % 10 == 0 or step == c.steps:
             metrics.write(json.dumps({"step": step, "caption_loss": cap_l, "clip_loss": clip_l,
-                                      "lr": sched.get_last_lr()[0]}) + "\n")
+                                      "region_loss": region_l, "lr": sched.get_last_lr()[0]}) + "\n")
             metrics.flush()
             bar.set_postfix(caption_loss=f"{cap_l:.3f}")
         if step % c.checkpoint_every == 0 or step == c.steps:
-            save_checkpoint(out / "checkpoints", model, opt, sched, step)
+            save_checkpoint(out / "checkpoints", trainee, opt, sched, step)
     bar.close()
     metrics.close()
     save_model_dir(model, coca_config(c, len(tok)), bundle.preprocess_cfg, model_dir, bundle.qclip_cfg)
-    summary = {"steps": step, "caption_loss": cap_l, "clip_loss": clip_l, "vocab": len(tok),
+    summary = {"steps": step, "caption_loss": cap_l, "clip_loss": clip_l, "region_loss": region_l,
+               "region_classes": classes, "region_boxes": n_boxes, "vocab": len(tok),
                "seconds": round(time.time() - t0, 2), "model_dir": str(model_dir)}
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -10,7 +10,7 @@ from .findings import finding_lines, findings, headline_table, markdown_table
 
 NOTES = """Methods share the pool images, the encoder architecture and the pretraining budget (train.steps x
 train.batch_size); they differ only in the training signal. clip-synthetic uses the in-repo captioner's captions
-(trained on the curated split's reference descriptions), clip-raw the pool's alt-text, clip-mix a synthetic
+(trained on the curated split's reference descriptions and object boxes), clip-raw the pool's alt-text, clip-mix a synthetic
 caption with probability study.mix_p. Baselines: random (no pretraining), supervised (multi-label objects of the
 scene graph), mim (MAE for the ViT, SimMIM masked pixel regression for the MCi tower, which cannot drop tokens). Transfer trains a fresh head per data fraction for the same
 iterations; fractions are nested subsets. What the direction rests on: clip-synthetic can only beat clip-raw

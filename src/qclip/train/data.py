@@ -66,7 +66,10 @@ class ClipShardDataset(Dataset):
     and augmentations is seeded by (seed, epoch, index), so it is the same whatever worker computes it."""
 
     def __init__(self, root: str | Path, policy: CaptionPolicy, transform: Callable, tokenizer: Callable,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, teacher: bool = False) -> None:
+                 seed: int = 0, rank: int = 0, world_size: int = 1, teacher: bool = False,
+                 cache_pixels: bool = False) -> None:
+        """cache_pixels: keep each transformed image in memory after its first use (per loader worker); only
+        for a deterministic transform. The captioner's eval transform is, and it sees every image ~13 times."""
         self.reader = ShardReader(root)
         self.policy, self.transform, self.tokenizer, self.seed = policy, transform, tokenizer, seed
         self.teacher = teacher
@@ -102,6 +105,7 @@ class ClipShardDataset(Dataset):
                         continue
                     self.samples.append(IndexedSample(sid, key, exts[img_ext], cands, exts.get(TEACHER_MEMBER)))
         self._files: dict[int, object] = {}
+        self._pixels: dict[int, torch.Tensor] | None = {} if cache_pixels else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -119,16 +123,12 @@ class ClipShardDataset(Dataset):
         index, epoch = item
         s = self.samples[index]
         rng = np.random.default_rng([self.seed, epoch, index])
-        try:
-            img = open_image(_read(self._file(s.shard), s.image))
-        except BadImage as e:
-            # a shard changed after indexing: name it rather than train on garbage
-            raise TrainDataError(f"{self.paths[s.shard]}:{s.key}: {e}; verify the dataset (ShardReader.verify)")
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also queues CUDA seeding and records a stack trace,
-            # which cost 0.9 ms per sample, 40% of the loader's time (benchmarks/RESULTS.md)
-            torch.default_generator.manual_seed(int(rng.integers(2**62)))
-            pixels = self.transform(img)
+        pixel_seed = int(rng.integers(2**62))  # drawn either way: the caption draw below stays the same
+        pixels = self._pixels.get(index) if self._pixels is not None else None
+        if pixels is None:
+            pixels = self._load_pixels(s, pixel_seed)
+            if self._pixels is not None:
+                self._pixels[index] = pixels
         texts = self.policy.choose(s.candidates, rng)
         if not self.teacher:
             return pixels, self.tokenizer(texts), index
@@ -140,6 +140,18 @@ class ClipShardDataset(Dataset):
                                  f"re-run `qclip teacher` after the captions changed")
         t_txt = torch.from_numpy(t["texts"][[rows[x] for x in texts]])
         return pixels, self.tokenizer(texts), index, torch.from_numpy(t["image"]), t_txt, float(t["logit_scale"])
+
+    def _load_pixels(self, s: IndexedSample, seed: int) -> torch.Tensor:
+        try:
+            img = open_image(_read(self._file(s.shard), s.image))
+        except BadImage as e:
+            # a shard changed after indexing: name it rather than train on garbage
+            raise TrainDataError(f"{self.paths[s.shard]}:{s.key}: {e}; verify the dataset (ShardReader.verify)")
+        with torch.random.fork_rng(devices=[]):
+            # the CPU generator only: torch.manual_seed also queues CUDA seeding and records a stack trace,
+            # which cost 0.9 ms per sample, 40% of the loader's time (benchmarks/RESULTS.md)
+            torch.default_generator.manual_seed(seed)
+            return self.transform(img)
 
     def __getstate__(self):  # open file handles do not cross into worker processes
         state = dict(self.__dict__)
