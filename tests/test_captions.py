@@ -136,7 +136,8 @@ def test_caption_train_then_caption(world_dir, tmp_path, capsys):
             "captioner.steps=30", "captioner.batch_size=8", "captioner.warmup_steps=2", "captioner.workers=0",
             "captioner.width=64", "captioner.vision_layers=2", "captioner.checkpoint_every=15"]
     assert main(args) == 0
-    assert "caption train: 30 steps" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "caption train: 30 steps" in printed and "boxes of 4 classes" in printed
     logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [10, 20, 30]
     # the world's curated split carries boxes: the region head trained beside the captions

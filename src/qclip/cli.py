@@ -145,8 +145,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
         if not args.out:
             raise ConfigError("qclip caption train needs --out (the captioner's run directory)")
         s = train_captioner(_load(args), args.data, args.out, progress=not args.quiet)
-        print(f"caption train: {s['steps']} steps, caption loss {s['caption_loss']:.3f} per token, vocabulary "
-              f"{s['vocab']} words, {s['seconds']:.0f}s; captioner in {s['model_dir']} "
+        regions = (f"region loss {s['region_loss']:.3f} on {s['region_boxes']:,} boxes of {len(s['region_classes'])} "
+                   f"classes" if s["region_loss"] is not None else "no region supervision")
+        print(f"caption train: {s['steps']} steps, caption loss {s['caption_loss']:.3f} per token, {regions}, "
+              f"vocabulary {s['vocab']} words, {s['seconds']:.0f}s; captioner in {s['model_dir']} "
               f"(qclip caption run --captioner {s['model_dir']})")
         return 0
     if args.action == "stats":
