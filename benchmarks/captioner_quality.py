@@ -10,6 +10,7 @@ wrong for raw alt-text, the reference descriptions and each captioner's output, 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -39,13 +40,14 @@ def main() -> None:
         qclip("world", "--out", str(world), "--quiet", "--config", args.config, "world.n_pool=64",
               "world.n_dense=0", *args.set)
     rows = []
+    variant = hashlib.sha1(" ".join(args.set).encode()).hexdigest()[:8]  # other overrides: another run folder
     for w in args.weights:
-        run = out / f"captioner_region{w:g}"
+        run = out / f"captioner_region{w:g}_{variant}"
         t0 = time.time()
         qclip("caption", "train", "--data", str(world / "curated"), "--out", str(run), "--quiet", "--config",
               args.config, f"captioner.region_loss_weight={w}", *args.set)
         seconds = time.time() - t0
-        captioned = out / f"val_region{w:g}"
+        captioned = out / f"val_region{w:g}_{variant}"
         qclip("caption", "run", "--data", str(world / "val"), "--out", str(captioned), "--captioner",
               str(run / "model"), "--id", "tiny", "--quiet", "--config", args.config)
         q = dataset_quality(captioned)
