@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from qclip_cli import ROOT, qclip  # benchmarks/qclip_cli.py, beside this script
 
 
 def timed_captions(captioner, images, batch_size: int, sampling) -> tuple[float, list[str]]:
@@ -48,14 +47,13 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="qclip-bench-"))
     if not args.captioner or not args.data:
-        subprocess.run([sys.executable, "-m", "qclip", "world", "--out", str(tmp / "world"), "--n", "0", "--quiet",
-                        "world.n_curated=1000", "world.n_dense=0", f"world.n_val={args.images}"], check=True, cwd=ROOT)
+        qclip("world", "--out", str(tmp / "world"), "--n", "0", "--quiet", "world.n_curated=1000", "world.n_dense=0",
+              f"world.n_val={args.images}")
     data = Path(args.data) if args.data else tmp / "world" / "val"
     model = Path(args.captioner) if args.captioner else tmp / "captioner" / "model"
     if not args.captioner:
-        subprocess.run([sys.executable, "-m", "qclip", "caption", "train", "--data", str(tmp / "world" / "curated"),
-                        "--out", str(tmp / "captioner"), "--quiet", f"captioner.steps={args.train_steps}"],
-                       check=True, cwd=ROOT)
+        qclip("caption", "train", "--data", str(tmp / "world" / "curated"), "--out", str(tmp / "captioner"), "--quiet",
+              f"captioner.steps={args.train_steps}")
     captioner = create_captioner(f"local-dir:{model}")
     images = [Image.open(io.BytesIO(s.image)).convert("RGB") for _, s in zip(range(args.images), ShardReader(data))]
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -12,19 +12,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from qclip.captions.quality import dataset_quality
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def qclip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "qclip", *args], check=True, cwd=ROOT)
+from qclip_cli import ROOT, qclip  # benchmarks/qclip_cli.py, beside this script
 
 
 def main() -> None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from qclip_cli import ROOT, qclip  # benchmarks/qclip_cli.py, beside this script
 
 
 def loader_rate(ds, batch_size: int, steps: int, workers: int, skip: int = 2) -> float:
@@ -72,9 +71,8 @@ def main() -> None:
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="qclip-bench-")) / "world"
     if not args.data:
         n = (args.steps + 4) * args.batch_size
-        subprocess.run([sys.executable, "-m", "qclip", "world", "--out", str(data), "--n", str(n), "--quiet",
-                        "world.n_curated=0", "world.n_dense=0", "world.n_val=0", "world.shard_size=500",
-                        "world.alt_text_relevance=1.0"], check=True, cwd=ROOT)
+        qclip("world", "--out", str(data), "--n", str(n), "--quiet", "world.n_curated=0", "world.n_dense=0",
+              "world.n_val=0", "world.shard_size=500", "world.alt_text_relevance=1.0")
         data = data / "pool"
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"batch {args.batch_size}, {args.steps} steps, data {data}")

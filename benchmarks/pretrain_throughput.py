@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from qclip_cli import ROOT, qclip  # benchmarks/qclip_cli.py, beside this script
 sys.path.insert(0, str(ROOT / "src"))
 from flops import train_flops_per_sample  # noqa: E402  (benchmarks/flops.py, beside this script)
 
@@ -37,11 +37,10 @@ def model_dir(name: str, image_size: int, tmp: Path) -> Path:
 
 
 def run_qclip(data: Path, mdir: Path, out: Path, args) -> list[float]:
-    cmd = [sys.executable, "-m", "qclip", "pretrain", "--data", str(data), "--out", str(out), "--quiet",
-           f"train.model=local-dir:{mdir}", f"train.batch_size={args.batch_size}", f"train.steps={args.steps}",
-           "train.log_every=1", f"train.checkpoint_every={args.steps}", f"train.workers={args.workers}",
-           "train.caption_policy=raw", f"train.precision={args.precision}", "train.warmup_steps=1"]
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    qclip("pretrain", "--data", str(data), "--out", str(out), "--quiet",
+          f"train.model=local-dir:{mdir}", f"train.batch_size={args.batch_size}", f"train.steps={args.steps}",
+          "train.log_every=1", f"train.checkpoint_every={args.steps}", f"train.workers={args.workers}",
+          "train.caption_policy=raw", f"train.precision={args.precision}", "train.warmup_steps=1")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["images_per_s"] for r in rows]
 
@@ -89,10 +88,9 @@ def main() -> None:
     data = Path(args.data) if args.data else tmp / "world" / "pool"
     if not args.data:
         n = args.steps * args.batch_size
-        subprocess.run([sys.executable, "-m", "qclip", "world", "--out", str(tmp / "world"), "--n", str(n), "--quiet",
-                        "world.n_curated=0", "world.n_dense=0", "world.n_val=0",
-                        f"world.shard_size={max(args.batch_size, n // 4)}", f"world.image_size={args.image_size}",
-                        "world.alt_text_relevance=1.0"], check=True, cwd=ROOT)
+        qclip("world", "--out", str(tmp / "world"), "--n", str(n), "--quiet", "world.n_curated=0", "world.n_dense=0",
+              "world.n_val=0", f"world.shard_size={max(args.batch_size, n // 4)}",
+              f"world.image_size={args.image_size}", "world.alt_text_relevance=1.0")
     import torch
 
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "

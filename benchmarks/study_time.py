@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from qclip_cli import ROOT, qclip  # benchmarks/qclip_cli.py, beside this script
 TARGET_S = 15 * 60
 
 
@@ -38,8 +36,7 @@ def main() -> None:
     else:
         out = Path(args.out or tempfile.mkdtemp(prefix="qclip-study-"))
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "qclip", "run", "--config", args.config, "--out", str(out), "--fresh",
-                        *args.overrides], check=True, cwd=ROOT)
+        qclip("run", "--config", args.config, "--out", str(out), "--fresh", *args.overrides)
         wall, results_file = time.time() - t0, out / "results.json"
     res = json.loads(results_file.read_text())
     stages: dict[str, float] = res["stage_seconds"]
