@@ -76,6 +76,66 @@ def test_encoder_levels_and_heads(spec, strides, plain):
             assert (out > 0).all() and (out <= 10).all()
 
 
+def test_probe_head_is_bn_then_1x1_conv_on_stacked_levels():
+    """The probe's (pixels, channels) matmul is DINOv2's BN -> 1x1 conv on the levels upsampled to the finest
+    one; feeding it the cached stack gives the same output as feeding it the levels."""
+    import torch.nn.functional as F
+    from qclip.transfer.heads import LinearProbeHead
+
+    torch.manual_seed(0)
+    head = LinearProbeHead([8, 16], 5)
+    torch.nn.init.normal_(head.bn.weight)
+    feats = [torch.randn(3, 8, 8, 8), torch.randn(3, 16, 4, 4)]
+    stacked = LinearProbeHead.stack(feats)
+    assert len(stacked) == 1 and stacked[0].shape == (3, 24, 8, 8) and LinearProbeHead.stack(stacked) is stacked
+    assert torch.equal(stacked[0][:, 8:], F.interpolate(feats[1], size=(8, 8), mode="bilinear", align_corners=False))
+    for training in (True, False):
+        head.train(training)
+        ref = torch.nn.Sequential(torch.nn.BatchNorm2d(24), torch.nn.Conv2d(24, 5, 1)).train(training)
+        ref[0].load_state_dict(head.bn.state_dict())
+        ref[1].load_state_dict(head.conv.state_dict())
+        want = ref(torch.cat([feats[0], stacked[0][:, 8:]], 1))
+        assert torch.allclose(head(feats), want, atol=1e-5) and torch.allclose(head(stacked), want, atol=1e-5)
+
+
+def test_log_depth_head_positive_bounded_and_fits_log_linear_depth():
+    """depth_bins=0: one channel of log depth. On features that encode log depth linearly the probe, a convex
+    problem under SILog, fits it almost exactly in a short schedule."""
+    from qclip.transfer.losses import depth_loss
+
+    torch.manual_seed(0)
+    head = DenseHead([4], False, "depth", "probe", depth_bins=0, min_depth=0.5, max_depth=10.0)
+    depth = torch.rand(16, 8, 8) * 7 + 2
+    feats = [torch.stack([depth.log(), torch.randn_like(depth), torch.randn_like(depth), torch.ones_like(depth)], 1)]
+    out = head(feats, (8, 8))
+    assert out.shape == (16, 8, 8) and (out >= 0.5 - 1e-6).all() and (out <= 10 + 1e-5).all()
+    opt = torch.optim.AdamW(head.parameters(), lr=0.05, weight_decay=0.0)
+    for _ in range(300):
+        loss = depth_loss(head(feats, (8, 8)), depth)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    assert ((head(feats, (8, 8)) - depth).abs() / depth).mean() < 0.05
+
+
+def test_cached_validation_features_give_the_same_metrics(world_dir):
+    from qclip.config import load_config
+    from qclip.data.dense import open_dense
+    from qclip.transfer.data import DenseTensors
+    from qclip.transfer.run import _feature_batches, evaluate
+
+    cfg = load_config(None, ["transfer.eval_batch_size=7"]).transfer
+    enc = load_encoder("random:qclip-mci-tiny", 64)
+    ds = open_dense(world_dir, "qclip", "segmentation", "val")
+    val = DenseTensors(ds, list(range(len(ds))), 64, enc.info.mean, enc.info.std, train=False)
+    head = DenseHead(enc.info.channels, False, "segmentation", "probe", num_classes=6)
+    torch.nn.init.normal_(head.decoder.conv.weight)
+    plain, _ = evaluate(enc, head, val, cfg, 6)
+    cached, _ = evaluate(enc, head, val, cfg, 6, cached=_feature_batches(enc, val, 7, 0, torch.device("cpu")))
+    assert cached["mIoU"] == pytest.approx(plain["mIoU"], abs=1e-6) and cached["aAcc"] == pytest.approx(plain["aAcc"])
+
+
 def test_encoder_from_qclip_folder_and_timm_export(tmp_path):
     from qclip.models import create_clip
     from qclip.models.checkpoint import save_model_dir
@@ -133,8 +193,9 @@ def test_transfer_cli_world_and_layouts(world_dir, tmp_path, capsys):
              (tmp_path / "nyu", "depth", "probe", 0)]
     for data, task, mode, classes in cases:
         out = tmp_path / "runs" / f"{data.name}-{task}-{mode}"
+        bins = ["transfer.depth_bins=0"] if (task, mode) == ("depth", "probe") else []  # log-depth head
         rc = main(["transfer", "--encoder", "random:qclip-mci-tiny", "--data", str(data), "--task", task, "--mode",
-                   mode, "--data-fractions", "0.25,1.0", "--out", str(out), "--quiet", *fast])
+                   mode, "--data-fractions", "0.25,1.0", "--out", str(out), "--quiet", *fast, *bins])
         assert rc == 0, (data, task, mode)
         assert f"-> {task} ({mode})" in capsys.readouterr().out
         s = json.loads((out / "metrics.json").read_text())

@@ -134,7 +134,7 @@ class TransferConfig:
     decoder_width: int = 128
     num_classes: int = 0  # 0 = from the dataset (world/ADE20k/VOC know theirs; folder: max id + 1)
     depth_loss: str = "silog"  # silog | l1log
-    depth_bins: int = 256
+    depth_bins: int = 256  # 0 = regress log depth directly: a convex linear probe, stable in a few hundred steps
     bin_spacing: str = "log"  # log | uniform
     min_depth: float = 1e-3
     max_depth: float = 10.0
@@ -350,6 +350,7 @@ def validate(cfg: Config) -> None:
          "transfer.data_fractions must lie in (0, 1], e.g. [0.1, 1.0]"),
         (cfg.transfer.depth_loss in ("silog", "l1log"), "transfer.depth_loss must be 'silog' or 'l1log'"),
         (cfg.transfer.bin_spacing in ("log", "uniform"), "transfer.bin_spacing must be 'log' or 'uniform'"),
+        (cfg.transfer.depth_bins >= 0, "transfer.depth_bins must be >= 0 (0 = regress log depth)"),
         (0 < cfg.transfer.min_depth < cfg.transfer.max_depth, "need 0 < transfer.min_depth < transfer.max_depth"),
         (cfg.transfer.steps >= 1 and cfg.transfer.batch_size >= 1, "transfer.steps/batch_size must be >= 1"),
         (cfg.transfer.checkpoint_every >= 0, "transfer.checkpoint_every must be >= 0 (0 = no checkpoints)"),

@@ -9,7 +9,8 @@
   at the finest stride; for segmentation fine-tuning (the ADE20k recipe's head).
 - `DPTDecoder`: DPT's fusion decoder (residual conv units, progressive 2x upsampling), for depth fine-tuning.
 Depth outputs are classification over bins with the prediction the softmax-weighted bin centre (AdaBins;
-DINOv2's depth probe uses 256 uniform or log bins), so depth is positive and bounded by `max_depth`.
+DINOv2's depth probe uses 256 uniform or log bins), or with `depth_bins=0` one channel of log depth (`LogDepth`);
+either way depth is positive and bounded by `max_depth`.
 """
 from __future__ import annotations
 
@@ -43,15 +44,44 @@ class DepthBins(nn.Module):
         return (logits.softmax(1) * self.centres).sum(1)
 
 
+class LogDepth(nn.Module):
+    """One channel of log depth -> metres within [min_depth, max_depth]. With a linear probe and SILog (a loss on
+    log depth) the problem is convex, so a short CPU schedule converges where a softmax over bins does not."""
+
+    def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0) -> None:
+        super().__init__()
+        self.lo, self.hi = math.log(max(min_depth, 1e-3)), math.log(max_depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0].clamp(self.lo, self.hi).exp()
+
+
 class LinearProbeHead(nn.Module):
     def __init__(self, channels: list[int], out_channels: int) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(sum(channels))
         self.conv = nn.Conv2d(sum(channels), out_channels, 1)
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+    @staticmethod
+    def stack(feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The head's parameter-free first step: every level upsampled to the finest one and concatenated.
+        A probe over frozen features computes it once per image (`qclip transfer` caches its output) instead
+        of once per step; stacking stacked features is a no-op."""
+        if len(feats) == 1:
+            return feats
         size = max((f.shape[-2:] for f in feats), key=lambda s: s[0] * s[1])
-        return self.conv(self.bn(torch.cat([_resize(f, size) for f in feats], 1)))
+        # channels-last: the head reads (pixels, channels) rows without a copy
+        return [torch.cat([_resize(f, size) for f in feats], 1).contiguous(memory_format=torch.channels_last)]
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        # BatchNorm + 1x1 conv as one (pixels, channels) matrix: the same maths as bn -> conv, 2x faster on a
+        # CPU than mkldnn's 1x1 convolution with a handful of output channels
+        x = self.stack(feats)[0]
+        n, c, h, w = x.shape
+        bn, k = self.bn, self.conv.out_channels
+        y = F.batch_norm(x.permute(0, 2, 3, 1).reshape(-1, c), bn.running_mean, bn.running_var, bn.weight,
+                         bn.bias, self.training, bn.momentum, bn.eps)
+        return F.linear(y, self.conv.weight.view(k, c), self.conv.bias).view(n, h, w, k).permute(0, 3, 1, 2)
 
 
 class SimplePyramid(nn.Module):
@@ -149,7 +179,7 @@ class DenseHead(nn.Module):
                  width: int = 128, depth_bins: int = 256, min_depth: float = 1e-3, max_depth: float = 10.0,
                  bin_spacing: str = "log") -> None:
         super().__init__()
-        out = num_classes if task == "segmentation" else depth_bins
+        out = num_classes if task == "segmentation" else max(depth_bins, 1)
         self.task = task
         self.neck = SimplePyramid(channels, width) if (plain and mode == "finetune") else nn.Identity()
         ch = self.neck.out_channels if isinstance(self.neck, SimplePyramid) else channels
@@ -159,7 +189,10 @@ class DenseHead(nn.Module):
             self.decoder = UperNetDecoder(ch, width, out)
         else:
             self.decoder = DPTDecoder(ch, width, out)
-        self.bins = DepthBins(depth_bins, min_depth, max_depth, bin_spacing) if task == "depth" else None
+        self.bins: nn.Module | None = None
+        if task == "depth":
+            self.bins = (DepthBins(depth_bins, min_depth, max_depth, bin_spacing) if depth_bins
+                         else LogDepth(min_depth, max_depth))
 
     def forward(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         out = self.decoder(self.neck(feats))

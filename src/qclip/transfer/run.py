@@ -2,8 +2,9 @@
 
 Read top to bottom: open the train/val splits, build the encoder once, then for each data fraction train a fresh
 head (and, fine-tuning, a fresh copy of the encoder) for the same number of iterations and evaluate on the whole
-validation split. Probing never changes the encoder, so its features are computed once per run and cached in
-memory when they fit (`transfer.max_cached_feature_gb`): every fraction's head then trains on cached tensors.
+validation split. Probing never changes the encoder, so the train and validation features are computed once per
+run, already stacked as the probe head's first (parameter-free) step, and cached in memory when they fit
+(`transfer.max_cached_feature_gb`): every fraction's head then trains and is evaluated on cached tensors.
 Runs on a GPU when there is one (`transfer.device`, bf16 autocast); with `transfer.checkpoint_every` a fraction
 resumes from its latest checkpoint (OUT/<task>-<mode>-f<fraction>/checkpoints).
 Writes OUT/metrics.json (all fractions), OUT/<task>-<mode>-f<fraction>/{metrics.json,predictions.png},
@@ -31,7 +32,7 @@ from ..train.pretrain import load_checkpoint, lr_lambda, param_groups, save_chec
 from .data import DenseTensors, collate, infer_num_classes, open_splits
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
-from .heads import DenseHead
+from .heads import DenseHead, LinearProbeHead
 from .losses import depth_loss, segmentation_loss
 from .metrics import DepthMetric, SegmentationMetric
 from .visualize import save_prediction_grid
@@ -51,17 +52,24 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
+def _feature_batches(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, workers: int,
+                     device: torch.device) -> list[tuple[list[torch.Tensor], dict]]:
+    """Frozen probe inputs (the levels stacked as `LinearProbeHead.stack` does, on the CPU) of every batch of
+    `ds` in order, each beside its batch."""
+    encoder.eval()
+    out = []
+    for b in DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=workers):
+        with _autocast(device):
+            feats = LinearProbeHead.stack(encoder(b["image"].to(device)))
+        out.append(([f.float().cpu() for f in feats], b))
+    return out
+
+
 def _features(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, workers: int,
               device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Frozen features of every sample (levels, on the CPU) and the training targets beside them."""
-    encoder.eval()
-    loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=workers)
-    chunks, targets = [], []
-    for b in loader:
-        with _autocast(device):
-            chunks.append([f.float().cpu() for f in encoder(b["image"].to(device))])
-        targets.append(b["target"])
-    return [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))], torch.cat(targets)
+    """Frozen probe inputs of every sample and the training targets beside them."""
+    parts = _feature_batches(encoder, ds, batch_size, workers, device)
+    return [torch.cat([f[0] for f, _ in parts])], torch.cat([b["target"] for _, b in parts])
 
 
 def _batches(n: int, bs: int, steps: int, gen: torch.Generator) -> list[list[int]]:
@@ -76,7 +84,8 @@ def _batches(n: int, bs: int, steps: int, gen: torch.Generator) -> list[list[int
 
 
 def _feature_gb(encoder: DenseEncoder, n: int, size: int) -> float:
-    return n * sum(c * (size // r) ** 2 for c, r in zip(encoder.info.channels, encoder.info.reductions)) * 4 / 1e9
+    """Memory of `n` samples' stacked probe inputs: every level at the finest level's resolution."""
+    return n * sum(encoder.info.channels) * (size // min(encoder.info.reductions)) ** 2 * 4 / 1e9
 
 
 def _loss(cfg, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -87,17 +96,22 @@ def _loss(cfg, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(encoder: DenseEncoder, head: DenseHead, val: DenseTensors, cfg, num_classes: int,
-             n_examples: int = 4) -> tuple[dict, list[dict]]:
-    """Metrics on the whole validation split, predictions resized to each target's own resolution."""
+             n_examples: int = 4, cached: list[tuple[list[torch.Tensor], dict]] | None = None
+             ) -> tuple[dict, list[dict]]:
+    """Metrics on the whole validation split, predictions resized to each target's own resolution.
+    `cached`: the split's frozen probe inputs from `_feature_batches` (the encoder then does not run)."""
     encoder.eval()
     head.eval()
     device = next(head.parameters()).device
     metric = (SegmentationMetric(num_classes) if cfg.task == "segmentation"
               else DepthMetric(cfg.min_depth, cfg.max_depth, cfg.eigen_crop))
     examples = []
-    for b in DataLoader(val, batch_size=cfg.eval_batch_size, collate_fn=collate, num_workers=cfg.workers):
+    if cached is None:
+        cached = ((None, b) for b in DataLoader(val, batch_size=cfg.eval_batch_size, collate_fn=collate,
+                                                num_workers=cfg.workers))
+    for feats, b in cached:
         with _autocast(device):
-            feats = encoder(b["image"].to(device))
+            feats = encoder(b["image"].to(device)) if feats is None else [f.to(device) for f in feats]
         if isinstance(b["target"], list):  # targets of different sizes: one image at a time
             parts = [(i, [f[i:i + 1] for f in feats], t[None]) for i, t in enumerate(b["target"])]
         else:
@@ -207,9 +221,11 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     val = DenseTensors(val_ds, list(range(len(val_ds))), t.image_size, info.mean, info.std, train=False)
     full = DenseTensors(train_ds, list(range(len(train_ds))), t.image_size, info.mean, info.std, train=True)
     scales = tuple(t.scale_range)
-    cached = None
+    cached, cached_val = None, None
     if t.mode == "probe" and scales == (1.0, 1.0) and _feature_gb(encoder, len(full), t.image_size) <= t.max_cached_feature_gb:
         cached = _features(encoder, full, t.eval_batch_size, t.workers, device)  # once for all fractions
+    if t.mode == "probe" and _feature_gb(encoder, len(val), t.image_size) <= t.max_cached_feature_gb:
+        cached_val = _feature_batches(encoder, val, t.eval_batch_size, t.workers, device)
     results = []
     for frac in sorted(t.data_fractions):
         idx = nested_subset(len(train_ds), frac, cfg.seed)
@@ -228,7 +244,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         head, losses = train_head(encoder, sub, t, num_classes, cfg.seed,
                                   ([c[idx] for c in cached[0]], cached[1][idx]) if cached else None,
                                   progress, f"{name} ({len(idx)} imgs)", ckpt_dir)
-        metrics, examples = evaluate(encoder, head, val, t, num_classes)
+        metrics, examples = evaluate(encoder, head, val, t, num_classes, cached=cached_val)
         run = {"encoder": encoder_spec, "task": t.task, "mode": t.mode, "data_fraction": frac,
                "train_samples": len(idx), "val_samples": len(val_ds), "final_train_loss": losses[-1],
                "seconds": round(time.time() - t1, 2), "metrics": metrics}
