@@ -107,8 +107,11 @@ def test_log_depth_head_positive_bounded_and_fits_log_linear_depth():
     head = DenseHead([4], False, "depth", "probe", depth_bins=0, min_depth=0.5, max_depth=10.0)
     depth = torch.rand(16, 8, 8) * 7 + 2
     feats = [torch.stack([depth.log(), torch.randn_like(depth), torch.randn_like(depth), torch.ones_like(depth)], 1)]
-    out = head(feats, (8, 8))
+    with torch.no_grad():
+        head.decoder.conv.bias.fill_(5.0)  # starts far past max_depth: no clip while training, so it comes back
+    out = head.eval()(feats, (8, 8))
     assert out.shape == (16, 8, 8) and (out >= 0.5 - 1e-6).all() and (out <= 10 + 1e-5).all()
+    head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=0.05, weight_decay=0.0)
     for _ in range(300):
         loss = depth_loss(head(feats, (8, 8)), depth)

@@ -16,7 +16,11 @@ scene graph), mim (MAE for the ViT, SimMIM masked pixel regression for the MCi t
 iterations; fractions are nested subsets. What the direction rests on: clip-synthetic can only beat clip-raw
 where the synthetic captions name more of the scene correctly than the alt-text does (the caption-quality table
 above); a captioner that gets colours right but guesses shapes gives the tower no shape signal that the alt-text
-lacks. The finding's last line says which of the paper's comparisons hold here by more than the seed spread."""
+lacks. Second, the probes must converge: a linear probe stopped early ranks encoders by how fast their features
+are to fit, not by what they encode (the demo's probes train 200 steps at lr 1e-2 on cached features and regress
+log depth, a convex problem; with 100 steps at lr 1e-3 and 64 softmax depth bins the ranking changed with the
+schedule and random init came first on depth). The finding's last line says which of the paper's comparisons
+hold here by more than the seed spread."""
 
 
 def _scored(example: dict, kind: str) -> str:

@@ -45,15 +45,18 @@ class DepthBins(nn.Module):
 
 
 class LogDepth(nn.Module):
-    """One channel of log depth -> metres within [min_depth, max_depth]. With a linear probe and SILog (a loss on
-    log depth) the problem is convex, so a short CPU schedule converges where a softmax over bins does not."""
+    """One channel of log depth -> metres. With a linear probe and SILog (a loss on log depth) the problem is
+    convex, so a short CPU schedule converges where a softmax over bins does not. Predictions are clipped to
+    [min_depth, max_depth] in evaluation only: a clip while training has no gradient, and pixels pushed past it
+    stayed there (a probe ended at RMSE 4 where its other seeds reached 1.3)."""
 
     def __init__(self, min_depth: float = 1e-3, max_depth: float = 10.0) -> None:
         super().__init__()
         self.lo, self.hi = math.log(max(min_depth, 1e-3)), math.log(max_depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0].clamp(self.lo, self.hi).exp()
+        x = x[:, 0]
+        return x.exp() if self.training else x.clamp(self.lo, self.hi).exp()
 
 
 class LinearProbeHead(nn.Module):
