@@ -91,11 +91,15 @@ def test_probe_head_is_bn_then_1x1_conv_on_stacked_levels():
     assert torch.equal(stacked[0][:, 8:], F.interpolate(feats[1], size=(8, 8), mode="bilinear", align_corners=False))
     for training in (True, False):
         head.train(training)
+        tracked = int(head.bn.num_batches_tracked)
         ref = torch.nn.Sequential(torch.nn.BatchNorm2d(24), torch.nn.Conv2d(24, 5, 1)).train(training)
         ref[0].load_state_dict(head.bn.state_dict())
         ref[1].load_state_dict(head.conv.state_dict())
         want = ref(torch.cat([feats[0], stacked[0][:, 8:]], 1))
         assert torch.allclose(head(feats), want, atol=1e-5) and torch.allclose(head(stacked), want, atol=1e-5)
+        # counts its batches as nn.BatchNorm2d does (ref ran one batch, the head two)
+        assert int(ref[0].num_batches_tracked) == tracked + training
+        assert int(head.bn.num_batches_tracked) == tracked + 2 * training
 
 
 def test_log_depth_head_positive_bounded_and_fits_log_linear_depth():
@@ -128,15 +132,20 @@ def test_cached_validation_features_give_the_same_metrics(world_dir):
     from qclip.transfer.data import DenseTensors
     from qclip.transfer.run import _feature_batches, evaluate
 
-    cfg = load_config(None, ["transfer.eval_batch_size=7"]).transfer
+    cfg = load_config(None, ["transfer.eval_batch_size=5"]).transfer
     enc = load_encoder("random:qclip-mci-tiny", 64)
     ds = open_dense(world_dir, "qclip", "segmentation", "val")
     val = DenseTensors(ds, list(range(len(ds))), 64, enc.info.mean, enc.info.std, train=False)
     head = DenseHead(enc.info.channels, False, "segmentation", "probe", num_classes=6)
     torch.nn.init.normal_(head.decoder.conv.weight)
-    plain, _ = evaluate(enc, head, val, cfg, 6)
-    cached, _ = evaluate(enc, head, val, cfg, 6, cached=_feature_batches(enc, val, 7, 0, torch.device("cpu")))
+    plain, ex_plain = evaluate(enc, head, val, cfg, 6, n_examples=8)
+    batches = _feature_batches(enc, val, 5, 0, torch.device("cpu"))
+    assert all("image" not in b for _, b in batches)  # the cache holds features and targets, not images
+    cached, ex_cached = evaluate(enc, head, val, cfg, 6, n_examples=8, cached=batches)
     assert cached["mIoU"] == pytest.approx(plain["mIoU"], abs=1e-6) and cached["aAcc"] == pytest.approx(plain["aAcc"])
+    assert len(ex_cached) == len(ex_plain) == 8 == len(val)  # spans two batches of 5
+    assert all(np.array_equal(a["image"], b["image"]) and np.array_equal(a["target"], b["target"])
+               for a, b in zip(ex_plain, ex_cached))
 
 
 def test_encoder_from_qclip_folder_and_timm_export(tmp_path):

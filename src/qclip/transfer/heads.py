@@ -82,6 +82,8 @@ class LinearProbeHead(nn.Module):
         x = self.stack(feats)[0]
         n, c, h, w = x.shape
         bn, k = self.bn, self.conv.out_channels
+        if self.training:  # as nn.BatchNorm2d counts them (its state dict carries the count)
+            bn.num_batches_tracked.add_(1)
         y = F.batch_norm(x.permute(0, 2, 3, 1).reshape(-1, c), bn.running_mean, bn.running_var, bn.weight,
                          bn.bias, self.training, bn.momentum, bn.eps)
         return F.linear(y, self.conv.weight.view(k, c), self.conv.bias).view(n, h, w, k).permute(0, 3, 1, 2)

@@ -55,12 +55,13 @@ def _autocast(device: torch.device):
 def _feature_batches(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, workers: int,
                      device: torch.device) -> list[tuple[list[torch.Tensor], dict]]:
     """Frozen probe inputs (the levels stacked as `LinearProbeHead.stack` does, on the CPU) of every batch of
-    `ds` in order, each beside its batch."""
+    `ds` in order, each beside its batch without the images (the memory bound counts features only; `evaluate`
+    re-reads the few images it shows)."""
     encoder.eval()
     out = []
     for b in DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=workers):
         with _autocast(device):
-            feats = LinearProbeHead.stack(encoder(b["image"].to(device)))
+            feats = LinearProbeHead.stack(encoder(b.pop("image").to(device)))
         out.append(([f.float().cpu() for f in feats], b))
     return out
 
@@ -105,7 +106,7 @@ def evaluate(encoder: DenseEncoder, head: DenseHead, val: DenseTensors, cfg, num
     device = next(head.parameters()).device
     metric = (SegmentationMetric(num_classes) if cfg.task == "segmentation"
               else DepthMetric(cfg.min_depth, cfg.max_depth, cfg.eigen_crop))
-    examples = []
+    examples, start = [], 0  # start: the batch's first index in `val`
     if cached is None:
         cached = ((None, b) for b in DataLoader(val, batch_size=cfg.eval_batch_size, collate_fn=collate,
                                                 num_workers=cfg.workers))
@@ -122,9 +123,11 @@ def evaluate(encoder: DenseEncoder, head: DenseHead, val: DenseTensors, cfg, num
             pred = (out.argmax(1) if cfg.task == "segmentation" else out.float()).cpu()
             metric.update(pred, target)
             for j in range(min(len(pred), n_examples - len(examples))):
-                img = (b["image"][first + j] * val.std + val.mean).clamp(0, 1).permute(1, 2, 0).numpy()
+                img = b["image"][first + j] if "image" in b else val[start + first + j]["image"]
+                img = (img * val.std + val.mean).clamp(0, 1).permute(1, 2, 0).numpy()
                 examples.append({"image": (img * 255).astype(np.uint8), "target": target[j].numpy(),
                                  "pred": pred[j].numpy()})
+        start += len(b["key"])
     return metric.compute(), examples
 
 
