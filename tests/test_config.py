@@ -64,3 +64,22 @@ def test_float_written_without_dot(tmp_path):
     assert load_config(tmp_path / "c.yaml").train.lr == 0.0005
     with pytest.raises(ConfigError, match="expects float"):
         load_config(None, ["train.lr=fast"])
+
+
+def test_encoder_train_overrides_one_encoder_and_is_validated():
+    from qclip.config import encoder_train
+
+    cfg = load_config(None, ["train.steps=70", "study.encoder_train={qclip-mci-tiny: {steps: 200, lr: 3e-3}}"])
+    mci, vit = encoder_train(cfg, "qclip-mci-tiny"), encoder_train(cfg, "qclip-vit-tiny")
+    assert (mci.train.steps, mci.train.lr) == (200, 0.003) and isinstance(mci.train.lr, float)
+    assert vit.train == cfg.train and cfg.train.steps == 70  # the others, and cfg itself, untouched
+    with pytest.raises(ConfigError, match=r"study.encoder_train.qclip-mci-tiny.stepz.*steps"):
+        load_config(None, ["study.encoder_train={qclip-mci-tiny: {stepz: 2}}"])
+    with pytest.raises(ConfigError, match=r"'vit-huge' is not in study.encoders"):
+        load_config(None, ["study.encoder_train={vit-huge: {steps: 2}}"])
+    with pytest.raises(ConfigError, match=r"study.encoder_train.qclip-mci-tiny: train.steps must be >= 1"):
+        load_config(None, ["study.encoder_train={qclip-mci-tiny: {steps: 0}}"])
+    with pytest.raises(ConfigError, match="set by the study"):
+        load_config(None, ["study.encoder_train={qclip-mci-tiny: {caption_policy: raw}}"])
+    with pytest.raises(ConfigError, match="expects a mapping"):
+        load_config(None, ["study.encoder_train=[steps]"])

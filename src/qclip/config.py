@@ -5,6 +5,7 @@ types are errors that name the key and list the valid ones, so a typo never sile
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -167,6 +168,9 @@ class StudyConfig:
     caption_beams: int = 2
     caption_batch_size: int = 128
     seeds: int = 1  # >1: the whole study per seed (seed, seed+1, ...), results as mean +- std
+    # per-encoder `train.*` overrides, e.g. {qclip-mci-tiny: {steps: 200}}: every method of that encoder
+    # (CLIP policies and baselines) gets the same overridden budget, so methods stay comparable per encoder
+    encoder_train: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -214,6 +218,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' expects a list, got {type(value).__name__} {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Mapping):
+        key_tp, item_tp = typing.get_args(tp) or (Any, Any)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key '{key}' expects a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, key_tp, key): _coerce(v, item_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
@@ -366,6 +375,25 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    for enc, train in cfg.study.encoder_train.items():
+        key = f"study.encoder_train.{enc}"
+        if enc not in cfg.study.encoders:
+            raise ConfigError(f"{key}: '{enc}' is not in study.encoders {cfg.study.encoders}")
+        if set(train) & {"model", "caption_policy"}:
+            raise ConfigError(f"{key}: model and caption_policy are set by the study per encoder and method")
+        merged = from_dict(TrainConfig, {**to_dict(cfg.train), **train}, prefix=key)  # unknown keys, types
+        try:
+            validate(dataclasses.replace(cfg, train=merged, study=dataclasses.replace(cfg.study, encoder_train={})))
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
+
+
+def encoder_train(cfg: Config, encoder: str) -> Config:
+    """A copy of `cfg` whose `train` section has `study.encoder_train[encoder]` applied."""
+    out = copy.deepcopy(cfg)
+    for k, v in cfg.study.encoder_train.get(encoder, {}).items():
+        setattr(out.train, k, _coerce(v, typing.get_type_hints(TrainConfig)[k], f"study.encoder_train.{encoder}.{k}"))
+    return out
 
 
 def dump_yaml(cfg: Any) -> str:

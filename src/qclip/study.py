@@ -1,7 +1,7 @@
 """`qclip run`: the quality-captions study end to end, from one config.
 
 world -> captioner (curated split) -> recaption the pool -> pretrain every (encoder, method) on the pool with
-the same budget -> transfer each encoder to segmentation / depth at nested data fractions -> results.json and
+the same budget (per encoder: `study.encoder_train`) -> transfer each encoder to segmentation / depth at nested data fractions -> results.json and
 the report. Each stage is cached by a content hash of its config section and of the stages it reads: re-running
 after a change redoes only what the change reaches; a killed stage resumes (its own checkpoints / finished
 shards); `--fresh` ignores the cache. With `study.seeds > 1`, pretraining and transfer run once per seed and
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import atomic_write_json, remove_tree
-from .config import Config, to_dict
+from .config import Config, encoder_train, to_dict
 
 CAPTIONER_ID = "tiny"
 
@@ -128,6 +128,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
         scfg = copy.deepcopy(cfg)
         scfg.seed = seed
         for enc in st.encoders:
+            ecfg = encoder_train(scfg, enc)
             for method in st.methods:
                 tag = f"seed{seed}/{enc}-{method}"
                 run_dir = out / "pretrain" / tag
@@ -136,7 +137,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
                     spec, k_pre = f"random:{enc}", cache.key("random", enc)
                 elif method in policies:
                     data = out / "pool_captioned" if method in ("clip-synthetic", "clip-mix") else world_dir / "pool"
-                    c2 = _with(scfg, model=enc, caption_policy=policies[method])
+                    c2 = _with(ecfg, model=enc, caption_policy=policies[method])
                     k_pre = cache.key("pretrain", method, k_rec if "pool_captioned" in str(data) else k_world,
                                       asdict(c2.train), seed)
 
@@ -155,7 +156,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
                     spec = str(run_dir)
                     pretrain_dirs[f"{enc} {method}"] = run_dir
                 else:
-                    c2 = _with(scfg, model=enc)
+                    c2 = _with(ecfg, model=enc)
                     k_pre = cache.key("baseline", method, k_world, asdict(c2.train), seed)
                     cache.run(f"pretrain-{tag.replace('/', '-')}", k_pre, run_dir,
                               timed(f"pretrain {tag}", lambda c2=c2, m=method, d=run_dir: train_baseline(

@@ -27,7 +27,7 @@ from ..models import create_clip
 from ..models.checkpoint import MODEL_CONFIG, save_model_dir
 from ..provenance import write_run_info
 from ..train.data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
-from ..train.pretrain import load_checkpoint, lr_lambda, param_groups, save_checkpoint
+from ..train.pretrain import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
 from .policy import CaptionPolicy
 from .regions import RegionHead, box_in_input, object_boxes
 from .vocab import WordTokenizer
@@ -98,7 +98,7 @@ def train_captioner(cfg: Config, data: str | Path, out: str | Path, progress: bo
         if c.region_loss_weight > 0 else ([], [])
     head = RegionHead(c.width, len(classes), c.image_size // c.patch_size, c.image_size) if classes else None
     trainee = CaptionerTraining(model, head)
-    opt = torch.optim.AdamW(param_groups(trainee, c.weight_decay), lr=c.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = adamw(param_groups(trainee, c.weight_decay), c.lr, (0.9, 0.98), 1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(c.warmup_steps, c.steps, c.lr, 0.0))
     start = load_checkpoint(out / "checkpoints", trainee, opt, sched)
     loss_fn = CoCaLoss(caption_loss_weight=c.caption_loss_weight, clip_loss_weight=c.clip_loss_weight,

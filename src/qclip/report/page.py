@@ -9,7 +9,7 @@ from ..atomic import atomic_write_text
 from .findings import finding_lines, findings, headline_table, markdown_table
 
 NOTES = """Methods share the pool images, the encoder architecture and the pretraining budget (train.steps x
-train.batch_size); they differ only in the training signal. clip-synthetic uses the in-repo captioner's captions
+train.batch_size, per encoder: study.encoder_train); they differ only in the training signal. clip-synthetic uses the in-repo captioner's captions
 (trained on the curated split's reference descriptions and object boxes), clip-raw the pool's alt-text, clip-mix a synthetic
 caption with probability study.mix_p. Baselines: random (no pretraining), supervised (multi-label objects of the
 scene graph), mim (MAE for the ViT, SimMIM masked pixel regression for the MCi tower, which cannot drop tokens). Transfer trains a fresh head per data fraction for the same
@@ -28,6 +28,17 @@ def _scored(example: dict, kind: str) -> str:
     return f"{example[kind] or '(empty)'} [{score}]" if score else (example[kind] or "(empty)")
 
 
+def budget_line(results: dict) -> str:
+    """The pretraining budget of each encoder, as configured (the same for every method of that encoder)."""
+    cfg = results.get("config") or {}
+    train, study = cfg.get("train", {}), cfg.get("study", {})
+    parts = []
+    for enc in study.get("encoders", []):
+        t = {**train, **study.get("encoder_train", {}).get(enc, {})}
+        parts.append(f"{enc} {t.get('steps')} steps x batch {t.get('batch_size')}")
+    return "Pretraining budget, the same for every method of an encoder: " + "; ".join(parts) + "." if parts else ""
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(Path(path).stem)}">'
@@ -41,7 +52,7 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
     seeds = results.get("seeds", 1)
     md = ["# qclip study report", "",
           f"{len(rows)} measurements, {seeds} seed(s), wall time {results.get('wall_seconds', 0):.0f}s, "
-          f"git {results.get('git_commit', '?')}.", "",
+          f"git {results.get('git_commit', '?')}. {budget_line(results)}", "",
           "## Finding (measured in this run, next to the paper's)", "", *[f"- {x}" for x in lines], "",
           "## Results (mean ± std over seeds)", "", markdown_table(table), ""]
     if caption_quality:
@@ -69,7 +80,7 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
              "th{background:#f3f3f3}img{max-width:100%;margin:.5em 0;border:1px solid #eee}li{margin:.3em 0}",
              "</style></head><body><h1>qclip study report</h1>",
              f"<p>{len(rows)} measurements, {seeds} seed(s), wall time {results.get('wall_seconds', 0):.0f}s, "
-             f"git {html.escape(str(results.get('git_commit', '?')))}.</p>",
+             f"git {html.escape(str(results.get('git_commit', '?')))}. {html.escape(budget_line(results))}</p>",
              "<h2>Finding</h2><ul>", *(f"<li>{html.escape(x)}</li>" for x in lines), "</ul>",
              "<h2>Results (mean ± std over seeds)</h2>", tbl(table)]
     if caption_quality:

@@ -33,7 +33,7 @@ from ..models import create_clip
 from ..models.checkpoint import save_model_dir
 from ..provenance import write_run_info
 from ..transfer.encoders import DenseEncoder
-from .pretrain import lr_lambda, param_groups
+from .pretrain import adamw, lr_lambda, param_groups
 
 METHODS = ("supervised", "mim")
 LABELS = [(c, s) for c in COLOURS for s in SHAPES]  # 32 object classes
@@ -146,7 +146,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
         head = SimMIMDecoder(encoder.info.channels[-1], encoder.info.reductions[-1])
     images, labels = _load_pool(data, bundle.preprocess_val, method == "supervised")
     params = nn.ModuleList([model.visual, head])
-    opt = torch.optim.AdamW(param_groups(params, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps)
+    opt = adamw(param_groups(params, tc.weight_decay), tc.lr, (tc.beta1, tc.beta2), tc.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
     write_run_info(out, cfg, f"baseline-{method}", {"data": str(data), "samples": len(images)})
     gen = torch.Generator().manual_seed(cfg.seed)

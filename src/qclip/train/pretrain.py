@@ -68,6 +68,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+def adamw(groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+          eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW, fused where PyTorch has the kernel (CPU and CUDA float tensors): the same update as the default
+    per-tensor loop (to float rounding) in one kernel; on a 2-core CPU the loop was ~13% of a tiny CLIP step."""
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+
+
 def lr_lambda(warmup: int, total: int, base_lr: float, min_lr: float):
     def f(step: int) -> float:
         if step < warmup:
@@ -159,8 +168,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
             f"{tc.batch_size}; lower train.batch_size or use more data"
         )
 
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2),
-                                  eps=tc.eps)
+    optimizer = adamw(param_groups(model, tc.weight_decay), tc.lr, (tc.beta1, tc.beta2), tc.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
     start = load_checkpoint(out / "checkpoints", model, optimizer, scheduler)
     if world > 1:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..atomic import atomic_write_json, remove_tree
 from ..config import Config
 from ..provenance import write_run_info
-from ..train.pretrain import load_checkpoint, lr_lambda, param_groups, save_checkpoint
+from ..train.pretrain import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
 from .data import DenseTensors, collate, infer_num_classes, open_splits
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
@@ -148,7 +148,7 @@ def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int
             groups.append({**g, "lr": cfg.lr * cfg.encoder_lr_mult})
     for g in groups:
         g.setdefault("lr", cfg.lr)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    opt = adamw(groups, cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.lr, 0.0))
     gen = torch.Generator().manual_seed(seed)
     flip_gen = torch.Generator().manual_seed(seed + 1)
