@@ -164,6 +164,12 @@ def test_caption_train_then_caption(world_dir, tmp_path, capsys):
     from qclip.captions.vocab import words
 
     assert all(set(w for c in t for w in words(c)) <= set(vocab) for t in texts)  # decoded with the vocabulary
+    # the same folder scores captions (CLIP score) through its own word vocabulary, not open_clip's BPE ids
+    # (which index past its embedding table)
+    assert main(["caption", "score", "--data", str(world_dir / "val"), "--scorer", str(out / "model"),
+                 "--out", str(tmp_path / "scored"), "--id", "mine", "--quiet"]) == 0
+    scored = [s.meta.get("scores", {}).get("mine") for s in R(tmp_path / "scored")]
+    assert scored and all(scored), scored[:2]
 
 
 def test_from_scratch_coca_decoder_is_initialised(tmp_path):

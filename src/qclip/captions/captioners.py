@@ -12,11 +12,12 @@ Backends:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import torch
 from PIL import Image
+
+from .vocab import WordTokenizer
 
 
 class CaptionerError(RuntimeError):
@@ -66,11 +67,8 @@ class OpenClipCoCaCaptioner:
             raise CaptionerError(f"'{spec}' is not a CoCa model (no text decoder); use a coca_* config")
         self.model = self.bundle.model.eval()
         self.device = device
-        self.vocab = None  # a word vocabulary (qclip's in-repo captioner) replaces open_clip's BPE tokenizer
-        if spec.startswith("local-dir:") and (Path(spec[len("local-dir:"):]) / "vocab.json").is_file():
-            from .vocab import WordTokenizer
-
-            self.vocab = WordTokenizer.load(Path(spec[len("local-dir:"):]) / "vocab.json")
+        # a word vocabulary (qclip's in-repo captioner) replaces open_clip's BPE tokenizer
+        self.vocab = self.bundle.tokenizer if isinstance(self.bundle.tokenizer, WordTokenizer) else None
         self.id = captioner_id or spec.replace("local-dir:", "").rstrip("/").split("/")[-1].replace(":", "_")
 
     @torch.no_grad()

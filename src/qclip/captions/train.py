@@ -24,7 +24,7 @@ from ..atomic import atomic_write_json
 from ..config import Config
 from ..data.shards import ShardReader
 from ..models import create_clip
-from ..models.checkpoint import MODEL_CONFIG, save_model_dir
+from ..models.checkpoint import MODEL_CONFIG, MODEL_VOCAB, save_model_dir
 from ..provenance import write_run_info
 from ..train.data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 from ..train.pretrain import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
@@ -32,7 +32,6 @@ from .policy import CaptionPolicy
 from .regions import RegionHead, box_in_input, object_boxes
 from .vocab import WordTokenizer
 
-VOCAB = "vocab.json"
 
 
 def coca_config(c, vocab_size: int) -> dict:
@@ -76,7 +75,7 @@ def train_captioner(cfg: Config, data: str | Path, out: str | Path, progress: bo
     torch.manual_seed(cfg.seed)
     policy = CaptionPolicy.parse("reference")
     model_dir = out / "model"
-    vocab_file = model_dir / VOCAB
+    vocab_file = model_dir / MODEL_VOCAB
     if vocab_file.is_file():  # resuming: the vocabulary is part of the model
         tok = WordTokenizer.load(vocab_file)
     else:

@@ -19,6 +19,7 @@ from ..atomic import atomic_write_bytes, atomic_write_json
 
 MODEL_WEIGHTS = "open_clip_model.safetensors"
 MODEL_CONFIG = "open_clip_config.json"
+MODEL_VOCAB = "vocab.json"  # a word vocabulary (the in-repo captioner) in place of open_clip's BPE tokenizer
 
 
 class UnsafeCheckpoint(ValueError):

@@ -21,7 +21,7 @@ import timm
 import torch
 
 from . import timm_towers  # noqa: F401  (registers qclip's timm towers)
-from .checkpoint import MODEL_CONFIG, MODEL_WEIGHTS, load_weights
+from .checkpoint import MODEL_CONFIG, MODEL_VOCAB, MODEL_WEIGHTS, load_weights
 from .vision_stem import apply_vision_stem
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -143,7 +143,13 @@ def create_clip(spec: str, text_tower: str = "", image_size: int = 0, pretrained
     from_scratch = not pretrained and not (spec.startswith("local-dir:") and _has_weights(spec))
     if decoder is not None and from_scratch:
         _init_coca_decoder(decoder)
-    tokenizer = open_clip.get_tokenizer(base, context_length=cfg["text_cfg"].get("context_length", 77))
+    vocab = Path(spec[len("local-dir:"):]) / MODEL_VOCAB if spec.startswith("local-dir:") else None
+    if vocab is not None and vocab.is_file():  # the folder's own word vocabulary: its ids are the model's
+        from ..captions.vocab import WordTokenizer
+
+        tokenizer: Callable = WordTokenizer.load(vocab)
+    else:
+        tokenizer = open_clip.get_tokenizer(base, context_length=cfg["text_cfg"].get("context_length", 77))
     pp = getattr(model.visual, "preprocess_cfg", {}) or {}
     preprocess_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pp.items()}
     return ClipBundle(model, pre_train, pre_val, tokenizer, cfg, preprocess_cfg, qclip_cfg)
