@@ -177,3 +177,27 @@ def test_distillation_from_stored_teacher_embeddings(world, tmp_path):
 def test_loop_options_run(world, tmp_path, extra):
     s = pretrain(train_cfg("train.steps=2", *extra), world / "curated", tmp_path / "run", progress=False)
     assert s["steps"] == 2 and math.isfinite(s["final_loss"])
+
+
+def test_decoded_cache_gives_the_same_items_and_keeps_to_its_budget(world):
+    """Decoded images and tokens are kept after first use; the random crop and the caption draw must not change,
+    and a budget smaller than the data keeps only what fits."""
+    from qclip.captions.policy import CaptionPolicy
+    from qclip.train.data import ClipShardDataset
+
+    bundle = create_clip("qclip-vit-tiny")
+    policy = CaptionPolicy.parse("raw")
+    args = (world / "pool", policy, bundle.preprocess_train, bundle.tokenizer, 3)
+    plain, cached = ClipShardDataset(*args), ClipShardDataset(*args, cache_mb=100)
+    small = ClipShardDataset(*args, cache_mb=0.05)  # 50 kB: a few 64 px images
+    assert len(plain) > 100  # pool samples without alt-text are skipped by the raw policy
+    for epoch in (0, 1):
+        for i in range(len(plain)):
+            a = plain[(i, epoch)]
+            for b in (cached[(i, epoch)], small[(i, epoch)]):
+                assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    assert not plain._decoded and len(cached._decoded) == len(plain)
+    assert 0 < len(small._decoded) < len(plain) and small._cache_left >= 0
+    assert load_config(None, ["train.cache_mb=0"]).train.cache_mb == 0
+    with pytest.raises(ValueError, match="train.cache_mb"):
+        load_config(None, ["train.cache_mb=-1"])

@@ -233,6 +233,38 @@ def test_transfer_probe_learns(world_dir, tmp_path):
     assert s["results"][0]["metrics"]["mIoU"] > 1.5 * floor / n_present
 
 
+def test_feature_memo_shares_features_between_tasks_with_the_same_results(world_dir, tmp_path, monkeypatch):
+    """The study passes one FeatureMemo to an encoder's segmentation and depth runs: the second must encode no
+    image and give exactly the metrics it gives alone; another encoder must not read the first one's features."""
+    from qclip.config import load_config
+    from qclip.transfer import run as run_mod
+
+    calls = []
+    real_forward = run_mod.DenseEncoder.forward
+    monkeypatch.setattr(run_mod.DenseEncoder, "forward", lambda self, x: calls.append(len(x)) or real_forward(self, x))
+    cfgs = {task: load_config(None, ["transfer.steps=5", "transfer.batch_size=8", f"transfer.task={task}",
+                                     "transfer.data_fractions=[0.5, 1.0]", "transfer.eval_batch_size=16"])
+            for task in ("segmentation", "depth")}
+
+    def metrics(s: dict) -> list:
+        return [r["metrics"] for r in s["results"]]
+
+    alone = {task: metrics(run_mod.run_transfer(c, "random:qclip-mci-tiny", world_dir, tmp_path / f"a-{task}",
+                                                progress=False)) for task, c in cfgs.items()}
+    n_alone = sum(calls) // 2  # images one run encodes
+    assert n_alone > 0
+    memo = run_mod.FeatureMemo()
+    calls.clear()
+    shared = {task: metrics(run_mod.run_transfer(c, "random:qclip-mci-tiny", world_dir, tmp_path / f"m-{task}",
+                                                 progress=False, memo=memo)) for task, c in cfgs.items()}
+    assert shared == alone
+    assert sum(calls) == n_alone + 1  # the depth run encoded no image (1: building an encoder probes one image)
+    calls.clear()
+    other = run_mod.run_transfer(cfgs["depth"], "random:qclip-vit-tiny", world_dir, tmp_path / "other",
+                                 progress=False, memo=memo)
+    assert sum(calls) == n_alone and other["encoder_info"]["channels"] != [32, 64, 128, 256]
+
+
 def test_transfer_config_errors(world_dir, tmp_path, capsys):
     assert main(["transfer", "--encoder", "random:qclip-vit-tiny", "--data", str(world_dir), "--data-fractions",
                  "0,1", "--out", str(tmp_path / "x")]) == 2

@@ -79,6 +79,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     workers: int = 2
+    cache_mb: float = 512.0  # decoded images + tokenized captions kept per loader worker (a small dataset: once)
     checkpoint_every: int = 100
     log_every: int = 10
     threads: int = 0  # torch intra-op threads; 0: torch's default
@@ -351,6 +352,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.distill_weight == 0 or cfg.train.loss == "clip", "distillation needs train.loss=clip"),
         (cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
         (cfg.train.checkpoint_every >= 1 and cfg.train.log_every >= 1, "train.checkpoint_every/log_every >= 1"),
+        (cfg.train.cache_mb >= 0, "train.cache_mb must be >= 0 (0: decode every image every time)"),
         (cfg.captioner.vision_stem in ("patch", "conv"), "captioner.vision_stem must be 'patch' or 'conv'"),
         (cfg.captioner.region_loss_weight >= 0, "captioner.region_loss_weight must be >= 0 (0: captions only)"),
         (cfg.transfer.task in ("segmentation", "depth"), "transfer.task must be 'segmentation' or 'depth'"),

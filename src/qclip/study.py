@@ -74,7 +74,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     from .provenance import write_run_info
     from .train.baselines import train_baseline
     from .train.pretrain import pretrain
-    from .transfer.run import run_transfer
+    from .transfer.run import FeatureMemo, run_transfer
 
     t0, out = time.time(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +163,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
                                   c2, m, world_dir / "pool", d, progress)))
                     spec = str(run_dir)
                     pretrain_dirs[f"{enc} {method}"] = run_dir
+                memo = FeatureMemo()  # this encoder's frozen features, shared by its tasks
                 for task in st.tasks:
                     c3 = copy.deepcopy(scfg)
                     c3.transfer.task = task
@@ -170,8 +171,8 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
                     k_tr = cache.key("transfer", k_pre, asdict(c3.transfer), seed)
                     r = cache.run(f"transfer-{tag.replace('/', '-')}-{task}", k_tr, t_dir,
                                   timed(f"transfer {tag} {task}",
-                                        lambda c3=c3, spec=spec, t_dir=t_dir: run_transfer(c3, spec, world_dir, t_dir,
-                                                                                            progress)))
+                                        lambda c3=c3, spec=spec, t_dir=t_dir, memo=memo: run_transfer(
+                                            c3, spec, world_dir, t_dir, progress, memo)))
                     for x in r["results"]:
                         rows.append({"method": method, "encoder": enc, "task": task,
                                      "data_fraction": x["data_fraction"], "seed": seed,

@@ -111,6 +111,10 @@ class DenseDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def target(self, i: int) -> np.ndarray:
+        """The target of pair `i` alone (no image decode)."""
+        return self._target(self.pairs[i])
+
     def __getitem__(self, i: int) -> dict:
         p = self.pairs[i]
         return {"key": p.key, "image": _read_image(p.image), self.task if self.task == "depth" else "seg": self._target(p)}

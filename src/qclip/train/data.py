@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..captions.policy import CaptionPolicy
@@ -67,9 +68,13 @@ class ClipShardDataset(Dataset):
 
     def __init__(self, root: str | Path, policy: CaptionPolicy, transform: Callable, tokenizer: Callable,
                  seed: int = 0, rank: int = 0, world_size: int = 1, teacher: bool = False,
-                 cache_pixels: bool = False) -> None:
+                 cache_pixels: bool = False, cache_mb: float = 0.0) -> None:
         """cache_pixels: keep each transformed image in memory after its first use (per loader worker); only
-        for a deterministic transform. The captioner's eval transform is, and it sees every image ~13 times."""
+        for a deterministic transform. The captioner's eval transform is, and it sees every image ~13 times.
+        cache_mb: keep decoded images and tokenized captions after their first use, up to this many MB per
+        loader worker (then the rest is decoded every time): a dataset that fits is decoded and tokenized once,
+        not once per epoch (on a 2-core CPU decoding + tokenizing was ~45% of the loader's time). Batches are
+        the same either way."""
         self.reader = ShardReader(root)
         self.policy, self.transform, self.tokenizer, self.seed = policy, transform, tokenizer, seed
         self.teacher = teacher
@@ -106,6 +111,9 @@ class ClipShardDataset(Dataset):
                     self.samples.append(IndexedSample(sid, key, exts[img_ext], cands, exts.get(TEACHER_MEMBER)))
         self._files: dict[int, object] = {}
         self._pixels: dict[int, torch.Tensor] | None = {} if cache_pixels else None
+        self._decoded: dict[int, Image.Image] = {}
+        self._tokens: dict[tuple[str, ...], torch.Tensor] = {}
+        self._cache_left = int(cache_mb * 1e6)  # bytes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -126,12 +134,13 @@ class ClipShardDataset(Dataset):
         pixel_seed = int(rng.integers(2**62))  # drawn either way: the caption draw below stays the same
         pixels = self._pixels.get(index) if self._pixels is not None else None
         if pixels is None:
-            pixels = self._load_pixels(s, pixel_seed)
+            pixels = self._load_pixels(index, s, pixel_seed)
             if self._pixels is not None:
                 self._pixels[index] = pixels
         texts = self.policy.choose(s.candidates, rng)
+        tokens = self._tokenize(texts)
         if not self.teacher:
-            return pixels, self.tokenizer(texts), index
+            return pixels, tokens, index
         t = decode_npz(_read(self._file(s.shard), s.teacher))
         rows = {k: i for i, k in enumerate(t["text_keys"].tolist())}
         missing = [x for x in texts if x not in rows]
@@ -139,14 +148,35 @@ class ClipShardDataset(Dataset):
             raise TrainDataError(f"{self.paths[s.shard]}:{s.key}: no teacher embedding for caption {missing[0]!r}; "
                                  f"re-run `qclip teacher` after the captions changed")
         t_txt = torch.from_numpy(t["texts"][[rows[x] for x in texts]])
-        return pixels, self.tokenizer(texts), index, torch.from_numpy(t["image"]), t_txt, float(t["logit_scale"])
+        return pixels, tokens, index, torch.from_numpy(t["image"]), t_txt, float(t["logit_scale"])
 
-    def _load_pixels(self, s: IndexedSample, seed: int) -> torch.Tensor:
+    def _tokenize(self, texts: list[str]) -> torch.Tensor:
+        key = tuple(texts)
+        tokens = self._tokens.get(key)
+        if tokens is None:
+            tokens = self.tokenizer(texts)
+            if self._cache_left >= tokens.nbytes:
+                self._tokens[key] = tokens
+                self._cache_left -= tokens.nbytes
+        return tokens
+
+    def _decode(self, index: int, s: IndexedSample) -> Image.Image:
+        img = self._decoded.get(index)
+        if img is not None:
+            return img
         try:
             img = open_image(_read(self._file(s.shard), s.image))
         except BadImage as e:
             # a shard changed after indexing: name it rather than train on garbage
             raise TrainDataError(f"{self.paths[s.shard]}:{s.key}: {e}; verify the dataset (ShardReader.verify)")
+        size = img.width * img.height * len(img.getbands())
+        if self._cache_left >= size:
+            self._decoded[index] = img
+            self._cache_left -= size
+        return img
+
+    def _load_pixels(self, index: int, s: IndexedSample, seed: int) -> torch.Tensor:
+        img = self._decode(index, s)
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed also queues CUDA seeding and records a stack trace,
             # which cost 0.9 ms per sample, 40% of the loader's time (benchmarks/RESULTS.md)

@@ -1,6 +1,7 @@
 """Dense datasets as tensors for the transfer loop: layout detection, default splits, resize + normalise."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,9 @@ class DenseTensors(Dataset):
     `size`x`size` crop, padded with ignore (segmentation) or 0 = invalid (depth) where the image is smaller."""
 
     def __init__(self, ds: DenseDataset, indices: list[int], size: int, mean: tuple, std: tuple,
-                 train: bool, scale_range: tuple[float, float] = (1.0, 1.0)) -> None:
-        self.ds, self.indices, self.size, self.train = ds, indices, size, train
+                 train: bool, scale_range: tuple[float, float] = (1.0, 1.0), images: bool = True) -> None:
+        """images=False: items hold the target and key only (the image's probe features are known already)."""
+        self.ds, self.indices, self.size, self.train, self.images = ds, indices, size, train, images
         self.scale_range = tuple(scale_range)
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
@@ -71,17 +73,37 @@ class DenseTensors(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
+        if not self.images:
+            return {"target": self._fit(torch.from_numpy(np.ascontiguousarray(self.ds.target(self.indices[i])))),
+                    "key": self.ds.pairs[self.indices[i]].key}
         item = self.ds[self.indices[i]]
         img = torch.from_numpy(np.asarray(item["image"].convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
         if self.train and self.scale_range != (1.0, 1.0):
             return self._resize_crop(img, torch.from_numpy(np.ascontiguousarray(item[self.key])), item["key"])
         img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear", antialias=True,
                             align_corners=False)[0]
-        target = torch.from_numpy(np.ascontiguousarray(item[self.key]))
+        target = self._fit(torch.from_numpy(np.ascontiguousarray(item[self.key])))
+        return {"image": (img - self.mean) / self.std, "target": target, "key": item["key"]}
+
+    def _fit(self, target: torch.Tensor) -> torch.Tensor:
+        """Training targets at the input size (nearest); evaluation targets as they are."""
         if self.train and target.shape != (self.size, self.size):
             target = F.interpolate(target[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0]
             target = target.long() if self.key == "seg" else target
-        return {"image": (img - self.mean) / self.std, "target": target, "key": item["key"]}
+        return target
+
+    def fingerprint(self) -> str:
+        """Identifies the network inputs: the images (their bytes, or path + size + mtime) and the transform."""
+        h = hashlib.sha1(repr((self.size, self.mean.flatten().tolist(), self.std.flatten().tolist(),
+                               self.train, self.scale_range)).encode())
+        for i in self.indices:
+            src = self.ds.pairs[i].image
+            if isinstance(src, (bytes, bytearray)):
+                h.update(src)
+            else:
+                st = Path(src).stat()
+                h.update(f"{Path(src).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()
 
     def _resize_crop(self, img: torch.Tensor, target: torch.Tensor, key: str) -> dict:
         # torch's global generator: seeded by the transfer run in the main process, per worker by DataLoader
@@ -108,5 +130,7 @@ class DenseTensors(Dataset):
 def collate(items: list[dict]) -> dict:
     targets = [it["target"] for it in items]
     same = len({t.shape for t in targets}) == 1
-    return {"image": torch.stack([it["image"] for it in items]), "key": [it["key"] for it in items],
-            "target": torch.stack(targets) if same else targets}
+    out = {"key": [it["key"] for it in items], "target": torch.stack(targets) if same else targets}
+    if "image" in items[0]:
+        out["image"] = torch.stack([it["image"] for it in items])
+    return out

@@ -13,6 +13,7 @@ and the resolved config + versions (config.yaml, run.json).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -51,25 +52,58 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+class FeatureMemo:
+    """Frozen probe inputs of one encoder, per set of input images, kept between `run_transfer` calls: the study
+    probes segmentation and then depth with the same encoder on the same images, and the second task reads the
+    first's features (the same tensors) instead of encoding every image again. Holds one encoder at a time."""
+
+    def __init__(self) -> None:
+        self.encoder_key: str | None = None
+        self.features: dict[str, list[list[torch.Tensor]]] = {}
+
+    def lookup(self, encoder_key: str, images_key: str) -> list[list[torch.Tensor]] | None:
+        if encoder_key != self.encoder_key:
+            self.encoder_key, self.features = encoder_key, {}
+        return self.features.get(images_key)
+
+    @staticmethod
+    def encoder_key(encoder: DenseEncoder) -> str:
+        h = hashlib.sha1(repr((type(encoder.tower).__name__, encoder.info.__dict__)).encode())
+        for name, t in encoder.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
 @torch.no_grad()
 def _feature_batches(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, workers: int,
-                     device: torch.device) -> list[tuple[list[torch.Tensor], dict]]:
+                     device: torch.device, memo: FeatureMemo | None = None) -> list[tuple[list[torch.Tensor], dict]]:
     """Frozen probe inputs (the levels stacked as `LinearProbeHead.stack` does, on the CPU) of every batch of
     `ds` in order, each beside its batch without the images (the memory bound counts features only; `evaluate`
-    re-reads the few images it shows)."""
+    re-reads the few images it shows). With `memo`, features already computed for the same encoder and images
+    are reused and only the targets are read."""
     encoder.eval()
+    keys = (FeatureMemo.encoder_key(encoder), f"{ds.fingerprint()}:{batch_size}:{device}") if memo else None
+    known = memo.lookup(*keys) if memo else None
+    if known is not None:
+        targets = copy.copy(ds)
+        targets.images = False
+        batches = list(DataLoader(targets, batch_size=batch_size, collate_fn=collate, num_workers=workers))
+        return list(zip(known, batches))
     out = []
     for b in DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=workers):
         with _autocast(device):
             feats = LinearProbeHead.stack(encoder(b.pop("image").to(device)))
         out.append(([f.float().cpu() for f in feats], b))
+    if memo:
+        memo.features[keys[1]] = [f for f, _ in out]
     return out
 
 
 def _features(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, workers: int,
-              device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
+              device: torch.device, memo: FeatureMemo | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Frozen probe inputs of every sample and the training targets beside them."""
-    parts = _feature_batches(encoder, ds, batch_size, workers, device)
+    parts = _feature_batches(encoder, ds, batch_size, workers, device, memo)
     return [torch.cat([f[0] for f, _ in parts])], torch.cat([b["target"] for _, b in parts])
 
 
@@ -206,7 +240,9 @@ def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int
     return head, losses
 
 
-def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Path, progress: bool = True) -> dict:
+def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Path, progress: bool = True,
+                 memo: FeatureMemo | None = None) -> dict:
+    """memo: share frozen probe features with other calls on the same encoder and images (see FeatureMemo)."""
     t, out, t0 = cfg.transfer, Path(out), time.time()
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -226,9 +262,9 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     scales = tuple(t.scale_range)
     cached, cached_val = None, None
     if t.mode == "probe" and scales == (1.0, 1.0) and _feature_gb(encoder, len(full), t.image_size) <= t.max_cached_feature_gb:
-        cached = _features(encoder, full, t.eval_batch_size, t.workers, device)  # once for all fractions
+        cached = _features(encoder, full, t.eval_batch_size, t.workers, device, memo)  # once for all fractions
     if t.mode == "probe" and _feature_gb(encoder, len(val), t.image_size) <= t.max_cached_feature_gb:
-        cached_val = _feature_batches(encoder, val, t.eval_batch_size, t.workers, device)
+        cached_val = _feature_batches(encoder, val, t.eval_batch_size, t.workers, device, memo)
     results = []
     for frac in sorted(t.data_fractions):
         idx = nested_subset(len(train_ds), frac, cfg.seed)
