@@ -2,12 +2,15 @@
 
     python benchmarks/dataloader_throughput.py                      # demo presets, demo batch, a generated pool
     python benchmarks/dataloader_throughput.py --data runs/demo/pool_captioned --policy synthetic:tiny
+    python benchmarks/dataloader_throughput.py --cache-mb 512   # also the second epoch with train.cache_mb
 
 Loader: qclip's `ClipShardDataset` + `make_loader` exactly as `qclip pretrain` builds them (shard read, image
 decode, the model's training transform, caption policy, tokenisation, collate) at 1 and 2 worker processes,
 with nothing else running. Consumption: the training step alone (forward, CLIP loss, backward, AdamW) of each
 preset on a batch held in memory, at the threads torch uses by default. Ratio = loader / consumption: above 1,
 the loader keeps up (on a machine where the two share cores, as they do here, the headroom is what matters).
+With --cache-mb: the same loader with decoded images and tokens kept per worker (`train.cache_mb`), timed over
+its second epoch (the first fills the caches), beside the uncached loader over the same second epoch.
 """
 from __future__ import annotations
 
@@ -60,13 +63,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--policy", default="raw")
     ap.add_argument("--data", default="", help="qclip dataset; default: a world pool generated here")
+    ap.add_argument("--cache-mb", type=float, default=0.0, help="also time the second epoch with this cache")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "src"))
     import torch
     from qclip.captions.policy import CaptionPolicy
     from qclip.models import create_clip
-    from qclip.train.data import ClipShardDataset, make_loader
+    from qclip.train.data import ClipShardDataset, make_loader, steps_per_epoch
 
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="qclip-bench-")) / "world"
     if not args.data:
@@ -85,6 +89,14 @@ def main() -> None:
         train = train_rate(bundle, batch, max(5, args.steps // 2))
         print(f"{name:<18}{train:>13.1f}{rates[1]:>11.1f}{rates[2]:>11.1f}{rates[1] / train:>10.2f}"
               f"{rates[2] / train:>10.2f}", flush=True)
+        if args.cache_mb:
+            spe = steps_per_epoch(len(ds), args.batch_size, 1)
+            for label, mb in (("uncached", 0.0), (f"cache {args.cache_mb:g} MB", args.cache_mb)):
+                d = ClipShardDataset(data, CaptionPolicy.parse(args.policy), bundle.preprocess_train,
+                                     bundle.tokenizer, 0, cache_mb=mb)
+                r = {w: loader_rate(d, args.batch_size, 2 * spe, w, skip=spe + 2) for w in (1, 2)}
+                print(f"{'  epoch 2, ' + label:<31}{r[1]:>11.1f}{r[2]:>11.1f}{r[1] / train:>10.2f}"
+                      f"{r[2] / train:>10.2f}", flush=True)
 
 
 if __name__ == "__main__":
