@@ -20,3 +20,9 @@ def test_direction_needs_a_margin_over_the_seed_spread():
     assert abs(f["segmentation"]["synthetic_vs_raw_pct"] - (0.51 - 0.405) / 0.405 * 100) < 1e-9
     last = finding_lines(list(f.values()))[-1]
     assert "in 1 of 3 checks" in last and "e depth: synthetic beats raw" in last
+
+
+def test_one_seed_claims_no_margin():
+    rows = _rows("clip-synthetic", "segmentation", [0.50]) + _rows("clip-raw", "segmentation", [0.40])
+    last = finding_lines(findings(rows))[-1]
+    assert last.startswith("With one seed the paper's direction holds in 1 of 1 checks") and "no margin" in last

@@ -1,6 +1,7 @@
 """What every stage writes beside its outputs: the resolved config, package versions, git commit, command."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import subprocess
@@ -25,8 +26,10 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Commit of the qclip source tree (with '+dirty' for uncommitted changes), or 'unknown' outside git."""
+    """Commit of the qclip source tree (with '+dirty' for uncommitted changes), or 'unknown' outside git. Read once
+    per process: a long run records the tree its code was loaded from, not one committed while it ran."""
     src = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)

@@ -71,12 +71,13 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     from .evaluate.retrieval import retrieval_metrics
     from .evaluate.zeroshot import zero_shot_classification
     from .models import create_clip
-    from .provenance import write_run_info
+    from .provenance import git_commit, write_run_info
     from .train.baselines import train_baseline
     from .train.pretrain import pretrain
     from .transfer.run import FeatureMemo, run_transfer
 
     t0, out = time.time(), Path(out)
+    git_commit()  # read now: results.json records the tree this run's code came from
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, fresh)
     st, wall = cfg.study, {}

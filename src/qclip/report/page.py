@@ -20,8 +20,8 @@ lacks. Second, the probes must converge: a linear probe stopped early ranks enco
 are to fit, not by what they encode (the demo's probes train 200 steps at lr 1e-2 on cached features and regress
 log depth, a convex problem; with 100 steps at lr 1e-3 and 64 softmax depth bins the ranking changed with the
 schedule and random init came first on depth). Third, the pretraining budget per encoder: at 70 steps the
-MCi's CLIP encoders probed no better than its random init over 3 seeds, at 200 steps the direction held (the demo
-gives the MCi 200 steps via study.encoder_train, the ViT 70; benchmarks/RESULTS.md). The finding's last line says which of the paper's comparisons
+MCi's CLIP encoders probed no better than its random init over 3 seeds, at 160-200 steps the direction held (the
+demo gives the MCi 160 steps via study.encoder_train, the ViT 60; benchmarks/RESULTS.md). The finding's last line says which of the paper's comparisons
 hold here by more than the seed spread."""
 
 
