@@ -4,7 +4,8 @@ Read top to bottom: open the train/val splits, build the encoder once, then for 
 head (and, fine-tuning, a fresh copy of the encoder) for the same number of iterations and evaluate on the whole
 validation split. Probing never changes the encoder, so the train and validation features are computed once per
 run, already stacked as the probe head's first (parameter-free) step, and cached in memory when they fit
-(`transfer.max_cached_feature_gb`): every fraction's head then trains and is evaluated on cached tensors.
+(`transfer.max_cached_feature_gb`): every fraction's head then trains and is evaluated on cached tensors; with a
+`FeatureMemo` (the study passes one per encoder) the next task on the same encoder and images reuses them.
 Runs on a GPU when there is one (`transfer.device`, bf16 autocast); with `transfer.checkpoint_every` a fraction
 resumes from its latest checkpoint (OUT/<task>-<mode>-f<fraction>/checkpoints).
 Writes OUT/metrics.json (all fractions), OUT/<task>-<mode>-f<fraction>/{metrics.json,predictions.png},
