@@ -383,18 +383,23 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: '{enc}' is not in study.encoders {cfg.study.encoders}")
         if set(train) & {"model", "caption_policy"}:
             raise ConfigError(f"{key}: model and caption_policy are set by the study per encoder and method")
-        merged = from_dict(TrainConfig, {**to_dict(cfg.train), **train}, prefix=key)  # unknown keys, types
+        merged = _train_with(cfg, enc)  # unknown keys, types
         try:
             validate(dataclasses.replace(cfg, train=merged, study=dataclasses.replace(cfg.study, encoder_train={})))
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
 
 
+def _train_with(cfg: Config, encoder: str) -> TrainConfig:
+    """`train` with `study.encoder_train[encoder]` applied (keys and types checked as a config file's)."""
+    overrides = cfg.study.encoder_train.get(encoder, {})
+    return from_dict(TrainConfig, {**to_dict(cfg.train), **overrides}, prefix=f"study.encoder_train.{encoder}")
+
+
 def encoder_train(cfg: Config, encoder: str) -> Config:
     """A copy of `cfg` whose `train` section has `study.encoder_train[encoder]` applied."""
     out = copy.deepcopy(cfg)
-    for k, v in cfg.study.encoder_train.get(encoder, {}).items():
-        setattr(out.train, k, _coerce(v, typing.get_type_hints(TrainConfig)[k], f"study.encoder_train.{encoder}.{k}"))
+    out.train = _train_with(cfg, encoder)
     return out
 
 

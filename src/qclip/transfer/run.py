@@ -63,9 +63,12 @@ class FeatureMemo:
         self.features: dict[str, list[list[torch.Tensor]]] = {}
 
     def lookup(self, encoder_key: str, images_key: str) -> list[list[torch.Tensor]] | None:
-        if encoder_key != self.encoder_key:
+        return self.features.get(images_key) if encoder_key == self.encoder_key else None
+
+    def store(self, encoder_key: str, images_key: str, features: list[list[torch.Tensor]]) -> None:
+        if encoder_key != self.encoder_key:  # another encoder: the old one's features go
             self.encoder_key, self.features = encoder_key, {}
-        return self.features.get(images_key)
+        self.features[images_key] = features
 
     @staticmethod
     def encoder_key(encoder: DenseEncoder) -> str:
@@ -97,7 +100,7 @@ def _feature_batches(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, w
             feats = LinearProbeHead.stack(encoder(b.pop("image").to(device)))
         out.append(([f.float().cpu() for f in feats], b))
     if memo:
-        memo.features[keys[1]] = [f for f, _ in out]
+        memo.store(*keys, [f for f, _ in out])
     return out
 
 
