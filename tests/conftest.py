@@ -18,7 +18,7 @@ from qclip.data.world_shards import build_world
 
 
 def tiny_config(**world):
-    overrides = ["world.n_pool=48", "world.n_curated=16", "world.n_dense=16", "world.n_val=8",
+    overrides = ["world.n_pool=48", "world.n_curated=16", "world.n_dense=16", "world.n_dev=4", "world.n_val=8",
                  "world.shard_size=16", "world.workers=1"]
     overrides += [f"world.{k}={v}" for k, v in world.items()]
     return load_config(None, overrides)

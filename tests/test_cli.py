@@ -44,7 +44,7 @@ def test_config_error_names_key(capsys):
 def test_world_command_writes_provenance(tmp_path, capsys):
     out = tmp_path / "w"
     rc = main(["world", "--out", str(out), "--n", "20", "--seed", "3", "--preview", "--quiet",
-               "world.n_curated=4", "world.n_dense=4", "world.n_val=4", "world.workers=1"])
+               "world.n_curated=4", "world.n_dense=4", "world.n_dev=4", "world.n_val=4", "world.workers=1"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "world: 32 samples (curated 4, dense 4, val 4, pool 20)" in text
@@ -55,7 +55,7 @@ def test_world_command_writes_provenance(tmp_path, capsys):
     assert (out / "preview.png").is_file()
 
 
-TINY_STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "world.n_val=12", "world.shard_size=24",
+TINY_STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "world.n_dev=4", "world.n_val=12", "world.shard_size=24",
               "world.workers=1", "captioner.steps=3", "captioner.batch_size=8", "captioner.warmup_steps=1",
               "captioner.workers=0", "train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "train.workers=0",
               "transfer.steps=2", "transfer.batch_size=4", "transfer.decoder_width=8", "transfer.depth_bins=8",

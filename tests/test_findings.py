@@ -1,28 +1,93 @@
-"""The report's finding: relative gains and the study's direction checked against the spread over seeds."""
+"""The report's finding: every comparison as a paired test over seeds, and data efficiency read from curves."""
 from __future__ import annotations
 
-from qclip.report.findings import finding_lines, findings
+import math
+
+import pytest
+
+from qclip.report.findings import check_table, checks, data_efficiency, finding_lines, findings, paired_test
 
 
-def _rows(method: str, task: str, values: list[float], fraction: float = 1.0) -> list[dict]:
+def _rows(method: str, task: str, values: list[float], fraction: float = 1.0, enc: str = "e") -> list[dict]:
     metric = "mIoU" if task == "segmentation" else "RMSE"
-    return [{"encoder": "e", "method": method, "task": task, "data_fraction": fraction, "seed": s,
+    return [{"encoder": enc, "method": method, "task": task, "data_fraction": fraction, "seed": s,
              "metrics": {metric: v}} for s, v in enumerate(values)]
 
 
-def test_direction_needs_a_margin_over_the_seed_spread():
-    rows = (_rows("clip-synthetic", "segmentation", [0.50, 0.52]) + _rows("clip-raw", "segmentation", [0.40, 0.41])
-            + _rows("mim", "segmentation", [0.45, 0.55])  # mean 0.50 +- 0.07: synthetic is not clearly better
-            + _rows("clip-synthetic", "depth", [1.0, 1.1]) + _rows("clip-raw", "depth", [1.05, 1.0]))
-    f = {x["task"]: x for x in findings(rows)}
-    assert f["segmentation"]["beats_raw"] is True and f["segmentation"]["beats_mim"] is False
-    assert f["depth"]["beats_raw"] is False and f["depth"]["beats_mim"] is None  # no mim rows for depth
-    assert abs(f["segmentation"]["synthetic_vs_raw_pct"] - (0.51 - 0.405) / 0.405 * 100) < 1e-9
-    last = finding_lines(list(f.values()))[-1]
-    assert "in 1 of 3 checks" in last and "e depth: synthetic beats raw" in last
+def test_paired_test_matches_scipy_and_is_paired():
+    from scipy import stats
+
+    a = {0: 0.50, 1: 0.60, 2: 0.45, 3: 0.55}
+    b = {0: 0.48, 1: 0.57, 2: 0.44, 3: 0.52}  # always a little lower: unpaired the spread would hide it
+    t = paired_test(a, b, +1)
+    ref = stats.ttest_rel(list(a.values()), list(b.values()), alternative="greater")
+    assert t["p"] == pytest.approx(ref.pvalue)
+    assert t["mean_diff"] == pytest.approx(0.0225)
+    assert t["ci95"][0] > 0  # the interval excludes 0
+    # lower is better (RMSE): sign flips the difference
+    assert paired_test({0: 1.0, 1: 1.1}, {0: 1.2, 1: 1.25}, -1)["mean_diff"] == pytest.approx(0.175)
 
 
-def test_one_seed_claims_no_margin():
+def test_every_comparison_is_a_check_and_failures_are_listed():
+    rows = (_rows("clip-synthetic", "segmentation", [0.50, 0.52, 0.51]) + _rows("clip-raw", "segmentation", [0.40, 0.41, 0.40])
+            + _rows("mim", "segmentation", [0.45, 0.55, 0.52])  # noisy: synthetic is not clearly better
+            + _rows("random", "segmentation", [0.30, 0.31, 0.32])
+            + _rows("clip-synthetic", "depth", [1.0, 1.1, 1.05]) + _rows("clip-raw", "depth", [1.05, 1.0, 1.1]))
+    cs = {c["name"]: c for c in checks(rows)}
+    assert set(cs) == {"e segmentation: clip-synthetic beats clip-raw", "e segmentation: clip-synthetic beats mim",
+                       "e segmentation: clip-synthetic beats random", "e segmentation: clip-raw beats random",
+                       "e segmentation: mim beats random", "e depth: clip-synthetic beats clip-raw"}
+    assert cs["e segmentation: clip-synthetic beats clip-raw"]["holds"] is True
+    assert cs["e segmentation: clip-synthetic beats mim"]["holds"] is False
+    assert cs["e depth: clip-synthetic beats clip-raw"]["holds"] is False
+    assert cs["e segmentation: clip-synthetic beats clip-raw"]["rel_pct"] == pytest.approx((0.51 - 0.40333) / 0.40333 * 100, rel=1e-3)
+    f = findings(rows)
+    lines = finding_lines(f)
+    assert any(x.startswith("4 of 6 checks hold") for x in lines)
+    assert "e segmentation: clip-synthetic beats mim: does not hold" in lines[-1]
+    assert len(check_table(f)) == 7
+
+
+def test_holm_correction_needs_a_smaller_p_with_more_checks():
+    # one check with p ~0.04 holds alone; beside 10 others it needs p <= 0.05 / 7 (Holm) and does not hold
+    syn = [0.50, 0.52, 0.49, 0.51, 0.50]
+    raw = [0.49, 0.495, 0.49, 0.50, 0.495]  # differences 0.01, 0.025, 0, 0.01, 0.005: p ~0.04
+    alone = checks(_rows("clip-synthetic", "segmentation", syn) + _rows("clip-raw", "segmentation", raw))
+    assert alone[0]["p"] < 0.05 and alone[0]["holds"] is True
+    many = _rows("clip-synthetic", "segmentation", syn) + _rows("clip-raw", "segmentation", raw)
+    for m in ("a", "b", "c", "d"):
+        many += _rows(m, "segmentation", [0.1, 0.2, 0.15, 0.12, 0.11])
+    many += _rows("random", "segmentation", [0.6] * 5)
+    c = next(c for c in checks(many) if c["b"] == "clip-raw")
+    assert c["p"] == alone[0]["p"] and c["holds"] is False
+
+
+def test_one_seed_tests_nothing():
     rows = _rows("clip-synthetic", "segmentation", [0.50]) + _rows("clip-raw", "segmentation", [0.40])
-    last = finding_lines(findings(rows))[-1]
-    assert last.startswith("With one seed the paper's direction holds in 1 of 1 checks") and "no margin" in last
+    f = findings(rows)
+    assert f["checks"][0]["holds"] is None and f["checks"][0]["p"] is None
+    assert finding_lines(f)[-1].startswith("One seed: none of the 1 checks is tested")
+
+
+def test_more_labels_are_checked():
+    rows = (_rows("clip-raw", "segmentation", [0.40, 0.41, 0.39], 1.0) + _rows("clip-raw", "segmentation", [0.45, 0.46, 0.44], 0.1))
+    c = checks(rows)
+    assert len(c) == 1 and c[0]["kind"] == "labels" and c[0]["holds"] is False
+    assert "at 1 of the labels at least as good as at 0.1" in c[0]["name"]
+
+
+def test_data_efficiency_is_interpolated_from_the_curve():
+    rows = _rows("clip-raw", "segmentation", [0.40], 1.0)
+    for f, v in ((0.05, 0.20), (0.1, 0.30), (0.25, 0.50), (1.0, 0.60)):
+        rows += _rows("clip-synthetic", "segmentation", [v], f)
+    (e,) = data_efficiency(rows)
+    # 0.40 is halfway (in value) between 0.1 and 0.25: log-linear interpolation
+    f_match = math.exp((math.log(0.1) + math.log(0.25)) / 2)
+    assert e["matched_at_fraction"] == pytest.approx(f_match) and e["ratio"] == pytest.approx(1 / f_match)
+    assert not e["lower_bound"]
+    # already above at the smallest fraction: a lower bound
+    rows2 = _rows("clip-raw", "depth", [1.5], 1.0) + _rows("clip-synthetic", "depth", [1.2], 0.1) + \
+        _rows("clip-synthetic", "depth", [1.0], 1.0)
+    (e2,) = data_efficiency(rows2)
+    assert e2["lower_bound"] and e2["ratio"] == pytest.approx(10.0)
+    assert "at least 10.0x" in " ".join(finding_lines(findings(rows2)))

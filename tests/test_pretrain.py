@@ -22,7 +22,7 @@ from qclip.train.pretrain import pretrain
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain_world")
-    cfg = load_config(None, ["world.n_pool=128", "world.n_curated=384", "world.n_dense=0", "world.n_val=128",
+    cfg = load_config(None, ["world.n_pool=128", "world.n_curated=384", "world.n_dense=0", "world.n_dev=0", "world.n_val=128",
                              "world.shard_size=64", "world.workers=2"])
     build_world(cfg, out, progress=False)
     return out
@@ -201,3 +201,31 @@ def test_decoded_cache_gives_the_same_items_and_keeps_to_its_budget(world):
     assert load_config(None, ["train.cache_mb=0"]).train.cache_mb == 0
     with pytest.raises(ValueError, match="train.cache_mb"):
         load_config(None, ["train.cache_mb=-1"])
+
+
+def test_every_method_can_be_given_the_images_that_have_alt_text(world):
+    """`train.require_raw_caption`: the synthetic policy and the baselines see exactly the images clip-raw sees."""
+    from qclip.captions.policy import CaptionPolicy
+    from qclip.train.baselines import _load_pool
+    from qclip.train.data import ClipShardDataset
+
+    bundle = create_clip("qclip-vit-tiny")
+    args = (bundle.preprocess_train, bundle.tokenizer, 3)
+    raw = ClipShardDataset(world / "pool", CaptionPolicy.parse("raw"), *args)
+    ref_all = ClipShardDataset(world / "curated", CaptionPolicy.parse("reference"), *args)
+    ref_same = ClipShardDataset(world / "curated", CaptionPolicy.parse("reference"), *args, require_raw=True)
+    assert len(ref_same) < len(ref_all)  # the curated split has images without alt-text too
+    assert ref_same.skips.as_dict().get("no raw caption", 0) == len(ref_all) - len(ref_same)
+    images, _ = _load_pool(world / "pool", False, True)
+    assert len(images) == len(raw)
+    assert len(_load_pool(world / "pool", False, False)[0]) > len(raw)
+
+
+def test_baselines_get_the_clip_train_augmentation_deterministically(world):
+    from qclip.train.baselines import _load_pool, augmented_batch
+
+    bundle = create_clip("qclip-vit-tiny")
+    images, _ = _load_pool(world / "pool", False, False)
+    a = augmented_batch(images, [0, 1, 2], bundle.preprocess_train, 7)
+    assert torch.equal(a, augmented_batch(images, [0, 1, 2], bundle.preprocess_train, 7))
+    assert not torch.equal(a, augmented_batch(images, [0, 1, 2], bundle.preprocess_val, 7))  # random crops

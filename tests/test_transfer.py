@@ -34,6 +34,31 @@ def test_segmentation_metric_known_answer_and_torchmetrics():
     assert m.compute()["IoU_per_class"][3] == pytest.approx(0.5)
 
 
+def test_object_miou_leaves_out_stuff_classes():
+    target = torch.tensor([[[0, 0, 1, 1], [2, 2, 3, 3]]])
+    pred = torch.tensor([[[0, 0, 1, 1], [2, 3, 3, 3]]])
+    m = SegmentationMetric(4, class_names=["floor", "wall", "cube", "cone"], stuff_classes=["floor", "wall"])
+    m.update(pred, target)
+    r = m.compute()
+    assert r["object_mIoU"] == pytest.approx((1 / 2 + 2 / 3) / 2) and r["class_names"][2] == "cube"
+    plain = SegmentationMetric(4)
+    plain.update(pred, target)
+    assert "object_mIoU" not in plain.compute()
+    # names that do not fit the class count are not reported
+    mismatched = SegmentationMetric(5, class_names=["a", "b"])
+    mismatched.update(pred, target)
+    assert "class_names" not in mismatched.compute()
+
+
+def test_probe_convergence_is_measured_over_the_last_fifth():
+    from qclip.transfer.run import convergence
+
+    assert convergence([1.0] * 50)["converged"] is True
+    falling = [1.0 - i / 100 for i in range(100)]  # still falling 10% over the last fifth
+    c = convergence(falling)
+    assert c["converged"] is False and c["loss_drop_last_fifth_pct"] > 5
+
+
 def test_depth_metric_known_answers_per_image_average():
     gt = torch.tensor([[[1.0, 2.0], [4.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])  # 0 = invalid
     pred = torch.tensor([[[2.0, 4.0], [8.0, 5.0]], [[1.0, 1.0], [1.0, 1.0]]])

@@ -109,8 +109,13 @@ def test_alt_text_relevance_is_a_parameter(relevance):
 
 def test_world_splits_and_determinism(world_dir, tmp_path):
     m = {split: ShardReader(world_dir / split).manifest for split in ws.SPLITS}
-    assert {k: v["num_samples"] for k, v in m.items()} == {"curated": 16, "dense": 16, "val": 8, "pool": 48}
+    assert {k: v["num_samples"] for k, v in m.items()} == {"curated": 16, "dense": 16, "dev": 4, "val": 8, "pool": 48}
     assert m["pool"]["hflip_safe"] is False and m["val"]["seg_classes"] == list(SEG_CLASSES)
+    assert m["val"]["stuff_classes"] == ["floor", "wall"]
+    # the development split is labelled like val and shares no image with it
+    dev, val = list(ShardReader(world_dir / "dev")), list(ShardReader(world_dir / "val"))
+    assert all(s.seg is not None and s.depth is not None for s in dev)
+    assert not {s.image for s in dev} & {s.image for s in val}
     pool = list(ShardReader(world_dir / "pool"))
     assert all(not s.captions["reference"] and s.seg is None for s in pool)
     assert all(len(s.captions["reference"]) == 5 for s in ShardReader(world_dir / "curated"))
@@ -146,7 +151,7 @@ def test_world_resumes_after_interruption(world_dir, tmp_path, monkeypatch):
     partial = [p for p in out.iterdir() if p.name.endswith(".partial")]
     assert partial, "interrupted splits keep their finished shards"
     info = ws.build_world(tiny_config(), out, progress=False)
-    assert 0 < info["generated"] < 88  # only what was missing
+    assert 0 < info["generated"] < 92  # only what was missing
     for split in ws.SPLITS:
         assert ShardReader(out / split).manifest["shards"] == \
             [{**s} for s in ShardReader(world_dir / split).manifest["shards"]]
@@ -154,9 +159,16 @@ def test_world_resumes_after_interruption(world_dir, tmp_path, monkeypatch):
     info = ws.build_world(tiny_config(), out, progress=False)
     assert info["generated"] == 0 and sorted(info["reused"]) == sorted(ws.SPLITS)
     info = ws.build_world(tiny_config(alt_text_relevance=0.9), out, progress=False)
-    assert info["generated"] == 88  # a changed config regenerates every split it touches
+    assert info["generated"] == 92  # a changed config regenerates every split it touches
 
 
 def test_preview(world_dir, tmp_path):
     path = ws.write_preview(world_dir, tmp_path / "p.png", n=3)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fewer_colours_restrict_the_palette():
+    spec = WorldSpec(seed=0, split="pool", image_size=32, min_objects=4, max_objects=4, alt_text_relevance=1.0,
+                     descriptions_per_image=1, image_format="png", with_reference=False, with_dense=False, colours=2)
+    used = {o["colour"] for i in range(20) for o in make_sample(spec, i).meta["scene"]["objects"]}
+    assert used <= set(list(COLOURS)[:2]) and len(used) == 2

@@ -30,9 +30,13 @@ class WorldConfig:
     n_pool: int = 10000  # alt-text only: what CLIP pretrains on
     n_curated: int = 5000  # reference descriptions + object boxes: what the captioner trains on
     n_dense: int = 1000  # labelled (masks + depth) training set for the transfer stage
-    n_val: int = 500  # held out: dense evaluation and retrieval
+    n_dev: int = 300  # masks + depth, disjoint from val: budgets and probe settings are chosen here
+    n_val: int = 500  # held out: dense evaluation and retrieval (the reported split)
     min_objects: int = 2
     max_objects: int = 4
+    # object colours used (the first N of the world's 8): with few, colour alone rarely tells two scenes'
+    # captions apart and CLIP must see shapes to match them
+    colours: int = 8
     alt_text_relevance: float = 0.6  # probability that alt-text mentions something actually in the image
     descriptions_per_image: int = 5  # reference descriptions per curated image, as COCO has 5
     shard_size: int = 1000
@@ -60,6 +64,9 @@ class TrainConfig:
     image_size: int = 0  # 0: the model config's
     pretrained: str = ""  # open_clip pretrained tag or weights file to start from
     caption_policy: str = "raw"  # raw | reference | synthetic[:ID] | mix:P[:ID] | both[:ID] | filter:T[:SCORER]
+    # keep only images that have raw alt-text, whatever the policy or baseline: the study sets it, so every
+    # method trains on the very images clip-raw can use (recaptioning then adds no images, only better text)
+    require_raw_caption: bool = False
     loss: str = "clip"  # clip | siglip
     distill_weight: float = 0.0  # λ in λ·KD + (1-λ)·CLIP; > 0 needs teacher embeddings (qclip teacher)
     local_loss: bool = False
@@ -336,7 +343,8 @@ def validate(cfg: Config) -> None:
     w = cfg.world
     checks = [
         (w.image_size >= 32, "world.image_size must be >= 32"),
-        (all(n >= 0 for n in (w.n_pool, w.n_curated, w.n_dense, w.n_val)), "world split sizes must be >= 0"),
+        (all(n >= 0 for n in (w.n_pool, w.n_curated, w.n_dense, w.n_dev, w.n_val)), "world split sizes must be >= 0"),
+        (1 <= w.colours <= 8, "world.colours must be in 1..8 (the world has 8 named colours)"),
         (1 <= w.min_objects <= w.max_objects <= 8, "need 1 <= world.min_objects <= world.max_objects <= 8"),
         (0.0 <= w.alt_text_relevance <= 1.0, "world.alt_text_relevance must be in [0, 1]"),
         (w.image_format in ("png", "jpg"), "world.image_format must be 'png' or 'jpg'"),

@@ -10,10 +10,11 @@ the report shows mean +- std.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -54,33 +55,45 @@ class StageCache:
         return result
 
 
-def _with(cfg: Config, **train) -> Config:
-    c = copy.deepcopy(cfg)
-    for k, v in train.items():
-        setattr(c.train, k, v)
+@dataclass(frozen=True)
+class StudyMethod:
+    """How the study pretrains one method: a CLIP caption policy on the pool (raw or recaptioned), a non-CLIP
+    baseline (train/baselines.py), or no pretraining at all."""
+
+    name: str
+    kind: str  # clip | baseline | random
+    policy: str = ""  # clip: train.caption_policy
+    captioned: bool = False  # clip: reads the recaptioned pool (its cache key then depends on the captions)
+
+
+def study_method(name: str, mix_p: float) -> StudyMethod:
+    clip = {"clip-raw": ("raw", False), "clip-synthetic": (f"synthetic:{CAPTIONER_ID}", True),
+            "clip-mix": (f"mix:{mix_p}:{CAPTIONER_ID}", True), "clip-reference": ("reference", False)}
+    if name in clip:
+        return StudyMethod(name, "clip", *clip[name])
+    return StudyMethod(name, "random" if name == "random" else "baseline")
+
+
+def method_config(cfg: Config, encoder: str, method: StudyMethod, seed: int) -> Config:
+    """The config one (encoder, method, seed) pretrains with: the encoder's budget (`study.encoder_train`),
+    the method's caption policy, and the same images for every method (`train.require_raw_caption`)."""
+    c = encoder_train(cfg, encoder)
+    c.seed = seed
+    c.train = dataclasses.replace(c.train, model=encoder, require_raw_caption=True,
+                                  caption_policy=method.policy or c.train.caption_policy)
     return c
 
 
 def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool = True,
               log: Callable[[str], None] = print) -> dict:
-    from .captions.captioners import Sampling, create_captioner
-    from .captions.quality import dataset_quality
-    from .captions.recaption import recaption
-    from .captions.train import train_captioner
-    from .data.world_shards import build_world, summary_line, write_preview
-    from .evaluate.retrieval import retrieval_metrics
-    from .evaluate.zeroshot import zero_shot_classification
-    from .models import create_clip
     from .provenance import git_commit, write_run_info
-    from .train.baselines import train_baseline
-    from .train.pretrain import pretrain
-    from .transfer.run import FeatureMemo, run_transfer
 
     t0, out = time.time(), Path(out)
     git_commit()  # read now: results.json records the tree this run's code came from
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, fresh)
-    st, wall = cfg.study, {}
+    wall: dict[str, float] = {}
+    world_dir = out / "world"
 
     def timed(name: str, fn: Callable[[], dict]) -> Callable[[], dict]:
         def run() -> dict:
@@ -90,8 +103,47 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
             return r
         return run
 
-    # 1. world
-    world_dir = out / "world"
+    keys, quality = _data_stages(cfg, out, cache, timed, progress, log)
+    rows: list[dict] = []
+    pretrain_dirs: dict[str, Path] = {}
+    for s in range(cfg.study.seeds):
+        for enc in cfg.study.encoders:
+            for name in cfg.study.methods:
+                method = study_method(name, cfg.study.mix_p)
+                mcfg = method_config(cfg, enc, method, cfg.seed + s)
+                tag = f"seed{mcfg.seed}/{enc}-{name}"
+                log(f"[3/5] pretrain {tag}")
+                spec, k_pre, pre_rows = _pretrain_stage(mcfg, method, enc, tag, out, world_dir, keys, cache, timed,
+                                                        progress)
+                rows += pre_rows
+                if method.kind != "random":
+                    pretrain_dirs[f"{enc} {name}"] = Path(spec)
+                rows += _transfer_stage(mcfg, spec, k_pre, enc, name, tag, out, world_dir, cache, timed, progress,
+                                        log)
+
+    log("[5/5] report")
+    record = write_run_info(out, cfg, "run", {"stages_run": cache.ran, "stages_reused": cache.reused,
+                                              "stage_seconds": wall})
+    results = {"rows": rows, "config": to_dict(cfg), "versions": record["versions"],
+               "git_commit": record["git_commit"], "seeds": cfg.study.seeds, "stage_seconds": wall,
+               "caption_quality": quality, "wall_seconds": round(time.time() - t0, 2)}
+    atomic_write_json(out / "results.json", results)
+    from .report.build import build_report
+
+    build_report(out, results, pretrain_dirs)
+    return results
+
+
+def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: bool, log) -> tuple[dict, dict]:
+    """1. the world; 2. the captioner on the curated split, the recaptioned pool and its caption quality.
+    Returns the cache keys later stages depend on ({"world", "recaption"}) and the caption quality."""
+    from .captions.captioners import Sampling, create_captioner
+    from .captions.quality import dataset_quality
+    from .captions.recaption import recaption
+    from .captions.train import train_captioner
+    from .data.world_shards import build_world, summary_line, write_preview
+
+    st, world_dir = cfg.study, out / "world"
     k_world = cache.key("world", asdict(cfg.world), cfg.seed)
     log("[1/5] world")
     info = cache.run("world", k_world, None, timed("world", lambda: build_world(cfg, world_dir, progress=progress)))
@@ -99,7 +151,6 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     if not (out / "world_preview.png").is_file():
         write_preview(world_dir, out / "world_preview.png")
 
-    # 2. captions: train the captioner on the curated split, recaption the pool, measure quality
     log("[2/5] captions: train the captioner on the curated split, recaption the pool")
     k_cap = cache.key("captioner", k_world, asdict(cfg.captioner), cfg.seed)
     cap = cache.run("captioner", k_cap, out / "captioner",
@@ -119,78 +170,64 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     for kind, q in rec["quality"].items():
         log(f"      {kind:<16} objects named correctly {q['objects_named_correctly']:.1%}, "
             f"named objects wrong {q['named_objects_wrong']:.1%}")
+    return {"world": k_world, "recaption": k_rec}, rec["quality"]
 
-    # 3-4. per seed: pretrain every (encoder, method), then transfer
-    rows, pretrain_dirs = [], {}
-    policies = {"clip-raw": "raw", "clip-synthetic": f"synthetic:{CAPTIONER_ID}",
-                "clip-mix": f"mix:{st.mix_p}:{CAPTIONER_ID}", "clip-reference": "reference"}
-    for s in range(st.seeds):
-        seed = cfg.seed + s
-        scfg = copy.deepcopy(cfg)
-        scfg.seed = seed
-        for enc in st.encoders:
-            ecfg = encoder_train(scfg, enc)
-            for method in st.methods:
-                tag = f"seed{seed}/{enc}-{method}"
-                run_dir = out / "pretrain" / tag
-                log(f"[3/5] pretrain {tag}")
-                if method == "random":
-                    spec, k_pre = f"random:{enc}", cache.key("random", enc)
-                elif method in policies:
-                    data = out / "pool_captioned" if method in ("clip-synthetic", "clip-mix") else world_dir / "pool"
-                    c2 = _with(ecfg, model=enc, caption_policy=policies[method])
-                    k_pre = cache.key("pretrain", method, k_rec if "pool_captioned" in str(data) else k_world,
-                                      asdict(c2.train), seed)
 
-                    def do_pretrain(c2=c2, data=data, run_dir=run_dir) -> dict:
-                        r = pretrain(c2, data, run_dir, progress=progress)
-                        b = create_clip(f"local-dir:{run_dir / 'model'}")
-                        r["retrieval"] = retrieval_metrics(b, world_dir / "val", "reference")
-                        r["zeroshot"] = zero_shot_classification(b, world_dir / "val")
-                        return r
+def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: Path, world_dir: Path,
+                    keys: dict, cache: StageCache, timed, progress: bool) -> tuple[str, str, list[dict]]:
+    """3. pretrain one (encoder, method, seed): returns the encoder spec for transfer, the stage's cache key
+    (transfer depends on it) and the CLIP run's retrieval / zero-shot rows."""
+    from .evaluate.retrieval import retrieval_metrics
+    from .evaluate.zeroshot import zero_shot_classification
+    from .models import create_clip
+    from .train.baselines import train_baseline
+    from .train.pretrain import pretrain
 
-                    r = cache.run(f"pretrain-{tag.replace('/', '-')}", k_pre, run_dir, timed(f"pretrain {tag}", do_pretrain))
-                    rows.append({"method": method, "encoder": enc, "task": "retrieval", "data_fraction": 1.0,
-                                 "seed": seed, "metrics": r["retrieval"]})
-                    rows.append({"method": method, "encoder": enc, "task": "zeroshot", "data_fraction": 1.0,
-                                 "seed": seed, "metrics": r["zeroshot"]})
-                    spec = str(run_dir)
-                    pretrain_dirs[f"{enc} {method}"] = run_dir
-                else:
-                    c2 = _with(ecfg, model=enc)
-                    k_pre = cache.key("baseline", method, k_world, asdict(c2.train), seed)
-                    cache.run(f"pretrain-{tag.replace('/', '-')}", k_pre, run_dir,
-                              timed(f"pretrain {tag}", lambda c2=c2, m=method, d=run_dir: train_baseline(
-                                  c2, m, world_dir / "pool", d, progress)))
-                    spec = str(run_dir)
-                    pretrain_dirs[f"{enc} {method}"] = run_dir
-                memo = FeatureMemo()  # this encoder's frozen features, shared by its tasks
-                for task in st.tasks:
-                    c3 = copy.deepcopy(scfg)
-                    c3.transfer.task = task
-                    t_dir = out / "transfer" / f"{tag}-{task}"
-                    k_tr = cache.key("transfer", k_pre, asdict(c3.transfer), seed)
-                    r = cache.run(f"transfer-{tag.replace('/', '-')}-{task}", k_tr, t_dir,
-                                  timed(f"transfer {tag} {task}",
-                                        lambda c3=c3, spec=spec, t_dir=t_dir, memo=memo: run_transfer(
-                                            c3, spec, world_dir, t_dir, progress, memo)))
-                    for x in r["results"]:
-                        rows.append({"method": method, "encoder": enc, "task": task,
-                                     "data_fraction": x["data_fraction"], "seed": seed,
-                                     "metrics": {k: v for k, v in x["metrics"].items() if k != "IoU_per_class"}})
-                    log(f"[4/5] transfer {tag} {task}: " + ", ".join(
-                        f"{x['data_fraction']:g}: {next(iter(x['metrics'].items()))[0]} "
-                        f"{next(iter(x['metrics'].values())):.4f}" for x in r["results"]))
+    if method.kind == "random":
+        return f"random:{enc}", cache.key("random", enc), []
+    run_dir, seed = out / "pretrain" / tag, mcfg.seed
+    stage = f"pretrain-{tag.replace('/', '-')}"
+    if method.kind == "baseline":
+        k_pre = cache.key("baseline", method.name, keys["world"], asdict(mcfg.train), seed)
+        cache.run(stage, k_pre, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
+            mcfg, method.name, world_dir / "pool", run_dir, progress)))
+        return str(run_dir), k_pre, []
+    data = out / "pool_captioned" if method.captioned else world_dir / "pool"
+    k_pre = cache.key("pretrain", method.name, keys["recaption" if method.captioned else "world"],
+                      asdict(mcfg.train), seed)
 
-    # 5. results + report
-    log("[5/5] report")
-    record = write_run_info(out, cfg, "run", {"stages_run": cache.ran, "stages_reused": cache.reused,
-                                              "stage_seconds": wall})
-    results = {"rows": rows, "config": to_dict(cfg), "versions": record["versions"],
-               "git_commit": record["git_commit"], "seeds": st.seeds, "stage_seconds": wall,
-               "caption_quality": rec["quality"], "wall_seconds": round(time.time() - t0, 2)}
-    atomic_write_json(out / "results.json", results)
-    from .report.build import build_report
+    def do_pretrain() -> dict:
+        r = pretrain(mcfg, data, run_dir, progress=progress)
+        b = create_clip(f"local-dir:{run_dir / 'model'}")
+        r["retrieval"] = retrieval_metrics(b, world_dir / "val", "reference")
+        r["zeroshot"] = zero_shot_classification(b, world_dir / "val")
+        return r
 
-    build_report(out, results, pretrain_dirs)
-    return results
+    r = cache.run(stage, k_pre, run_dir, timed(f"pretrain {tag}", do_pretrain))
+    rows = [{"method": method.name, "encoder": enc, "task": task, "data_fraction": 1.0, "seed": seed,
+             "metrics": r[task]} for task in ("retrieval", "zeroshot")]
+    return str(run_dir), k_pre, rows
+
+
+def _transfer_stage(mcfg: Config, spec: str, k_pre: str, enc: str, method: str, tag: str, out: Path,
+                    world_dir: Path, cache: StageCache, timed, progress: bool, log) -> list[dict]:
+    """4. transfer one encoder to every task at every labelled fraction; the tasks share its frozen features."""
+    from .transfer.run import FeatureMemo, run_transfer
+
+    memo, rows = FeatureMemo(), []
+    for task in mcfg.study.tasks:
+        tcfg = copy.deepcopy(mcfg)
+        tcfg.transfer.task = task
+        t_dir = out / "transfer" / f"{tag}-{task}"
+        k_tr = cache.key("transfer", k_pre, asdict(tcfg.transfer), mcfg.seed)
+        r = cache.run(f"transfer-{tag.replace('/', '-')}-{task}", k_tr, t_dir,
+                      timed(f"transfer {tag} {task}",
+                            lambda: run_transfer(tcfg, spec, world_dir, t_dir, progress, memo)))
+        for x in r["results"]:
+            rows.append({"method": method, "encoder": enc, "task": task, "data_fraction": x["data_fraction"],
+                         "seed": mcfg.seed, "metrics": x["metrics"],
+                         "probe": {k: x.get(k) for k in ("final_train_loss", "loss_drop_last_fifth_pct", "converged")}})
+        log(f"[4/5] transfer {tag} {task}: " + ", ".join(
+            f"{x['data_fraction']:g}: {next(iter(x['metrics'].items()))[0]} "
+            f"{next(iter(x['metrics'].values())):.4f}" for x in r["results"]))
+    return rows

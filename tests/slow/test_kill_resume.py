@@ -27,7 +27,7 @@ def _qclip(args: list[str]) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("kill_world")
-    cfg = load_config(None, ["world.n_pool=96", "world.n_curated=0", "world.n_dense=0", "world.n_val=0",
+    cfg = load_config(None, ["world.n_pool=96", "world.n_curated=0", "world.n_dense=0", "world.n_dev=0", "world.n_val=0",
                              "world.shard_size=12", "world.workers=1"])
     build_world(cfg, out, progress=False)
     return out / "pool"
@@ -60,7 +60,7 @@ def test_caption_run_killed_three_times_equals_uninterrupted(pool, coca_dir, tmp
     assert all(len(v) == 2 for v in got.values())
 
 
-STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "world.n_val=12", "world.shard_size=24",
+STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "world.n_dev=4", "world.n_val=12", "world.shard_size=24",
          "world.workers=1", "captioner.steps=4", "captioner.batch_size=8", "captioner.warmup_steps=1",
          "captioner.workers=0", "captioner.checkpoint_every=2", "train.steps=6", "train.batch_size=8",
          "train.warmup_steps=1", "train.workers=0", "train.checkpoint_every=2", "transfer.steps=3",

@@ -54,11 +54,15 @@ class DenseDataset(Dataset):
 
     def __init__(self, pairs: list[DensePair], task: str, num_classes: int | None = None,
                  reduce_zero_label: bool = False, depth_scale: float = 1000.0, max_depth: float = 10.0,
-                 name: str = "", verify: bool = True, max_bad_fraction: float = 0.05) -> None:
+                 name: str = "", verify: bool = True, max_bad_fraction: float = 0.05,
+                 class_names: list[str] | None = None, stuff_classes: list[str] | None = None) -> None:
+        """class_names: one per class id, where the dataset knows them; stuff_classes: those of them that are
+        background (the world's floor and wall), left out of the object-class mIoU."""
         if task not in ("segmentation", "depth"):
             raise ValueError(f"task must be 'segmentation' or 'depth', got '{task}'")
         self.task, self.num_classes, self.reduce_zero_label = task, num_classes, reduce_zero_label
         self.depth_scale, self.max_depth, self.name = depth_scale, max_depth, name
+        self.class_names, self.stuff_classes = class_names, list(stuff_classes or [])
         self.skips = SkipCounter()
         self.pairs = [p for p in pairs if self._check(p)] if verify else pairs
         if not self.pairs:
@@ -192,5 +196,7 @@ def open_dense(root: str | Path, layout: str, task: str, split: str = "train", *
         if target is None:
             raise DenseDataError(f"{ds_dir}: sample {s.key} has no {field} (use the world's dense or val split)")
         pairs.append(DensePair(s.key, s.image, target))
-    n_classes = len(reader.manifest.get("seg_classes", [])) or None
-    return DenseDataset(pairs, task, name=name, **({"num_classes": n_classes} if task == "segmentation" else {}), **kw)
+    names = reader.manifest.get("seg_classes") or None
+    seg_kw = {"num_classes": len(names) if names else None, "class_names": names,
+              "stuff_classes": reader.manifest.get("stuff_classes")}
+    return DenseDataset(pairs, task, name=name, **(seg_kw if task == "segmentation" else {}), **kw)

@@ -1,4 +1,4 @@
-"""One image-text sample as stored in a shard (schema in shared/DESIGN.md, "Data").
+"""One image-text sample as stored in a shard (schema in docs/DESIGN.md, "Data").
 
 Members of sample KEY in a tar shard:
   KEY.jpg|png|webp   the image

@@ -28,7 +28,8 @@ from .images import encode_jpg, encode_png
 from .sample import Sample
 
 SHAPES = ("cube", "sphere", "cylinder", "cone")
-SEG_CLASSES = ("floor", "wall") + SHAPES  # class id = index
+STUFF_CLASSES = ("floor", "wall")  # background: left out of the object-class mIoU
+SEG_CLASSES = STUFF_CLASSES + SHAPES  # class id = index
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.13, 0.12),
     "green": (0.15, 0.68, 0.2),
@@ -47,7 +48,7 @@ WALLS = {"white": (0.9, 0.9, 0.88), "gray": (0.62, 0.63, 0.65), "blue": (0.55, 0
 SHAPE_WORDS = {"cube": ("cube", "block", "box"), "sphere": ("sphere", "ball"), "cylinder": ("cylinder",), "cone": ("cone",)}
 SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
 FOV_DEG = 55.0
-SPLIT_CODES = {"pool": 1, "curated": 2, "dense": 3, "val": 4}
+SPLIT_CODES = {"pool": 1, "curated": 2, "dense": 3, "val": 4, "dev": 5}
 _EPS = 1e-4
 
 
@@ -82,7 +83,10 @@ class Scene:
     tile: float  # floor texture tile size (m)
 
 
-def sample_scene(rng: np.random.Generator, min_objects: int, max_objects: int) -> Scene:
+def sample_scene(rng: np.random.Generator, min_objects: int, max_objects: int, colours: int = len(COLOURS)) -> Scene:
+    """colours: objects take the first `colours` of COLOURS. Fewer colours make colour alone name a scene less
+    often, so a caption's shapes must be seen to tell scenes apart."""
+    palette = list(COLOURS)[:colours]
     n = int(rng.integers(min_objects, max_objects + 1))
     objects: list[WorldObject] = []
     tries = 0
@@ -96,7 +100,7 @@ def sample_scene(rng: np.random.Generator, min_objects: int, max_objects: int) -
         if any(math.hypot(x - o.x, z - o.z) < r + o.radius + 0.15 for o in objects):
             continue
         x, z = round(x, 3), round(z, 3)  # stored at this precision in KEY.json: the record is exact
-        objects.append(WorldObject(shape=str(rng.choice(SHAPES)), colour=str(rng.choice(list(COLOURS))),
+        objects.append(WorldObject(shape=str(rng.choice(SHAPES)), colour=str(rng.choice(palette)),
                                    size=size, x=x, z=z, yaw=round(float(rng.uniform(0, 90)), 3)))
     az, el = rng.uniform(-1.0, 1.0), rng.uniform(0.6, 1.1)
     light = np.array([math.sin(az) * math.cos(el), math.sin(el), -math.cos(az) * math.cos(el) * 0.6])
@@ -423,11 +427,12 @@ class WorldSpec:
     image_format: str
     with_reference: bool
     with_dense: bool
+    colours: int = len(COLOURS)
 
 
 def make_sample(spec: WorldSpec, index: int) -> Sample:
     rng = np.random.default_rng([spec.seed, SPLIT_CODES[spec.split], index])
-    scene = sample_scene(rng, spec.min_objects, spec.max_objects)
+    scene = sample_scene(rng, spec.min_objects, spec.max_objects, spec.colours)
     r = render(scene, spec.image_size, rng)
     record = scene_record(scene, r)
     raw, kind = alt_text(record, rng, spec.alt_text_relevance)

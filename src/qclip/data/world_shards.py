@@ -4,7 +4,8 @@ Splits (each a dataset directory under OUT/):
   curated  reference descriptions + alt-text: trains the captioner
   pool     alt-text only: what CLIP pretrains on (recaptioned by `qclip caption`)
   dense    masks + depth: labelled training data for the transfer stage
-  val      everything: held-out dense evaluation and retrieval
+  dev      masks + depth: a development split for choosing budgets and probe settings (never the reported one)
+  val      everything: held-out dense evaluation and retrieval (the reported split)
 """
 from __future__ import annotations
 
@@ -21,22 +22,22 @@ from ..atomic import atomic_write_bytes, atomic_write_json, remove_tree
 from ..config import Config
 from .sample import Sample
 from .shards import MANIFEST, ShardReader, ShardWriter, is_dataset, write_shard_file
-from .world import SEG_CLASSES, WorldSpec, make_sample
+from .world import SEG_CLASSES, STUFF_CLASSES, WorldSpec, make_sample
 
-SPLITS = ("curated", "dense", "val", "pool")
+SPLITS = ("curated", "dense", "dev", "val", "pool")
 _FINGERPRINT = "world.json"
 
 
 def split_plan(cfg: Config) -> dict[str, tuple[WorldSpec, int]]:
     w = cfg.world
-    sizes = {"curated": w.n_curated, "dense": w.n_dense, "val": w.n_val, "pool": w.n_pool}
+    sizes = {"curated": w.n_curated, "dense": w.n_dense, "dev": w.n_dev, "val": w.n_val, "pool": w.n_pool}
     plan = {}
     for split in SPLITS:
         spec = WorldSpec(
             seed=cfg.seed, split=split, image_size=w.image_size, min_objects=w.min_objects,
             max_objects=w.max_objects, alt_text_relevance=w.alt_text_relevance,
             descriptions_per_image=w.descriptions_per_image, image_format=w.image_format,
-            with_reference=split in ("curated", "val"), with_dense=split in ("dense", "val"),
+            with_reference=split in ("curated", "val"), with_dense=split in ("dense", "dev", "val"), colours=w.colours,
         )
         plan[split] = (spec, sizes[split])
     return plan
@@ -97,7 +98,7 @@ def build_world(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         (writer.staging / _FINGERPRINT).unlink(missing_ok=True)
         writer.close({
             "name": split, "source": "qclip world", "world": _fingerprint(spec, n, shard_size),
-            "seg_classes": list(SEG_CLASSES), "hflip_safe": False,
+            "seg_classes": list(SEG_CLASSES), "stuff_classes": list(STUFF_CLASSES), "hflip_safe": False,
             "fields": ["image", "json", "txt"] + (["seg.png", "depth.npy"] if spec.with_dense else []),
         })
     seconds = time.time() - t0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .findings import finding_lines, findings, format_table, headline_table
 from .page import write_report
-from .plots import bar_chart, caption_examples_figure, data_efficiency_plot, training_curves
+from .plots import bar_chart, caption_examples_figure, data_efficiency_plot, probe_curves, training_curves
 
 
 def caption_examples(data: Path, n: int = 6) -> list[dict]:
@@ -61,6 +61,10 @@ def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: di
         for task in ("segmentation", "depth"):
             if any(r["task"] == task for r in rows):
                 figs[f"{task} at the full labelled set"] = bar_chart(rows, task, out / f"bar_{task}.png")
+    if (out / "transfer").is_dir():
+        probes = probe_curves(out / "transfer", out / "probe_curves.png")
+        if probes is not None:
+            figs["probe training curves"] = probes
     if pretrain_dirs:
         figs["training curves"] = training_curves(pretrain_dirs, out / "training_curves.png")
     for name, src in (("qualitative predictions", next(iter(sorted((out / "transfer").glob(

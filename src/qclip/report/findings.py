@@ -1,7 +1,19 @@
-"""Tables and the study's finding, computed from `results.json` rows (never typed in).
+"""The study's finding, computed from `results.json` rows (never typed in): every comparison as a paired test
+over seeds, and data efficiency read from the metric-vs-fraction curves.
 
-Paper numbers (Vasu et al., 2024, ViT-B/16 on DataCompDR vs MAE): +12.1% mIoU (ADE20k), -11.5% RMSE (NYUv2),
-~10x data efficiency. Here: relative changes of clip-synthetic against clip-raw and against mim, per encoder.
+A check compares method A with method B on one (encoder, task) at the largest labelled fraction. Seed s gives
+both methods the same initialisation and the same labelled subset, so the test is paired: d_s = sign x
+(A_s - B_s) with sign +1 where higher is better (mIoU) and -1 where lower is (RMSE), i.e. d > 0 means A is
+better. Reported per check: mean d, its 95% confidence interval (Student t), the relative change in percent
+(positive = A better, the same convention as the paper's numbers printed beside it), and a one-sided paired
+t-test p-value for "A is better" (scipy.stats.ttest_rel). A check holds when it survives Holm's correction over
+all the checks of the run at alpha = 0.05; with one seed nothing is tested and the report says so.
+
+Checks: clip-synthetic vs every other method present (clip-raw, clip-mix, mim, supervised, random, ...);
+every other pretraining vs random init (a baseline worse than random init is broken, not a finding); and more
+labels never hurt (each method at the largest fraction vs the smallest).
+Paper numbers (Vasu et al., 2024, ViT-B/16 on DataCompDR vs MAE): +12.1% mIoU (ADE20k), 11.5% lower RMSE
+(NYUv2), ~10x data efficiency.
 """
 from __future__ import annotations
 
@@ -10,70 +22,147 @@ from collections import defaultdict
 
 PAPER = {"mIoU_gain_vs_mim": 12.1, "RMSE_reduction_vs_mim": 11.5, "data_efficiency": 10.0}
 HEADLINE = {"segmentation": ("mIoU", +1), "depth": ("RMSE", -1)}  # metric, direction (+1: higher is better)
+ALPHA = 0.05
+TEST = "one-sided paired t-test over seeds, Holm-corrected over all checks of the run"
 
 
-def aggregate(rows: list[dict]) -> dict[tuple, dict]:
-    """(encoder, method, task, fraction) -> {"mean", "std", "n", "values"} of the task's headline metric."""
-    acc: dict[tuple, list[float]] = defaultdict(list)
+def aggregate(rows: list[dict], metric: str | None = None) -> dict[tuple, dict]:
+    """(encoder, method, task, fraction) -> {"mean", "std", "n", "values", "by_seed"} of the task's headline
+    metric (or `metric`, where a row has it)."""
+    acc: dict[tuple, dict] = defaultdict(dict)
     for r in rows:
-        if r["task"] in HEADLINE:
-            acc[(r["encoder"], r["method"], r["task"], r["data_fraction"])].append(r["metrics"][HEADLINE[r["task"]][0]])
+        if r["task"] not in HEADLINE:
+            continue
+        name = metric or HEADLINE[r["task"]][0]
+        if name in r["metrics"]:
+            acc[(r["encoder"], r["method"], r["task"], r["data_fraction"])][r.get("seed", 0)] = r["metrics"][name]
     out = {}
-    for k, v in acc.items():
+    for k, by_seed in acc.items():
+        v = [by_seed[s] for s in sorted(by_seed)]
         m = sum(v) / len(v)
         sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-        out[k] = {"mean": m, "std": sd, "n": len(v), "values": v}
+        out[k] = {"mean": m, "std": sd, "n": len(v), "values": v, "by_seed": dict(sorted(by_seed.items()))}
+    return out
+
+
+def paired_test(a: dict[int, float], b: dict[int, float], sign: int) -> dict:
+    """Paired comparison over the seeds both have: d = sign * (a - b), so d > 0 means a is better."""
+    seeds = sorted(set(a) & set(b))
+    d = [sign * (a[s] - b[s]) for s in seeds]
+    n = len(d)
+    out: dict = {"seeds": seeds, "diffs": d, "n": n, "mean_diff": sum(d) / n if n else None,
+                 "ci95": None, "p": None}
+    if n >= 2:
+        from scipy import stats
+
+        m = out["mean_diff"]
+        sd = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1))
+        half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+        out["ci95"] = [m - half, m + half]
+        if sd == 0:
+            out["p"] = 0.0 if m > 0 else 1.0
+        else:
+            out["p"] = float(stats.t.sf(m / (sd / math.sqrt(n)), n - 1))
     return out
 
 
 def _rel(a: float, b: float, sign: int) -> float:
-    """Relative improvement of a over b in percent (positive = better)."""
+    """Relative improvement of a over b in percent (positive = a better)."""
     return sign * (a - b) / abs(b) * 100 if b else float("nan")
 
 
-def findings(rows: list[dict]) -> list[dict]:
+def _holm(checks: list[dict]) -> None:
+    """Holm-Bonferroni over the tested checks: sets check["holds"] (None where untested)."""
+    tested = sorted((c for c in checks if c["p"] is not None), key=lambda c: c["p"])
+    m, rejecting = len(tested), True
+    for i, c in enumerate(tested):
+        rejecting = rejecting and c["p"] <= ALPHA / (m - i) and c["mean_diff"] > 0
+        c["holds"] = rejecting
+    for c in checks:
+        c.setdefault("holds", None)
+
+
+def checks(rows: list[dict]) -> list[dict]:
+    """Every comparison of the run as a paired check (see the module docstring)."""
     agg = aggregate(rows)
-    encoders = sorted({k[0] for k in agg})
-    out = []
-    for enc in encoders:
-        for task, (metric, sign) in HEADLINE.items():
+    out: list[dict] = []
+
+    def add(kind: str, enc: str, task: str, a: str, fa: float, b: str, fb: float) -> None:
+        metric, sign = HEADLINE[task]
+        x, y = agg.get((enc, a, task, fa)), agg.get((enc, b, task, fb))
+        if x is None or y is None:
+            return
+        t = paired_test(x["by_seed"], y["by_seed"], sign)
+        if not t["n"]:
+            return
+        name = (f"{enc} {task}: {a} beats {b}" if fa == fb else
+                f"{enc} {task}: {a} at {fa:g} of the labels at least as good as at {fb:g}")
+        out.append({"kind": kind, "name": name, "encoder": enc, "task": task, "metric": metric,
+                    "a": a, "b": b, "fraction_a": fa, "fraction_b": fb, "mean_a": x["mean"], "mean_b": y["mean"],
+                    "rel_pct": _rel(x["mean"], y["mean"], sign), **t})
+
+    for enc in sorted({k[0] for k in agg}):
+        for task in HEADLINE:
             fr = sorted({k[3] for k in agg if k[0] == enc and k[2] == task})
             if not fr:
                 continue
             top = fr[-1]
-            get = lambda m, f=top: agg.get((enc, m, task, f), {}).get("mean")  # noqa: E731
-
-            def beats(other: str) -> bool | None:
-                """The study's direction with margin: synthetic better than `other` by more than either's std
-                over seeds (by any amount with one seed)."""
-                a, b = agg.get((enc, "clip-synthetic", task, top)), agg.get((enc, other, task, top))
-                if a is None or b is None:
-                    return None
-                return sign * (a["mean"] - b["mean"]) > max(a["std"], b["std"])
-
-            syn, raw, mim = get("clip-synthetic"), get("clip-raw"), get("mim")
-            f_match = None
-            if syn is not None and raw is not None:
-                for f in fr:  # smallest fraction at which synthetic matches raw at the largest fraction
-                    v = get("clip-synthetic", f)
-                    if v is not None and sign * (v - raw) >= 0:
-                        f_match = f
-                        break
-            out.append({"encoder": enc, "task": task, "metric": metric, "fraction": top,
-                        "synthetic_vs_raw_pct": _rel(syn, raw, sign) if None not in (syn, raw) else None,
-                        "synthetic_vs_mim_pct": _rel(syn, mim, sign) if None not in (syn, mim) else None,
-                        "beats_raw": beats("clip-raw"), "beats_mim": beats("mim"),
-                        "data_efficiency": (top / f_match) if f_match else None,
-                        "matched_at_fraction": f_match,
-                        "seeds": agg.get((enc, "clip-synthetic", task, top), {}).get("n", 0)})
+            methods = sorted({k[1] for k in agg if k[0] == enc and k[2] == task and k[3] == top})
+            if "clip-synthetic" in methods:
+                for other in methods:
+                    if other != "clip-synthetic":
+                        add("synthetic", enc, task, "clip-synthetic", top, other, top)
+            if "random" in methods:
+                for m in methods:
+                    if m not in ("random", "clip-synthetic"):
+                        add("sanity", enc, task, m, top, "random", top)
+            if len(fr) > 1:
+                for m in methods:
+                    # "at least as good": more labels must not hurt; tested as a one-sided improvement
+                    add("labels", enc, task, m, top, m, fr[0])
+    _holm(out)
     return out
 
 
-def headline_table(rows: list[dict]) -> list[list[str]]:
-    """Rows of strings: encoder, method, then `task metric @ fraction` columns (mean +- std over seeds)."""
+def data_efficiency(rows: list[dict]) -> list[dict]:
+    """Per (encoder, task): the labelled fraction at which clip-synthetic's mean curve reaches clip-raw's value
+    at the largest fraction (linear interpolation in log fraction between measured points) and the ratio
+    largest / that fraction. Below the smallest measured fraction it is a lower bound ("at least")."""
     agg = aggregate(rows)
+    out = []
+    for enc in sorted({k[0] for k in agg}):
+        for task, (metric, sign) in HEADLINE.items():
+            syn = sorted((k[3], v["mean"]) for k, v in agg.items() if k[:3] == (enc, "clip-synthetic", task))
+            raw = sorted((k[3], v["mean"]) for k, v in agg.items() if k[:3] == (enc, "clip-raw", task))
+            if len(syn) < 2 or not raw:
+                continue
+            top, target = raw[-1]
+            f_match, bound = None, False
+            if sign * (syn[0][1] - target) >= 0:
+                f_match, bound = syn[0][0], True
+            else:
+                for (f0, v0), (f1, v1) in zip(syn, syn[1:]):
+                    if sign * (v1 - target) >= 0:
+                        w = (target - v0) / (v1 - v0) if v1 != v0 else 1.0
+                        f_match = math.exp(math.log(f0) + w * (math.log(f1) - math.log(f0)))
+                        break
+            out.append({"encoder": enc, "task": task, "metric": metric, "fractions": [f for f, _ in syn],
+                        "raw_at": top, "matched_at_fraction": f_match, "lower_bound": bound,
+                        "ratio": top / f_match if f_match else None})
+    return out
+
+
+def findings(rows: list[dict]) -> dict:
+    cs = checks(rows)
+    return {"test": TEST, "alpha": ALPHA, "checks": cs, "data_efficiency": data_efficiency(rows),
+            "seeds": max((c["n"] for c in cs), default=0)}
+
+
+def headline_table(rows: list[dict], metric: str | None = None) -> list[list[str]]:
+    """Rows of strings: encoder, method, then `task metric @ fraction` columns (mean, ± std with seeds > 1)."""
+    agg = aggregate(rows, metric)
     cols = sorted({(k[2], k[3]) for k in agg})
-    header = ["encoder", "method"] + [f"{HEADLINE[t][0]} {t[:3]} @{f:g}" for t, f in cols]
+    header = ["encoder", "method"] + [f"{metric or HEADLINE[t][0]} {t[:3]} @{f:g}" for t, f in cols]
     methods = []
     for k in agg:
         if (k[0], k[1]) not in methods:
@@ -99,30 +188,60 @@ def markdown_table(table: list[list[str]]) -> str:
                       *("| " + " | ".join(r) + " |" for r in table[1:])])
 
 
-def finding_lines(fs: list[dict]) -> list[str]:
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.1f}%"
+
+
+def check_line(c: dict) -> str:
+    verdict = {True: "holds", False: "does not hold", None: "untested (one seed)"}[c["holds"]]
+    stats = f"{c['metric']} {c['mean_a']:.4f} vs {c['mean_b']:.4f} ({_pct(c['rel_pct'])})"
+    if c["p"] is not None:
+        lo, hi = c["ci95"]
+        stats += f", mean paired difference {c['mean_diff']:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}], p = {c['p']:.3g}"
+    return f"{c['name']}: {verdict}; {stats}, {c['n']} seed(s)"
+
+
+def check_table(f: dict) -> list[list[str]]:
+    t = [["check", "verdict", "A", "B", "change", "mean diff [95% CI]", "p (one-sided)", "seeds"]]
+    for c in f["checks"]:
+        ci = "-" if c["ci95"] is None else f"{c['mean_diff']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
+        t.append([c["name"], {True: "holds", False: "fails", None: "untested"}[c["holds"]], f"{c['mean_a']:.4f}",
+                  f"{c['mean_b']:.4f}", _pct(c["rel_pct"]), ci, "-" if c["p"] is None else f"{c['p']:.3g}",
+                  str(c["n"])])
+    return t
+
+
+def finding_lines(f: dict) -> list[str]:
+    """The finding in sentences: the paper's comparisons beside ours, data efficiency, and the verdict count."""
     lines = []
-    for f in fs:
-        def pct(v):
-            return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.1f}%"
-        eff = (f"{f['data_efficiency']:.0f}x (synthetic at {f['matched_at_fraction']:g} matches raw at "
-               f"{f['fraction']:g})" if f["data_efficiency"] else "not reached (synthetic at smaller fractions "
-               "stays below raw at the full set)")
-        paper = PAPER["mIoU_gain_vs_mim"] if f["task"] == "segmentation" else PAPER["RMSE_reduction_vs_mim"]
-        word = "mIoU" if f["task"] == "segmentation" else "RMSE reduction"
-        lines.append(f"{f['encoder']} {f['task']}: clip-synthetic vs clip-raw {pct(f['synthetic_vs_raw_pct'])} {word}, "
-                     f"vs masked image modeling {pct(f['synthetic_vs_mim_pct'])} (paper vs MAE: "
-                     f"{'+' if f['task'] == 'segmentation' else '-'}{paper}%); data efficiency {eff} (paper ~10x)")
-    checks = [(f"{f['encoder']} {f['task']}: synthetic beats raw", f["beats_raw"]) for f in fs]
-    checks += [(f"{f['encoder']} segmentation: synthetic beats masked image modeling", f["beats_mim"])
-               for f in fs if f["task"] == "segmentation"]
-    known = [(name, ok) for name, ok in checks if ok is not None]
-    if known:
-        held = [name for name, ok in known if ok]
-        failed = f"; it does not in: {'; '.join(n for n, ok in known if not ok)}" if len(held) < len(known) else ""
-        if all(f.get("seeds", 1) <= 1 for f in fs):  # no spread to hold a margin against
-            lines.append(f"With one seed the paper's direction holds in {len(held)} of {len(known)} checks{failed} "
-                         f"(no margin measured: --seeds 3 compares each difference with the spread over seeds)")
+    by = {(c["encoder"], c["task"], c["a"], c["b"]): c for c in f["checks"] if c["fraction_a"] == c["fraction_b"]}
+    for enc, task in sorted({(c["encoder"], c["task"]) for c in f["checks"]}):
+        word = "mIoU" if task == "segmentation" else "lower RMSE"
+        paper = PAPER["mIoU_gain_vs_mim"] if task == "segmentation" else PAPER["RMSE_reduction_vs_mim"]
+        parts = [f"vs {b} {_pct(c['rel_pct'])}" for (e, t, a, b), c in by.items()
+                 if (e, t, a) == (enc, task, "clip-synthetic")]
+        if parts:
+            lines.append(f"{enc} {task}: clip-synthetic {', '.join(parts)} {word} (positive = better; paper vs MAE: "
+                         f"+{paper}%)")
+    for e in f["data_efficiency"]:
+        if e["ratio"]:
+            how = "at least " if e["lower_bound"] else ""
+            lines.append(f"{e['encoder']} {e['task']}: data efficiency {how}{e['ratio']:.1f}x (clip-synthetic at "
+                         f"{how}{e['matched_at_fraction']:.3g} of the labels matches clip-raw at {e['raw_at']:g}, read "
+                         f"from the curve over fractions {', '.join(f'{x:g}' for x in e['fractions'])}; paper ~10x)")
         else:
-            lines.append(f"The paper's direction holds with margin (difference > std over seeds) in {len(held)} of "
-                         f"{len(known)} checks{failed}")
+            lines.append(f"{e['encoder']} {e['task']}: data efficiency not reached (clip-synthetic stays below "
+                         f"clip-raw at {e['raw_at']:g} at every measured fraction)")
+    cs = f["checks"]
+    if not cs:
+        return lines
+    if f["seeds"] <= 1:
+        lines.append(f"One seed: none of the {len(cs)} checks is tested (a paired test needs seeds; run "
+                     f"--seeds 5). The differences above are single measurements.")
+        return lines
+    held = [c for c in cs if c["holds"]]
+    lines.append(f"{len(held)} of {len(cs)} checks hold ({TEST}, alpha {ALPHA}, {f['seeds']} seeds)")
+    failing = [c for c in cs if not c["holds"]]
+    if failing:
+        lines.append("Not holding: " + "; ".join(check_line(c) for c in failing))
     return lines

@@ -6,23 +6,20 @@ import html
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from .findings import finding_lines, findings, headline_table, markdown_table
+from .findings import TEST, check_table, finding_lines, findings, headline_table, markdown_table
 
-NOTES = """Methods share the pool images, the encoder architecture and the pretraining budget (train.steps x
-train.batch_size, per encoder: study.encoder_train); they differ only in the training signal. clip-synthetic uses the in-repo captioner's captions
-(trained on the curated split's reference descriptions and object boxes), clip-raw the pool's alt-text, clip-mix a synthetic
-caption with probability study.mix_p. Baselines: random (no pretraining), supervised (multi-label objects of the
-scene graph), mim (MAE for the ViT, SimMIM masked pixel regression for the MCi tower, which cannot drop tokens). Transfer trains a fresh head per data fraction for the same
-iterations; fractions are nested subsets. What the direction rests on: clip-synthetic can only beat clip-raw
-where the synthetic captions name more of the scene correctly than the alt-text does (the caption-quality table
-above); a captioner that gets colours right but guesses shapes gives the tower no shape signal that the alt-text
-lacks. Second, the probes must converge: a linear probe stopped early ranks encoders by how fast their features
-are to fit, not by what they encode (the demo's probes train 200 steps at lr 1e-2 on cached features and regress
-log depth, a convex problem; with 100 steps at lr 1e-3 and 64 softmax depth bins the ranking changed with the
-schedule and random init came first on depth). Third, the pretraining budget per encoder: at 70 steps the
-MCi's CLIP encoders probed no better than its random init over 3 seeds, at 160-200 steps the direction held (the
-demo gives the MCi 160 steps via study.encoder_train, the ViT 60; benchmarks/RESULTS.md). The finding's last line says which of the paper's comparisons
-hold here by more than the seed spread."""
+NOTES = """What every method of an encoder shares: the pool images (with train.require_raw_caption, which the study
+sets, only the pool images that have alt-text, so clip-raw, clip-synthetic, clip-mix and the baselines see the very
+same images), the image tower and its initialisation for a given seed, the augmentation (open_clip's
+random-resized-crop train transform, for the baselines too), and the pretraining budget (steps x batch and schedule,
+per encoder: study.encoder_train). Methods differ only in the training signal: clip-synthetic uses the in-repo
+captioner's captions (trained on the curated split's reference descriptions, with object boxes as region supervision
+when captioner.region_loss_weight > 0), clip-raw the pool's alt-text, clip-mix a synthetic caption with probability
+study.mix_p; random is the untrained tower, supervised a multi-label classifier of the scene's objects, mim masked
+image modeling (MAE for ViTs, SimMIM for hierarchical towers). Transfer trains a fresh head per labelled fraction
+(nested subsets, the same for every method at a given seed) for the same iterations and evaluates on
+transfer.val_split. Seed s gives every method the same initialisation and labelled subset, which is what makes
+the checks paired."""
 
 
 def _scored(example: dict, kind: str) -> str:
@@ -46,17 +43,73 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(Path(path).stem)}">'
 
 
+def per_class_table(rows: list[dict]) -> list[list[str]]:
+    """IoU per class at the largest fraction, mean over seeds, for each (encoder, method) with class names."""
+    seg = [r for r in rows if r["task"] == "segmentation" and r["metrics"].get("class_names")
+           and "IoU_per_class" in r["metrics"]]
+    if not seg:
+        return []
+    names = seg[0]["metrics"]["class_names"]
+    top = max(r["data_fraction"] for r in seg)
+    acc: dict[tuple, list] = {}
+    for r in seg:
+        if r["data_fraction"] == top:
+            acc.setdefault((r["encoder"], r["method"]), []).append(r["metrics"])
+    t = [["encoder", "method", *names, "object mIoU"]]
+    for (enc, m), ms in acc.items():
+        cells = []
+        for i in range(len(names)):
+            v = [x["IoU_per_class"][i] for x in ms if x["IoU_per_class"][i] is not None]
+            cells.append(f"{sum(v) / len(v):.3f}" if v else "-")
+        obj = [x["object_mIoU"] for x in ms if "object_mIoU" in x]
+        t.append([enc, m, *cells, f"{sum(obj) / len(obj):.3f}" if obj else "-"])
+    return t
+
+
+def pretraining_table(rows: list[dict]) -> list[list[str]]:
+    """Zero-shot classification and retrieval of the CLIP runs (mean over seeds), with the majority-class rate."""
+    acc: dict[tuple, dict[str, list]] = {}
+    for r in rows:
+        if r["task"] in ("zeroshot", "retrieval"):
+            d = acc.setdefault((r["encoder"], r["method"]), {})
+            for k in (("top1", "chance_top1") if r["task"] == "zeroshot" else
+                      ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@5", "text_to_image_R@5")):
+                if k in r["metrics"]:
+                    d.setdefault(k, []).append(r["metrics"][k])
+    if not acc:
+        return []
+    keys = sorted({k for d in acc.values() for k in d}, key=lambda k: (not k.startswith("top1"), k))
+    t = [["encoder", "method", *keys]]
+    for (enc, m), d in acc.items():
+        t.append([enc, m, *(f"{sum(d[k]) / len(d[k]):.3f}" if k in d else "-" for k in keys)])
+    return t
+
+
 def write_report(out: Path, results: dict, figures: dict[str, Path], caption_examples: list[dict],
                  caption_quality: dict | None = None, notes: str = NOTES) -> tuple[Path, Path]:
     rows = results["rows"]
-    table = headline_table(rows)
-    lines = finding_lines(findings(rows))
     seeds = results.get("seeds", 1)
-    md = ["# qclip study report", "",
-          f"{len(rows)} measurements, {seeds} seed(s), wall time {results.get('wall_seconds', 0):.0f}s, "
-          f"git {results.get('git_commit', '?')}. {budget_line(results)}", "",
-          "## Finding (measured in this run, next to the paper's)", "", *[f"- {x}" for x in lines], "",
-          "## Results (mean ± std over seeds)", "", markdown_table(table), ""]
+    std = " ± std over seeds" if seeds > 1 else " (one seed: no spread)"
+    f = findings(rows)
+    lines = finding_lines(f)
+    sections: list[tuple[str, str, list[list[str]]]] = [  # (title, text before the table, table)
+        ("Checks", f"Every comparison of this run as a {TEST}; A beats B where the change is positive.",
+         check_table(f) if f["checks"] else []),
+        (f"Results (mean{std})", "", headline_table(rows)),
+        (f"Object-class mIoU (mean{std})", "Mean IoU over the object classes, background (floor, wall) left out: "
+         "what the encoders must tell apart.", headline_table(rows, "object_mIoU")),
+        ("IoU per class at the full labelled set (mean over seeds)", "", per_class_table(rows)),
+        ("Zero-shot classification and retrieval of the CLIP runs (mean over seeds)",
+         "top1: zero-shot accuracy on the validation split's largest object; chance_top1: always guessing the "
+         "most frequent class.", pretraining_table(rows)),
+    ]
+    sections = [(a, b, t) for a, b, t in sections if len(t) > 1]
+    header = (f"{len(rows)} measurements, {seeds} seed(s), wall time {results.get('wall_seconds', 0):.0f}s, "
+              f"git {results.get('git_commit', '?')}. {budget_line(results)}")
+    md = ["# qclip study report", "", header, "",
+          "## Finding (measured in this run, next to the paper's)", "", *[f"- {x}" for x in lines], ""]
+    for title, text, t in sections:
+        md += [f"## {title}", "", *([text, ""] if text else []), markdown_table(t), ""]
     if caption_quality:
         md += ["## Caption quality (the world's measure)", "",
                "| captions | objects named correctly | named objects wrong | empty |", "|---|---|---|---|",
@@ -80,11 +133,10 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
              "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}",
              "th{background:#f3f3f3}img{max-width:100%;margin:.5em 0;border:1px solid #eee}li{margin:.3em 0}",
-             "</style></head><body><h1>qclip study report</h1>",
-             f"<p>{len(rows)} measurements, {seeds} seed(s), wall time {results.get('wall_seconds', 0):.0f}s, "
-             f"git {html.escape(str(results.get('git_commit', '?')))}. {html.escape(budget_line(results))}</p>",
-             "<h2>Finding</h2><ul>", *(f"<li>{html.escape(x)}</li>" for x in lines), "</ul>",
-             "<h2>Results (mean ± std over seeds)</h2>", tbl(table)]
+             "</style></head><body><h1>qclip study report</h1>", f"<p>{html.escape(header)}</p>",
+             "<h2>Finding</h2><ul>", *(f"<li>{html.escape(x)}</li>" for x in lines), "</ul>"]
+    for title, text, t in sections:
+        parts += [f"<h2>{html.escape(title)}</h2>", *([f"<p>{html.escape(text)}</p>"] if text else []), tbl(t)]
     if caption_quality:
         q = [["captions", "objects named correctly", "named objects wrong", "empty"]] + [
             [k, f"{v['objects_named_correctly']:.1%}", f"{v['named_objects_wrong']:.1%}", f"{v['empty']:.1%}"]

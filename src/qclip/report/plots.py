@@ -81,6 +81,33 @@ def training_curves(runs: dict[str, Path], path: Path) -> Path:
     return _save(fig, path)
 
 
+def probe_curves(transfer_dir: Path, path: Path) -> Path | None:
+    """Training loss of every transfer head at the largest labelled fraction, one panel per task, seed 0 (or
+    the first seed): whether each probe converged can be seen, not only read from `converged` in results.json."""
+    runs: dict[str, dict[str, list[float]]] = {}
+    for f in sorted(Path(transfer_dir).glob("*/*/*/metrics.json")):
+        seed_dir, run_dir = f.parents[2].name, f.parents[1].name
+        m = json.loads(f.read_text())
+        if "train_loss" not in m or m.get("data_fraction") != 1.0:
+            continue
+        first_seed = min(p.name for p in Path(transfer_dir).iterdir() if p.is_dir())
+        if seed_dir != first_seed:
+            continue
+        runs.setdefault(m["task"], {})[run_dir.rsplit("-", 1)[0]] = m["train_loss"]
+    if not runs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.6), squeeze=False)
+    for ax, (task, curves) in zip(axes[0], sorted(runs.items())):
+        for label, loss in curves.items():
+            ax.plot(range(len(loss)), loss, label=label, lw=1)
+        ax.set(title=f"{task} probe loss at the full labelled set", xlabel="logged step (subsampled)",
+               ylabel="training loss")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def caption_examples_figure(examples: list[dict], path: Path) -> Path:
     """Each example image beside its raw, synthetic and reference caption with their scores."""
     import io

@@ -10,6 +10,9 @@ CLIP pretraining (`train.*`), so methods differ only in their training signal:
   (the normalised mean), a 1x1 conv + pixel shuffle on the deepest feature map predicts the pixels, L1 loss
   on the masked pixels only. `summary.json` records which (`objective`).
 
+Every baseline sees the same images through the same random-resized-crop transform as CLIP pretraining
+(`preprocess_train`), and with `train.require_raw_caption` the same subset of the pool.
+
 The result is an ordinary qclip model folder (`OUT/model`, the whole CLIP model with an untouched text tower),
 so `qclip transfer --encoder OUT` reads baselines and CLIP runs alike.
 """
@@ -49,17 +52,30 @@ def object_labels(scene: dict) -> np.ndarray:
     return y
 
 
-def _load_pool(data: str | Path, preprocess, need_labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """All pool images as one tensor (the world is small: 10k x 3 x 64 x 64 floats = 0.5 GB)."""
+def _load_pool(data: str | Path, need_labels: bool, require_raw: bool) -> tuple[list, torch.Tensor | None]:
+    """Every pool image, decoded once (the world is small: 10k RGB 64x64 images = 120 MB), and its labels.
+    require_raw: only images with raw alt-text, as `train.require_raw_caption` makes CLIP pretraining do."""
+    from .data import has_raw_caption
+
     images, labels = [], []
     for s in ShardReader(data):
-        images.append(preprocess(s.pil()))
+        if require_raw and not has_raw_caption(s.meta):
+            continue
+        images.append(s.pil().convert("RGB"))
         if need_labels:
             scene = s.meta.get("scene")
             if scene is None:
                 raise ValueError(f"{data}: sample {s.key} has no scene graph; the supervised baseline needs world data")
             labels.append(object_labels(scene))
-    return torch.stack(images), (torch.from_numpy(np.stack(labels)) if need_labels else None)
+    return images, (torch.from_numpy(np.stack(labels)) if need_labels else None)
+
+
+def augmented_batch(images: list, idx: list[int], transform, seed: int) -> torch.Tensor:
+    """The batch through CLIP pretraining's own train transform (open_clip's random-resized crop), drawn from
+    `seed`: baselines see the same augmentation as CLIP runs, and a seed gives the same crops."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return torch.stack([transform(images[i]) for i in idx])
 
 
 class SimMIMDecoder(nn.Module):
@@ -144,11 +160,12 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     else:
         objective = "simmim"
         head = SimMIMDecoder(encoder.info.channels[-1], encoder.info.reductions[-1])
-    images, labels = _load_pool(data, bundle.preprocess_val, method == "supervised")
+    images, labels = _load_pool(data, method == "supervised", tc.require_raw_caption)
     params = nn.ModuleList([model.visual, head])
     opt = adamw(param_groups(params, tc.weight_decay), tc.lr, (tc.beta1, tc.beta2), tc.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
-    write_run_info(out, cfg, f"baseline-{method}", {"data": str(data), "samples": len(images)})
+    write_run_info(out, cfg, f"baseline-{method}", {"data": str(data), "samples": len(images),
+                                                    "augmentation": "preprocess_train (as CLIP pretraining)"})
     gen = torch.Generator().manual_seed(cfg.seed)
     order: list[int] = []
     bs = min(tc.batch_size, len(images))
@@ -159,7 +176,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
         if len(order) < bs:
             order += torch.randperm(len(images), generator=gen).tolist()
         idx, order = order[:bs], order[bs:]
-        x = images[idx]
+        x = augmented_batch(images, idx, bundle.preprocess_train, cfg.seed * 1_000_003 + step)
         if method == "supervised":
             loss = F.binary_cross_entropy_with_logits(head(model.visual(x)), labels[idx])
         elif objective == "mae":

@@ -57,6 +57,10 @@ def index_shard(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
     return out
 
 
+def has_raw_caption(meta: dict) -> bool:
+    return any(t for t in (meta.get("captions", {}) or {}).get("raw", []))
+
+
 def _read(f, span: tuple[int, int]) -> bytes:
     f.seek(span[0])
     return f.read(span[1])
@@ -68,13 +72,14 @@ class ClipShardDataset(Dataset):
 
     def __init__(self, root: str | Path, policy: CaptionPolicy, transform: Callable, tokenizer: Callable,
                  seed: int = 0, rank: int = 0, world_size: int = 1, teacher: bool = False,
-                 cache_pixels: bool = False, cache_mb: float = 0.0) -> None:
+                 cache_pixels: bool = False, cache_mb: float = 0.0, require_raw: bool = False) -> None:
         """cache_pixels: keep each transformed image in memory after its first use (per loader worker); only
         for a deterministic transform. The captioner's eval transform is, and it sees every image ~13 times.
         cache_mb: keep decoded images and tokenized captions after their first use, up to this many MB per
         loader worker (then the rest is decoded every time): a dataset that fits is decoded and tokenized once,
         not once per epoch (benchmarks/dataloader_throughput.py --cache-mb: one worker serves ~1.65x the
-        samples in its second epoch). Batches are the same either way."""
+        samples in its second epoch). Batches are the same either way.
+        require_raw: drop samples without a raw alt-text caption whatever the policy (`train.require_raw_caption`)."""
         self.reader = ShardReader(root)
         self.policy, self.transform, self.tokenizer, self.seed = policy, transform, tokenizer, seed
         self.teacher = teacher
@@ -102,6 +107,8 @@ class ClipShardDataset(Dataset):
                         self.skips.skip("malformed json", f"{self.paths[sid]}:{key}")
                         continue
                     cands, reason = policy.candidates(meta)
+                    if require_raw and not has_raw_caption(meta):
+                        cands, reason = None, "no raw caption"
                     if cands is None:
                         self.skips.skip(reason or "unusable", key)
                         continue

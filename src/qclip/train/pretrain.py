@@ -158,7 +158,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     policy = CaptionPolicy.parse(tc.caption_policy)
     distill = tc.distill_weight > 0
     ds = ClipShardDataset(data, policy, bundle.preprocess_train, bundle.tokenizer, cfg.seed, rank, world,
-                          teacher=distill, cache_mb=tc.cache_mb)
+                          teacher=distill, cache_mb=tc.cache_mb, require_raw=tc.require_raw_caption)
     micro = tc.batch_size // tc.accum_steps
     spe = steps_per_epoch(len(ds), tc.batch_size, world)
     if spe == 0:

@@ -15,8 +15,16 @@ EIGEN_CROP = (45, 471, 41, 601)
 
 
 class SegmentationMetric:
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    """class_names: reported beside IoU_per_class; stuff_classes (names): background classes left out of
+    `object_mIoU`, the mean IoU over the remaining (object) classes, where a scene's background is large and
+    easy and the objects are what features must tell apart."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, class_names: list[str] | None = None,
+                 stuff_classes: list[str] | None = None) -> None:
+        # names that do not match the class count (a num_classes override) are not reported
         self.num_classes = num_classes
+        self.class_names = class_names if class_names and len(class_names) == num_classes else None
+        self.stuff = set(stuff_classes or [])
         self.cm = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -29,9 +37,16 @@ class SegmentationMetric:
         union = cm.sum(0) + cm.sum(1) - inter
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.nan)
         total = cm.sum()
-        return {"mIoU": float(iou.nanmean()) if (union > 0).any() else 0.0,
-                "aAcc": float(inter.sum() / total) if total > 0 else 0.0,
-                "IoU_per_class": [None if torch.isnan(v) else round(float(v), 5) for v in iou]}
+        out = {"mIoU": float(iou.nanmean()) if (union > 0).any() else 0.0,
+               "aAcc": float(inter.sum() / total) if total > 0 else 0.0}
+        if self.class_names and self.stuff:
+            objects = torch.tensor([n not in self.stuff for n in self.class_names])
+            obj = iou[objects]
+            out["object_mIoU"] = float(obj.nanmean()) if (~torch.isnan(obj)).any() else 0.0
+        out["IoU_per_class"] = [None if torch.isnan(v) else round(float(v), 5) for v in iou]
+        if self.class_names:
+            out["class_names"] = list(self.class_names)
+        return out
 
 
 class DepthMetric:

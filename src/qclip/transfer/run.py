@@ -142,7 +142,8 @@ def evaluate(encoder: DenseEncoder, head: DenseHead, val: DenseTensors, cfg, num
     encoder.eval()
     head.eval()
     device = next(head.parameters()).device
-    metric = (SegmentationMetric(num_classes) if cfg.task == "segmentation"
+    metric = (SegmentationMetric(num_classes, class_names=val.ds.class_names, stuff_classes=val.ds.stuff_classes)
+              if cfg.task == "segmentation"
               else DepthMetric(cfg.min_depth, cfg.max_depth, cfg.eigen_crop))
     examples, start = [], 0  # start: the batch's first index in `val`
     if cached is None:
@@ -244,6 +245,20 @@ def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int
     return head, losses
 
 
+def convergence(losses: list[float]) -> dict:
+    """How much the training loss still fell over the last fifth of the steps (mean of its second half against
+    mean of its first half, which smooths batch noise): a probe that still falls by more than 5% there had not
+    converged, and its metric says more about the schedule than about the features."""
+    n = len(losses)
+    k = max(1, n // 10)
+    if n < 10:
+        return {"loss_drop_last_fifth_pct": None, "converged": None}
+    start, end = losses[n - 2 * k:n - k], losses[n - k:]
+    a, b = sum(start) / len(start), sum(end) / len(end)
+    drop = (a - b) / abs(a) * 100 if a else 0.0
+    return {"loss_drop_last_fifth_pct": round(drop, 3), "converged": drop <= 5.0}
+
+
 def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Path, progress: bool = True,
                  memo: FeatureMemo | None = None) -> dict:
     """memo: share frozen probe features with other calls on the same encoder and images (see FeatureMemo)."""
@@ -290,6 +305,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         metrics, examples = evaluate(encoder, head, val, t, num_classes, cached=cached_val)
         run = {"encoder": encoder_spec, "task": t.task, "mode": t.mode, "data_fraction": frac,
                "train_samples": len(idx), "val_samples": len(val_ds), "final_train_loss": losses[-1],
+               **convergence(losses),
                "seconds": round(time.time() - t1, 2), "metrics": metrics}
         (out / name).mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / name / "metrics.json", {**run, "train_loss": losses[::max(1, len(losses) // 100)]})
