@@ -47,7 +47,7 @@ def test_world_command_writes_provenance(tmp_path, capsys):
                "world.n_curated=4", "world.n_dense=4", "world.n_dev=4", "world.n_val=4", "world.workers=1"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "world: 32 samples (curated 4, dense 4, val 4, pool 20)" in text
+    assert "world: 36 samples (curated 4, dense 4, dev 4, val 4, pool 20)" in text
     run = json.loads((out / "run.json").read_text())
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["seed"] == 3 and cfg["world"]["n_pool"] == 20
@@ -59,7 +59,8 @@ TINY_STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "worl
               "world.workers=1", "captioner.steps=3", "captioner.batch_size=8", "captioner.warmup_steps=1",
               "captioner.workers=0", "train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "train.workers=0",
               "transfer.steps=2", "transfer.batch_size=4", "transfer.decoder_width=8", "transfer.depth_bins=8",
-              "study.caption_beams=1", "study.encoders=[qclip-mci-tiny]",
+              "study.caption_beams=1", "study.encoders=[qclip-mci-tiny]", "transfer.data_fractions=[0.1,1.0]",
+              "study.methods=[clip-raw,clip-synthetic,clip-mix,random,supervised,mim]",
               "study.encoder_train={qclip-mci-tiny: {steps: 3}}"]
 
 
@@ -80,15 +81,20 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     assert {r["method"] for r in dense} == methods and {r["data_fraction"] for r in dense} == {0.1, 1.0}
     assert len(dense) == 6 * 2 * 2 and all(r["encoder"] == "qclip-mci-tiny" for r in dense)
     assert {r["task"] for r in results["rows"]} >= {"retrieval", "zeroshot"}
+    seg = [r for r in dense if r["task"] == "segmentation"]
+    assert all(len(r["metrics"]["IoU_per_class"]) == 6 and "object_mIoU" in r["metrics"] for r in seg)
+    assert all(r["probe"]["converged"] in (True, False, None) for r in dense)
     assert "synthetic:tiny" in results["caption_quality"] and "raw" in results["caption_quality"]
     for method in ("clip-raw", "supervised", "mim"):  # study.encoder_train beats train.steps=2, for every method
         summary = json.loads((out / "pretrain" / "seed0" / f"qclip-mci-tiny-{method}" / "summary.json").read_text())
         assert summary["steps"] == 3, method
     for f in ("report.html", "report.md", "data_efficiency.png", "bar_segmentation.png", "bar_depth.png",
-              "training_curves.png", "caption_examples.png", "config.yaml", "run.json"):
+              "training_curves.png", "caption_examples.png", "probe_curves.png", "config.yaml", "run.json"):
         assert (out / f).is_file(), f
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64," in html and "clip-synthetic vs clip-raw" in html and "<img src=\"http" not in html
+    assert "data:image/png;base64," in html and "clip-synthetic beats clip-raw" in html and "<img src=\"http" not in html
+    assert "Object-class mIoU" in html and "IoU per class" in html and "Zero-shot classification" in html
+    assert "One seed: none of the" in html  # one seed tests nothing, and says so
     assert "objects named" in html  # caption examples carry their scores
     assert "qclip-mci-tiny 3 steps x batch 8" in html  # the budget actually configured per encoder
     assert "clip-synthetic" in res.stdout.split("[5/5] report")[1]  # the console ends with the headline table

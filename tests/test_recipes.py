@@ -19,8 +19,23 @@ SMALL_TRANSFER = ["transfer.image_size=32", "transfer.steps=2", "transfer.batch_
 
 
 def test_every_recipe_has_a_test():
-    found = {p.name for p in (ROOT / "configs").glob("*.yaml")} - {"demo.yaml"}
+    found = {p.name for p in (ROOT / "configs").glob("*.yaml")} - {"demo.yaml", "full.yaml"}
     assert found == set(RECIPES)
+
+
+def test_full_study_is_the_demo_with_every_encoder_and_method():
+    """configs/full.yaml: the demo's world, captioner, budget and probes, plus the ViT and every method
+    (the study configs run end to end in tests/test_cli.py)."""
+    from dataclasses import asdict
+
+    from qclip.config import STUDY_METHODS
+
+    demo, full = load_config(ROOT / "configs" / "demo.yaml"), load_config(ROOT / "configs" / "full.yaml")
+    assert set(full.study.encoders) == {"qclip-vit-tiny", "qclip-mci-tiny"}
+    assert set(full.study.methods) == set(STUDY_METHODS) - {"clip-reference"}
+    assert set(demo.study.methods) <= set(full.study.methods)
+    for section in ("world", "captioner", "train", "transfer"):
+        assert asdict(getattr(demo, section)) == asdict(getattr(full, section)), section
 
 
 def test_pretrain_recipe_is_the_papers_setting():
