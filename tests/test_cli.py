@@ -113,3 +113,13 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
 
 def test_parser_builds():
     assert build_parser().prog == "qclip"
+
+
+def test_version(capsys):
+    import pytest
+
+    from qclip import __version__
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"qclip {__version__}"

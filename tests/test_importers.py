@@ -166,3 +166,18 @@ def test_cli_ingest_table_and_errors(tmp_path, image_folder, capsys):
     assert ShardReader(out).verify() == 10  # the failed re-run left the earlier dataset intact
     assert main(["ingest", "table", "--images", str(tmp_path / "nope"), "--table", "x.csv", "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_table_and_coco_never_read_outside_the_image_folder(tmp_path, image_folder):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes(seed=99))
+    (image_folder / "link.png").symlink_to(secret)  # a symlink inside the folder pointing out of it
+    (tmp_path / "t.csv").write_text(f"path,caption\nok0.png,fine\n{secret},absolute\nlink.png,symlink\n"
+                                    f"{image_folder / 'ok1.png'},absolute but inside\n")
+    cands, _ = im.table_candidates(image_folder, tmp_path / "t.csv")
+    assert [c.bad for c in cands] == [None, "path outside image folder", "path outside image folder", None]
+    coco = {"images": [{"id": 1, "file_name": str(secret)}, {"id": 2, "file_name": "link.png"},
+                       {"id": 3, "file_name": "ok2.png"}], "annotations": []}
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    cands, _ = im.coco_candidates(image_folder, tmp_path / "c.json")
+    assert [c.bad for c in cands] == ["path outside image folder", "path outside image folder", None]

@@ -229,3 +229,48 @@ def test_baselines_get_the_clip_train_augmentation_deterministically(world):
     a = augmented_batch(images, [0, 1, 2], bundle.preprocess_train, 7)
     assert torch.equal(a, augmented_batch(images, [0, 1, 2], bundle.preprocess_train, 7))
     assert not torch.equal(a, augmented_batch(images, [0, 1, 2], bundle.preprocess_val, 7))  # random crops
+
+
+def test_a_run_folder_resumes_only_what_it_was_started_with(world, tmp_path, capsys):
+    from qclip.config import ConfigError
+
+    run = tmp_path / "run"
+    cfg = train_cfg("train.steps=3", "train.batch_size=16")
+    first = pretrain(cfg, world / "curated", run, progress=False)
+    summary = (run / "summary.json").read_text()
+    again = pretrain(train_cfg("train.steps=3", "train.batch_size=16", "train.log_every=1"), world / "curated", run,
+                     progress=False)  # a performance-only key may change: finished, nothing overwritten
+    assert again == first and (run / "summary.json").read_text() == summary
+    assert "already finished 3 steps" in capsys.readouterr().out
+    for changed, msg in ((("train.steps=5",), "train.steps: 3 -> 5"), (("train.lr=1e-2",), "train.lr: 0.002 -> 0.01")):
+        with pytest.raises(ConfigError, match="started with other settings") as e:
+            pretrain(train_cfg("train.steps=3", "train.batch_size=16", *changed), world / "curated", run, progress=False)
+        assert msg.split(" -> ")[0] in str(e.value) and "Pass a new --out" in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["member_boundary", "mid_member", "header"])
+def test_pretraining_refuses_a_damaged_shard_and_names_it(world, tmp_path, damage):
+    import shutil
+
+    from qclip.captions.policy import CaptionPolicy
+    from qclip.train.data import ClipShardDataset, TrainDataError
+
+    data = tmp_path / "pool"
+    shutil.copytree(world / "pool", data)
+    shard = sorted((data / "shards").glob("*.tar"))[0]
+    import tarfile
+
+    raw = shard.read_bytes()
+    with tarfile.open(shard) as tf:
+        middle = tf.getmembers()[len(tf.getmembers()) // 2]
+    if damage == "member_boundary":  # whole samples missing, the tar still ends cleanly
+        shard.write_bytes(raw[: middle.offset] + b"\0" * 1024)
+    elif damage == "mid_member":
+        shard.write_bytes(raw[: middle.offset_data + 100])
+    else:  # a damaged header in the middle
+        b = bytearray(raw)
+        b[middle.offset:middle.offset + 512] = b"\xff" * 512
+        shard.write_bytes(bytes(b))
+    bundle = create_clip("qclip-vit-tiny")
+    with pytest.raises(TrainDataError, match=shard.name):
+        ClipShardDataset(data, CaptionPolicy.parse("raw"), bundle.preprocess_train, bundle.tokenizer, 0)

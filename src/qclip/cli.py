@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qclip", formatter_class=_Formatter,
         description="CLIP with quality captions: data -> captions -> CLIP pretraining -> dense transfer -> report.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"qclip {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="run the whole study from one config (the main job)", formatter_class=_Formatter)
@@ -413,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .captions.policy import PolicyError
     from .data.dense import DenseDataError
     from .data.importers import IngestError
-    from .data.shards import ShardIntegrityError
+    from .data.shards import OutputFolderError, ShardIntegrityError
     from .data.skips import TooManyBadSamples
     from .models.checkpoint import UnsafeCheckpoint
     from .models.factory import ModelError
@@ -432,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, IngestError, TooManyBadSamples, ShardIntegrityError, DenseDataError, PolicyError,
-            ModelError, TrainDataError, UnsafeCheckpoint, FileNotFoundError, CaptionerError, EncoderError) as e:
+            ModelError, TrainDataError, UnsafeCheckpoint, FileNotFoundError, CaptionerError, EncoderError,
+            OutputFolderError) as e:
         print(f"qclip {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -34,6 +34,14 @@ class Candidate:
     bad: str | None = None  # a reason decided while reading the source (e.g. malformed row)
 
 
+def inside_folder(folder: Path, name: str) -> Path | None:
+    """`folder / name` if it really lies inside `folder` (symlinks followed, absolute names and `..` resolved),
+    else None: a table or annotation file must not make ingest read files elsewhere on the machine."""
+    root = folder.resolve()
+    p = (folder / name).resolve()
+    return p if p.is_relative_to(root) and p != root else None
+
+
 def _read_file(path: Path) -> Callable[[], bytes]:
     def read() -> bytes:
         return path.read_bytes()
@@ -180,8 +188,8 @@ def table_candidates(images: str | Path, table: str | Path, path_column: str = "
         if not isinstance(rel, str) or not rel:
             out.append(Candidate(where, bytes, caps, bad="missing path"))
             continue
-        p = Path(rel) if Path(rel).is_absolute() else images / rel
-        if not Path(rel).is_absolute() and ".." in Path(rel).parts:
+        p = inside_folder(images, rel)
+        if p is None:
             out.append(Candidate(where, bytes, caps, bad="path outside image folder"))
             continue
         extra = {k: v for k, v in row.items() if k not in (path_column, caption_column)
@@ -211,8 +219,9 @@ def coco_candidates(images: str | Path, annotations: str | Path) -> tuple[list[C
     for im in data["images"]:
         name = str(im.get("file_name", ""))
         where = f"{annotations.name}:image {im.get('id')} ({name})"
-        bad = "path outside image folder" if ".." in Path(name).parts or Path(name).is_absolute() else None
-        out.append(Candidate(where, _read_file(images / name), caps.get(im.get("id"), []), bad=bad,
+        p = inside_folder(images, name)
+        bad = "path outside image folder" if p is None else None
+        out.append(Candidate(where, _read_file(p or images / name), caps.get(im.get("id"), []), bad=bad,
                              meta={"source_path": name, "coco_id": im.get("id")}))
     return out, len(out)
 

@@ -43,6 +43,16 @@ def decoded_batches(samples: list[Sample], batch_size: int, skips: SkipCounter,
         bar.update(len(chunk))
 
 
+_JOB = "job.json"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def map_shards(src: str | Path, dst: str | Path, process: ShardFn, manifest_update: Callable[[dict], dict],
                desc: str, seed: int = 0, progress: bool = True) -> dict:
     """Run `process` on every shard of `src` not yet in `dst`; returns the run's counters summed over ranks.
@@ -57,30 +67,44 @@ def map_shards(src: str | Path, dst: str | Path, process: ShardFn, manifest_upda
         dist.init_process_group("gloo")
     reader = ShardReader(src)
     staging = Path(dst).with_name(Path(dst).name + ".partial")
+    # what the finished shards in staging were made from and how: a resumed run keeps them only if it matches
+    # (another captioner, --n, sampling or source must not mix into this run's output)
+    job = {"src": str(Path(src).resolve()), "src_shards": [s.sha256 for s in reader.shards],
+           "job": manifest_update({}), "desc": desc, "seed": seed}
     writer = None
     if rank == 0:  # only rank 0 sets up the staging folder (and removes a killed run's temp files)
         writer = ShardWriter(dst, prefix="data", resume=True)  # shard names follow src, not this prefix
+        job_file = staging / _JOB
+        if _read_json(job_file) != json.loads(json.dumps(job)):  # another job's (or no job's) finished shards
+            for leftover in [*(staging / "shards").glob("*.tar"), *staging.glob("rank*.json")]:
+                leftover.unlink()
+        atomic_write_json(job_file, job)
     if world > 1:
         dist.barrier()
-    mine = reader.shards[rank::world]
-    todo = [s for s in mine if not (staging / s.path).exists()]
-    skips, counts, t0 = SkipCounter(), {}, time.time()
-    bar = tqdm(total=sum(s.num_samples for s in todo), desc=desc, unit="img", disable=not progress or rank != 0)
-    for shard in todo:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed * 1_000_003 + reader.shards.index(shard))
-            samples = list(reader.iter_shard(shard, skips))
-            for k, v in process(samples, skips, bar).items():
-                counts[k] = counts.get(k, 0) + v
-        write_shard_file(staging / shard.path, samples)
-        bar.set_postfix(img_s=f"{bar.n / max(time.time() - t0, 1e-6):.1f}")
-    bar.close()
-    # per-rank counts survive a resume: each rank records what its shards held when it processed them
-    atomic_write_json(staging / f"rank{rank}.json", {"skipped": skips.as_dict(), "counts": counts})
-    if world > 1:
-        dist.barrier()
-    summary = {"shards": len(reader.shards), "resumed_shards": len(mine) - len(todo),
-               "seconds": round(time.time() - t0, 2)}
+    try:
+        mine = reader.shards[rank::world]
+        todo = [s for s in mine if not (staging / s.path).exists()]
+        skips, counts, t0 = SkipCounter(), {}, time.time()
+        bar = tqdm(total=sum(s.num_samples for s in todo), desc=desc, unit="img", disable=not progress or rank != 0)
+        for shard in todo:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed * 1_000_003 + reader.shards.index(shard))
+                samples = list(reader.iter_shard(shard, skips))
+                for k, v in process(samples, skips, bar).items():
+                    counts[k] = counts.get(k, 0) + v
+            write_shard_file(staging / shard.path, samples)
+            bar.set_postfix(img_s=f"{bar.n / max(time.time() - t0, 1e-6):.1f}")
+        bar.close()
+        # per-rank counts survive a resume: each rank records what its shards held when it processed them
+        atomic_write_json(staging / f"rank{rank}.json", {"skipped": skips.as_dict(), "counts": counts})
+        if world > 1:
+            dist.barrier()
+        summary = {"shards": len(reader.shards), "resumed_shards": len(mine) - len(todo),
+                   "seconds": round(time.time() - t0, 2)}
+    except BaseException:
+        if writer is not None:
+            writer.release()  # finished shards stay in staging for a resume; the output is free again
+        raise
     if writer is not None:
         totals, counts_all = SkipCounter(), {}
         for f in sorted(staging.glob("rank*.json")):
@@ -91,6 +115,7 @@ def map_shards(src: str | Path, dst: str | Path, process: ShardFn, manifest_upda
                 totals.counts[reason] += k
             f.unlink()
         info = {k: v for k, v in reader.manifest.items() if k not in ("shards", "num_samples", "num_shards", "created")}
+        (staging / _JOB).unlink(missing_ok=True)
         writer.close(manifest_update(info))
         summary.update({"counts": counts_all, "skipped": totals.as_dict(), "skips": totals})
     if world > 1:

@@ -7,6 +7,7 @@ writer in resume mode keeps every finished shard and redoes only the rest.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -100,6 +101,38 @@ def shard_stats(path: str | Path) -> ShardInfo:
     return ShardInfo(path=f"shards/{path.name}", num_samples=n, sha256=file_sha256(path), bytes=path.stat().st_size)
 
 
+class OutputFolderError(ValueError):
+    """An output path that qclip will not replace: it holds something qclip did not write."""
+
+
+def ensure_replaceable(root: str | Path) -> None:
+    """qclip replaces only what it wrote: a missing path, an empty folder or a qclip dataset (manifest.json).
+    Anything else (a user's notes, an image folder, the parent of a dataset) is refused before any work."""
+    root = Path(root)
+    if not root.exists() and not root.is_symlink():
+        return
+    if root.is_dir() and not root.is_symlink() and (is_dataset(root) or not any(root.iterdir())):
+        return
+    what = "a file" if root.is_file() else ("a symlink" if root.is_symlink() else "a folder that is not a qclip dataset")
+    raise OutputFolderError(f"output '{root}' is {what} (no {MANIFEST}); qclip only replaces datasets it wrote: "
+                            f"choose a new --out path, or move that one away yourself")
+
+
+def _lock_output(root: Path):
+    """An exclusive lock on `.NAME.lock` beside the output, held while a writer is open: a second qclip process
+    writing the same output fails at once instead of mixing its samples into the first one's (the lock goes
+    with the process, so a killed run leaves nothing to clean up)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    f = open(root.with_name(f".{root.name}.lock"), "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise OutputFolderError(f"another qclip process is writing '{root}'; wait for it to finish or choose "
+                                f"another --out") from None
+    return f
+
+
 class ShardWriter:
     """Write samples into `root/shards/{prefix}-NNNNNN.tar` plus `root/manifest.json`.
 
@@ -113,6 +146,8 @@ class ShardWriter:
         self.prefix = prefix
         self.shard_size = shard_size
         self.resume = resume
+        ensure_replaceable(self.root)  # before any work: never end a long job by refusing its output
+        self._lock = _lock_output(self.root)
         if not resume:
             remove_tree(self.staging)
         (self.staging / "shards").mkdir(parents=True, exist_ok=True)
@@ -168,20 +203,33 @@ class ShardWriter:
             "shards": [s.as_dict() for s in shards],
         }
         atomic_write_json(self.staging / MANIFEST, manifest)
+        ensure_replaceable(self.root)  # something may have appeared there while we worked
         commit_dir(self.staging, self.root)
         self.closed = True
+        self._unlock()
         return manifest
 
     def abort(self) -> None:
         remove_tree(self.staging)
         self.closed = True
+        self._unlock()
+
+    def release(self) -> None:
+        """Give up the output (its lock) without committing or removing the staging folder: an interrupted
+        resumable job leaves its finished shards for the next run."""
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if not self._lock.closed:
+            Path(self._lock.name).unlink(missing_ok=True)
+            self._lock.close()
 
     def __enter__(self) -> "ShardWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and not self.closed and not self.resume:
-            self.abort()
+        if exc_type is not None and not self.closed:
+            self.release() if self.resume else self.abort()
 
 
 class ShardReader:

@@ -45,10 +45,13 @@ class IndexedSample:
 def index_shard(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
     """key -> {extension: (offset, size)} from the tar headers (no member data is read)."""
     out: dict[str, dict[str, tuple[int, int]]] = {}
+    size = Path(path).stat().st_size
     with tarfile.open(path, "r:") as tf:
         for m in tf:
             if not m.isreg() or is_unsafe_member(m.name):
                 continue
+            if m.offset_data + m.size > size:  # tarfile reads headers only: a cut member looks whole
+                raise tarfile.ReadError(f"member {m.name} is cut off at byte {size}")
             base = m.name.rsplit("/", 1)[-1]
             if "." not in base:
                 continue
@@ -94,7 +97,7 @@ class ClipShardDataset(Dataset):
         self.skips = SkipCounter()
         self.samples: list[IndexedSample] = []
         for sid in self.shard_ids:
-            members = index_shard(Path(self.paths[sid]))
+            members = self._index_checked(sid)
             with open(self.paths[sid], "rb") as f:
                 for key, exts in members.items():
                     img_ext = next((e for e in IMAGE_EXTS if e in exts), None)
@@ -121,6 +124,20 @@ class ClipShardDataset(Dataset):
         self._decoded: dict[int, Image.Image] = {}
         self._tokens: dict[tuple[str, ...], torch.Tensor] = {}
         self._cache_left = int(cache_mb * 1e6)  # bytes
+
+    def _index_checked(self, sid: int) -> dict[str, dict[str, tuple[int, int]]]:
+        """The shard's members, checked against the manifest's sample count: a damaged or truncated shard
+        must not let a run train on less than the manifest says without a word."""
+        path, expected = Path(self.paths[sid]), self.reader.shards[sid].num_samples
+        fix = "re-create the dataset (or restore the shard) and check it with `ShardReader(PATH).verify()`"
+        try:
+            members = index_shard(path)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise TrainDataError(f"{path}: unreadable shard ({type(e).__name__}: {e}); {fix}") from e
+        if len(members) != expected:
+            raise TrainDataError(f"{path}: {len(members)} samples where the manifest says {expected} (damaged or "
+                                 f"truncated shard); {fix}")
+        return members
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..captions.policy import CaptionPolicy
-from ..config import Config
+from ..config import Config, ConfigError, to_dict
 from ..models import create_clip
 from ..models.checkpoint import load_weights, save_model_dir, save_weights, torch_save_bytes, unwrap
 from ..provenance import write_run_info
@@ -131,6 +131,34 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
+# what a run folder was started with: a resume must continue the same run
+
+# keys that change how fast a run goes, not what it computes: a resume may change them
+PERFORMANCE_KEYS = ("workers", "cache_mb", "threads", "log_every", "checkpoint_every", "compile")
+RUN_KEY = "run_key.json"
+
+
+def run_key(cfg: Config, data: str | Path, world: int) -> dict:
+    train = {k: v for k, v in to_dict(cfg.train).items() if k not in PERFORMANCE_KEYS}
+    return {"train": train, "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
+
+
+def check_resume(ckpt_dir: Path, key: dict) -> None:
+    """Refuse to resume a run folder started with other settings, naming the keys that differ."""
+    f = ckpt_dir / RUN_KEY
+    if not (ckpt_dir / "latest.json").is_file() or not f.is_file():
+        return
+    old = json.loads(f.read_text())
+    diff = [f"train.{k}: {old['train'].get(k)!r} -> {key['train'].get(k)!r}"
+            for k in sorted(set(old["train"]) | set(key["train"])) if old["train"].get(k) != key["train"].get(k)]
+    diff += [f"{k}: {old.get(k)!r} -> {key.get(k)!r}" for k in ("data", "seed", "world_size") if old.get(k) != key.get(k)]
+    if diff:
+        raise ConfigError(f"{ckpt_dir.parent} holds a run started with other settings ({'; '.join(diff)}); "
+                          f"resuming would mix the two. Pass a new --out, or delete {ckpt_dir} to start afresh "
+                          f"(performance-only keys may change: {', '.join('train.' + k for k in PERFORMANCE_KEYS)})")
+
+
+# ---------------------------------------------------------------------------------------------------
 # the loop
 
 
@@ -168,6 +196,18 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
             f"{tc.batch_size}; lower train.batch_size or use more data"
         )
 
+    key = run_key(cfg, data, world)
+    check_resume(out / "checkpoints", key)
+    if (out / "summary.json").is_file() and (out / "model").is_dir() and (out / "checkpoints" / RUN_KEY).is_file():
+        done = json.loads((out / "summary.json").read_text())
+        if done.get("steps") == tc.steps:  # finished with these settings: nothing to do, nothing overwritten
+            if is_main:
+                print(f"pretrain: {out} already finished {tc.steps} steps with these settings (final loss "
+                      f"{done.get('final_loss', float('nan')):.3f}); model in {out / 'model'}")
+            return done
+    if is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "checkpoints" / RUN_KEY, key)
     optimizer = adamw(param_groups(model, tc.weight_decay), tc.lr, (tc.beta1, tc.beta2), tc.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
     start = load_checkpoint(out / "checkpoints", model, optimizer, scheduler)

@@ -1,0 +1,92 @@
+"""qclip deletes only what it wrote and resumes only what matches (issue: reliability II)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from qclip.data.shard_job import map_shards
+from qclip.data.shards import OutputFolderError, ShardReader, ShardWriter, ensure_replaceable
+
+
+def test_only_empty_folders_and_qclip_datasets_are_replaced(tmp_path, world_dir):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match="not a qclip dataset"):
+        ensure_replaceable(notes)
+    with pytest.raises(OutputFolderError):
+        ShardWriter(notes)
+    with pytest.raises(OutputFolderError):
+        ensure_replaceable(world_dir)  # the parent of datasets is not one
+    (tmp_path / "empty").mkdir()
+    ensure_replaceable(tmp_path / "empty")
+    ensure_replaceable(world_dir / "pool")
+    ensure_replaceable(tmp_path / "missing")
+    assert (notes / "todo.txt").read_text() == "mine"
+
+
+def _tagging(tag: str, fail_after: int | None = None):
+    done = []
+
+    def process(samples, skips, bar):
+        if fail_after is not None and len(done) >= fail_after:
+            raise KeyboardInterrupt  # killed mid-run: the finished shards stay in staging
+        for s in samples:
+            s.meta["job"] = tag
+        done.append(1)
+        return {"tagged": len(samples)}
+
+    def manifest_update(info):
+        return {**info, "tag": tag}
+    return process, manifest_update
+
+
+def test_a_resumed_shard_job_with_other_settings_starts_afresh(world_dir, tmp_path):
+    out = tmp_path / "captioned"
+    assert len(ShardReader(world_dir / "pool").shards) >= 2
+    with pytest.raises(KeyboardInterrupt):
+        map_shards(world_dir / "pool", out, *_tagging("first", fail_after=1), desc="first", progress=False)
+    assert list((tmp_path / "captioned.partial" / "shards").glob("*.tar"))  # one finished shard waits
+    map_shards(world_dir / "pool", out, *_tagging("second"), desc="second", progress=False)
+    samples = list(ShardReader(out))
+    assert samples and {s.meta["job"] for s in samples} == {"second"}
+    assert ShardReader(out).manifest["tag"] == "second" and not (out / "job.json").exists()
+    # the same job resumes: its finished shard is kept, not redone
+    out2 = tmp_path / "again"
+    with pytest.raises(KeyboardInterrupt):
+        map_shards(world_dir / "pool", out2, *_tagging("same", fail_after=1), desc="same", progress=False)
+    s = map_shards(world_dir / "pool", out2, *_tagging("same"), desc="same", progress=False)
+    assert s["resumed_shards"] == 1 and {x.meta["job"] for x in ShardReader(out2)} == {"same"}
+
+
+def test_caption_and_ingest_refuse_to_replace_a_users_folder(world_dir, tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    res = subprocess.run([sys.executable, "-m", "qclip", "caption", "score", "--data", str(world_dir / "val"),
+                          "--out", str(notes), "--scorer", "qclip-vit-tiny"], capture_output=True, text=True)
+    assert res.returncode != 0 and "qclip only replaces datasets it wrote" in res.stderr + res.stdout
+    assert (notes / "todo.txt").read_text() == "mine"
+    images = tmp_path / "imgs"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), "red").save(images / "a.png")
+    (images / "t.csv").write_text("path,caption\na.png,a red square\n")
+    res = subprocess.run([sys.executable, "-m", "qclip", "ingest", "table", "--images", str(images), "--table",
+                          str(images / "t.csv"), "--out", str(images), "--overwrite"], capture_output=True, text=True)
+    assert res.returncode != 0 and "qclip only replaces datasets it wrote" in res.stderr + res.stdout
+    assert (images / "a.png").is_file() and (images / "t.csv").is_file()
+    assert json.loads(json.dumps(sorted(p.name for p in images.iterdir()))) == ["a.png", "t.csv"]
+
+
+def test_a_second_writer_of_the_same_output_fails_at_once(tmp_path):
+    first = ShardWriter(tmp_path / "ds")
+    with pytest.raises(OutputFolderError, match="another qclip process is writing"):
+        ShardWriter(tmp_path / "ds")
+    first.abort()
+    ShardWriter(tmp_path / "ds").abort()  # free again once the first is done
+    assert not list(tmp_path.glob(".ds.lock"))
