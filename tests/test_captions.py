@@ -161,7 +161,7 @@ def test_caption_train_then_caption(world_dir, tmp_path, capsys):
     images = [s.pil() for s, _ in zip(R(world_dir / "val"), range(3))]
     texts = cap.caption(images, 2, Sampling(method="beam", num_beams=2, max_len=20))
     assert len(texts) == 3 and all(len(t) == 2 for t in texts)
-    from qclip.captions.vocab import words
+    from qclip.models.vocab import words
 
     assert all(set(w for c in t for w in words(c)) <= set(vocab) for t in texts)  # decoded with the vocabulary
     # the same folder scores captions (CLIP score) through its own word vocabulary, not open_clip's BPE ids
@@ -222,8 +222,8 @@ def test_pixel_cache_gives_the_same_items(world_dir, coca_dir):
     """The captioner's loader caches transformed images; items (pixels and the drawn caption) must not change."""
     import torch
 
-    from qclip.captions.policy import CaptionPolicy
-    from qclip.captions.vocab import WordTokenizer
+    from qclip.data.policy import CaptionPolicy
+    from qclip.models.vocab import WordTokenizer
     from qclip.models import create_clip
     from qclip.train.data import ClipShardDataset
 

@@ -83,3 +83,25 @@ def test_encoder_train_overrides_one_encoder_and_is_validated():
         load_config(None, ["study.encoder_train={qclip-mci-tiny: {caption_policy: raw}}"])
     with pytest.raises(ConfigError, match="expects a mapping"):
         load_config(None, ["study.encoder_train=[steps]"])
+
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=.nan", "train.lr=-1", "train.weight_decay=.nan",
+                                      "train.beta2=1.5", "train.threads=-1", "train.workers=-2",
+                                      "train.image_size=-1", "transfer.lr=.nan", "transfer.image_size=0",
+                                      "captioner.lr=0", "captioner.width=0", "study.caption_beams=0"])
+def test_values_that_would_break_a_run_silently_are_config_errors(override):
+    with pytest.raises(ConfigError):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("argv", [["caption", "run", "--n", "0"], ["caption", "run", "--batch-size", "0"],
+                                  ["caption", "run", "--num-beams", "0"], ["caption", "run", "--top-p", "1.5"],
+                                  ["eval", "--max-samples", "-5"], ["world", "--n", "-1"]])
+def test_cli_counts_are_checked_before_work(argv, tmp_path, capsys):
+    from qclip.cli import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(out)])
+    assert e.value.code == 2 and not out.exists()
+    assert "must be" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qclip.captions.policy import CaptionPolicy, PolicyError
+from qclip.data.policy import CaptionPolicy, PolicyError
 
 META = {
     "captions": {"raw": ["alt one", ""], "reference": ["ref a"],

@@ -182,7 +182,7 @@ def test_loop_options_run(world, tmp_path, extra):
 def test_decoded_cache_gives_the_same_items_and_keeps_to_its_budget(world):
     """Decoded images and tokens are kept after first use; the random crop and the caption draw must not change,
     and a budget smaller than the data keeps only what fits."""
-    from qclip.captions.policy import CaptionPolicy
+    from qclip.data.policy import CaptionPolicy
     from qclip.train.data import ClipShardDataset
 
     bundle = create_clip("qclip-vit-tiny")
@@ -205,7 +205,7 @@ def test_decoded_cache_gives_the_same_items_and_keeps_to_its_budget(world):
 
 def test_every_method_can_be_given_the_images_that_have_alt_text(world):
     """`train.require_raw_caption`: the synthetic policy and the baselines see exactly the images clip-raw sees."""
-    from qclip.captions.policy import CaptionPolicy
+    from qclip.data.policy import CaptionPolicy
     from qclip.train.baselines import _load_pool
     from qclip.train.data import ClipShardDataset
 
@@ -252,7 +252,7 @@ def test_a_run_folder_resumes_only_what_it_was_started_with(world, tmp_path, cap
 def test_pretraining_refuses_a_damaged_shard_and_names_it(world, tmp_path, damage):
     import shutil
 
-    from qclip.captions.policy import CaptionPolicy
+    from qclip.data.policy import CaptionPolicy
     from qclip.train.data import ClipShardDataset, TrainDataError
 
     data = tmp_path / "pool"

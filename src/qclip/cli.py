@@ -267,6 +267,41 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _count(minimum: int):
+    """argparse type: an int >= minimum (a count, a size), refused before any work."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{v} must be >= {minimum}")
+        return v
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a finite float in (0, 1] (top-p)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{v} must be in (0, 1]")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"{v} must be finite and > 0")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qclip", formatter_class=_Formatter,
@@ -280,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the whole study from one config (the main job)", formatter_class=_Formatter)
     p.add_argument("--out", default="runs/demo", help="output directory of the study")
     p.add_argument("--fresh", action="store_true", help="ignore cached stages and redo everything")
-    p.add_argument("--seeds", type=int, default=0, help="repeat pretraining + transfer for N seeds (0 = study.seeds)")
+    p.add_argument("--seeds", type=_count(0), default=0, help="repeat pretraining + transfer for N seeds (0 = study.seeds)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
@@ -294,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("world", help="generate the embedded procedural world as shards", formatter_class=_Formatter)
     p.add_argument("--out", required=True, help="output directory (one dataset per split inside)")
     d = Config()
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=_count(0), default=None,
                    help=f"pool size; None = world.n_pool from the config (built-in {d.world.n_pool})")
     p.add_argument("--seed", type=int, default=None, help=f"None = seed from the config (built-in {d.seed})")
     p.add_argument("--workers", type=int, default=None,
@@ -360,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default="", help="open_clip pretrained tag or weights file (with a name)")
     p.add_argument("--data", required=True, help="qclip dataset with captions (e.g. the world's val split)")
     p.add_argument("--text", default="reference", help="caption kind to retrieve: raw, reference or a captioner id")
-    p.add_argument("--max-samples", type=int, default=0, help="0: all")
+    p.add_argument("--max-samples", type=_count(0), default=0, help="0: all")
     p.add_argument("--out", default="", help="also write the metrics to this JSON file")
     _add_config_args(p)
     p.set_defaults(func=cmd_eval)
@@ -380,14 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run: let an hf: model run its own code from the hub (only for models you trust)")
     p.add_argument("--id", default="", help="run/score: id under captions.synthetic / scores (default: from the model)")
-    p.add_argument("--n", type=int, default=1, help="run: captions per image")
+    p.add_argument("--n", type=_count(1), default=1, help="run: captions per image")
     p.add_argument("--sampling", default="beam", choices=["beam", "nucleus"], help="run: first caption's decoding")
-    p.add_argument("--num-beams", type=int, default=4)
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-len", type=int, default=30, help="run: maximum caption length in tokens")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-samples", type=int, default=0, help="quality: 0 = all")
+    p.add_argument("--num-beams", type=_count(1), default=4, help="run: beams for beam search")
+    p.add_argument("--top-p", type=_fraction, default=0.9, help="run: nucleus sampling mass, in (0, 1]")
+    p.add_argument("--temperature", type=_positive_float, default=1.0, help="run: sampling temperature, > 0")
+    p.add_argument("--max-len", type=_count(1), default=30, help="run: maximum caption length in tokens")
+    p.add_argument("--batch-size", type=_count(1), default=32, help="images per captioner / scorer batch")
+    p.add_argument("--max-samples", type=_count(0), default=0, help="quality: 0 = all")
     p.add_argument("--quiet", action="store_true")
     _add_config_args(p)
     p.set_defaults(func=cmd_caption)
@@ -413,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .captions.captioners import CaptionerError
-    from .captions.policy import PolicyError
+    from .data.policy import PolicyError
     from .data.dense import DenseDataError
     from .data.importers import IngestError
     from .data.shards import OutputFolderError, ShardIntegrityError

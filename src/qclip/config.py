@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -381,6 +382,31 @@ def validate(cfg: Config) -> None:
          f"study.methods: unknown {sorted(set(cfg.study.methods) - set(STUDY_METHODS))}; valid: {', '.join(STUDY_METHODS)}"),
         (set(cfg.study.tasks) <= {"segmentation", "depth"}, "study.tasks: segmentation and/or depth"),
         (cfg.study.seeds >= 1 and 0 < cfg.study.mix_p < 1, "study.seeds >= 1 and 0 < study.mix_p < 1"),
+    ]
+    t, c, tr = cfg.train, cfg.captioner, cfg.transfer
+    fin = math.isfinite
+    checks += [  # numbers that NaN, infinity or a sign error would turn into a silently broken run
+        (fin(t.lr) and t.lr > 0 and fin(t.min_lr) and 0 <= t.min_lr <= t.lr, "train.lr must be finite and > 0, "
+         "train.min_lr in [0, train.lr]"),
+        (fin(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay must be finite and >= 0"),
+        (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1 and fin(t.eps) and t.eps > 0,
+         "train.beta1/beta2 must be in [0, 1) and train.eps finite and > 0"),
+        (fin(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip must be finite and >= 0 (0 disables)"),
+        (t.warmup_steps >= 0 and c.warmup_steps >= 0 and tr.warmup_steps >= 0, "warmup_steps must be >= 0"),
+        (t.image_size >= 0, "train.image_size must be >= 0 (0: the model config's)"),
+        (min(t.workers, t.threads, c.workers, tr.workers, tr.threads) >= 0, "workers and threads must be >= 0"),
+        (fin(c.lr) and c.lr > 0 and fin(c.weight_decay) and c.weight_decay >= 0,
+         "captioner.lr must be finite and > 0, captioner.weight_decay finite and >= 0"),
+        (min(c.image_size, c.width, c.steps, c.batch_size, c.context_length, c.patch_size) >= 1,
+         "captioner sizes, steps and batch_size must be >= 1"),
+        (fin(tr.lr) and tr.lr > 0 and fin(tr.encoder_lr_mult) and tr.encoder_lr_mult >= 0,
+         "transfer.lr must be finite and > 0, transfer.encoder_lr_mult finite and >= 0"),
+        (fin(tr.weight_decay) and tr.weight_decay >= 0, "transfer.weight_decay must be finite and >= 0"),
+        (tr.image_size >= 16 and tr.eval_batch_size >= 1 and tr.levels >= 1 and tr.decoder_width >= 1,
+         "transfer.image_size must be >= 16, eval_batch_size, levels and decoder_width >= 1"),
+        (fin(tr.max_cached_feature_gb) and tr.max_cached_feature_gb >= 0, "transfer.max_cached_feature_gb >= 0"),
+        (cfg.study.captions_per_image >= 1 and cfg.study.caption_beams >= 1 and cfg.study.caption_batch_size >= 1,
+         "study.captions_per_image, caption_beams and caption_batch_size must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

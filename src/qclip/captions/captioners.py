@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from PIL import Image
 
-from .vocab import WordTokenizer
+from ..models.vocab import WordTokenizer
 
 
 class CaptionerError(RuntimeError):

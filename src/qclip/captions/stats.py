@@ -5,7 +5,6 @@ caption length and CLIP score per caption kind, and vocabulary size).
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -13,13 +12,12 @@ import numpy as np
 
 from ..atomic import atomic_file, atomic_write_json
 from ..data.shards import ShardReader
+from ..models.vocab import words as tokens
 from .score import caption_sets
 
-_WORD = re.compile(r"[a-z0-9']+")
-
-
 def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
+    """The caption's words: the word tokenizer's tokens without punctuation (one tokenisation for the project)."""
+    return [t for t in tokens(text) if t.isalnum()]
 
 
 def caption_stats(data: str | Path, max_samples: int = 0) -> dict:

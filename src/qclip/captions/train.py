@@ -28,9 +28,9 @@ from ..models.checkpoint import MODEL_CONFIG, MODEL_VOCAB, save_model_dir
 from ..provenance import write_run_info
 from ..train.data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 from ..train.pretrain import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
-from .policy import CaptionPolicy
+from ..data.policy import CaptionPolicy
 from .regions import RegionHead, box_in_input, object_boxes
-from .vocab import WordTokenizer
+from ..models.vocab import WordTokenizer
 
 
 

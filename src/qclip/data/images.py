@@ -73,17 +73,18 @@ def normalise_image_bytes(data: bytes, max_pixels: int = 64_000_000, min_side: i
     return encode_png(rgb), "png", rgb
 
 
-def encode_png(img: Image.Image | np.ndarray, compress_level: int = 1) -> bytes:
+def encode_image(img: Image.Image | np.ndarray, fmt: str, **options) -> bytes:
+    """An image (PIL or HxW[xC] uint8 array) as PNG / JPEG bytes."""
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compress_level)
+    img.save(buf, format=fmt, **options)
     return buf.getvalue()
+
+
+def encode_png(img: Image.Image | np.ndarray, compress_level: int = 1) -> bytes:
+    return encode_image(img, "PNG", compress_level=compress_level)
 
 
 def encode_jpg(img: Image.Image | np.ndarray, quality: int = 92) -> bytes:
-    if isinstance(img, np.ndarray):
-        img = Image.fromarray(img)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    return encode_image(img, "JPEG", quality=quality)

@@ -1,1 +1,1 @@
-"""Zero-shot evaluation: image-text retrieval (and, next, zero-shot classification)."""
+"""Zero-shot evaluation of CLIP models: image-text retrieval and zero-shot classification."""

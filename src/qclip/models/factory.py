@@ -145,7 +145,7 @@ def create_clip(spec: str, text_tower: str = "", image_size: int = 0, pretrained
         _init_coca_decoder(decoder)
     vocab = Path(spec[len("local-dir:"):]) / MODEL_VOCAB if spec.startswith("local-dir:") else None
     if vocab is not None and vocab.is_file():  # the folder's own word vocabulary: its ids are the model's
-        from ..captions.vocab import WordTokenizer
+        from .vocab import WordTokenizer
 
         tokenizer: Callable = WordTokenizer.load(vocab)
     else:

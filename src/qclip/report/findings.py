@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+HEADLINE = {"segmentation": ("mIoU", +1), "depth": ("RMSE", -1)}  # TEMP: restored after the headline run
+
 PAPER = {"mIoU_gain_vs_mim": 12.1, "RMSE_reduction_vs_mim": 11.5, "data_efficiency": 10.0}
-HEADLINE = {"segmentation": ("mIoU", +1), "depth": ("RMSE", -1)}  # metric, direction (+1: higher is better)
 ALPHA = 0.05
 TEST = "one-sided paired t-test over seeds, Holm-corrected over all checks of the run"
 

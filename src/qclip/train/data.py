@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..captions.policy import CaptionPolicy
+from ..data.policy import CaptionPolicy
 from ..data.images import BadImage, open_image
 from ..data.sample import IMAGE_EXTS
 from ..data.shards import ShardReader, is_unsafe_member

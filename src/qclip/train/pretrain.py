@@ -26,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes, atomic_write_json
-from ..captions.policy import CaptionPolicy
+from ..data.policy import CaptionPolicy
 from ..config import Config, ConfigError, to_dict
 from ..models import create_clip
 from ..models.checkpoint import load_weights, save_model_dir, save_weights, torch_save_bytes, unwrap

@@ -12,6 +12,8 @@ import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 EIGEN_CROP = (45, 471, 41, 601)
+# each task's headline metric and its direction (+1: higher is better), for summaries, tables and the checks
+HEADLINE = {"segmentation": ("mIoU", +1), "depth": ("RMSE", -1)}
 
 
 class SegmentationMetric:

@@ -36,10 +36,9 @@ from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
 from .heads import DenseHead, LinearProbeHead
 from .losses import depth_loss, segmentation_loss
-from .metrics import DepthMetric, SegmentationMetric
+from .metrics import HEADLINE, DepthMetric, SegmentationMetric
 from .visualize import save_prediction_grid
 
-HEADLINE = {"segmentation": "mIoU", "depth": "RMSE"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -310,7 +309,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         (out / name).mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / name / "metrics.json", {**run, "train_loss": losses[::max(1, len(losses) // 100)]})
         save_prediction_grid(examples, t.task, out / name / "predictions.png",
-                             f"{encoder_spec} | {name} | {HEADLINE[t.task]} {metrics.get(HEADLINE[t.task], 0):.3f}",
+                             f"{encoder_spec} | {name} | {HEADLINE[t.task][0]} {metrics.get(HEADLINE[t.task][0], 0):.3f}",
                              num_classes)
         results.append(run)
     summary = {"encoder": encoder_spec, "encoder_info": info.__dict__, "task": t.task, "mode": t.mode,
@@ -322,6 +321,6 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
 
 
 def format_summary(s: dict) -> str:
-    key = HEADLINE[s["task"]]
+    key = HEADLINE[s["task"]][0]
     parts = [f"{r['data_fraction']:g}: {key} {r['metrics'].get(key, float('nan')):.4f}" for r in s["results"]]
     return f"transfer {s['encoder']} -> {s['task']} ({s['mode']}): " + ", ".join(parts) + f" ({s['seconds']:.0f}s)"
