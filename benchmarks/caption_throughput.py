@@ -42,6 +42,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
     from PIL import Image
+
     from qclip.captions.captioners import Sampling, create_captioner
     from qclip.data.shards import ShardReader
 

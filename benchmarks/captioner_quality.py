@@ -16,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from qclip.captions.quality import dataset_quality
 from qclip_cli import ROOT, qclip  # benchmarks/qclip_cli.py, beside this script
+
+from qclip.captions.quality import dataset_quality
 
 
 def main() -> None:

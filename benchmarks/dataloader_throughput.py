@@ -68,6 +68,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT / "src"))
     import torch
+
     from qclip.data.policy import CaptionPolicy
     from qclip.models import create_clip
     from qclip.train.data import ClipShardDataset, make_loader, steps_per_epoch

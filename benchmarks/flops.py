@@ -5,6 +5,7 @@ from __future__ import annotations
 def train_flops_per_sample(model_name: str, image_size: int) -> tuple[float, int, int]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
     from qclip.models import create_clip
 
     bundle = create_clip(model_name, image_size=image_size)

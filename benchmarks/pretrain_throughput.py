@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from qclip_cli import ROOT, qclip  # benchmarks/qclip_cli.py, beside this script
+
 sys.path.insert(0, str(ROOT / "src"))
 from flops import train_flops_per_sample  # noqa: E402  (benchmarks/flops.py, beside this script)
 

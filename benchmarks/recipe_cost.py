@@ -27,8 +27,9 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "src"))
-    from qclip.config import load_config
     from flops import train_flops_per_sample
+
+    from qclip.config import load_config
 
     t = load_config(args.config).train
     flops, size, ctx = train_flops_per_sample(t.model, t.image_size)

@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from qclip_cli import ROOT, qclip  # benchmarks/qclip_cli.py, beside this script
+
 TARGET_S = 15 * 60
 
 

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from conftest import jpg_bytes, png_bytes
 from PIL import Image
 
-from conftest import jpg_bytes, png_bytes
 from qclip.cli import main
 from qclip.data.sample import Sample
 from qclip.data.shards import ShardReader, ShardWriter

@@ -2,13 +2,12 @@
 import json
 
 import pytest
-
 from conftest import TINY_COCA
+
 from qclip.captions.captioners import Sampling, create_captioner
 from qclip.captions.quality import caption_quality, dataset_quality, named_objects
 from qclip.captions.recaption import recaption
 from qclip.cli import main
-from qclip.data.sample import Sample
 from qclip.data.shards import ShardReader, ShardWriter
 
 BEAM = Sampling(method="beam", num_beams=2, max_len=8, min_len=2)
@@ -223,8 +222,8 @@ def test_pixel_cache_gives_the_same_items(world_dir, coca_dir):
     import torch
 
     from qclip.data.policy import CaptionPolicy
-    from qclip.models.vocab import WordTokenizer
     from qclip.models import create_clip
+    from qclip.models.vocab import WordTokenizer
     from qclip.train.data import ClipShardDataset
 
     transform = create_clip(f"local-dir:{coca_dir}").preprocess_val

@@ -11,7 +11,7 @@ from qclip import atomic
 from qclip.cli import main
 from qclip.data.sample import Sample
 from qclip.data.shards import ShardReader, ShardWriter
-from qclip.train.pretrain import load_checkpoint, save_checkpoint
+from qclip.optim import load_checkpoint, save_checkpoint
 
 
 def _model():

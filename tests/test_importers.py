@@ -3,15 +3,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import jpg_bytes, png_bytes
+
 from qclip.cli import main
 from qclip.config import IngestConfig
 from qclip.data import importers as im
 from qclip.data.images import BadImage, open_image
-from qclip.data.sample import Sample
-from qclip.data.shards import ShardReader, write_shard_file
+from qclip.data.shards import ShardReader
 from qclip.data.skips import TooManyBadSamples
 
 
@@ -181,3 +179,30 @@ def test_table_and_coco_never_read_outside_the_image_folder(tmp_path, image_fold
     (tmp_path / "c.json").write_text(json.dumps(coco))
     cands, _ = im.coco_candidates(image_folder, tmp_path / "c.json")
     assert [c.bad for c in cands] == ["path outside image folder", "path outside image folder", None]
+
+
+def test_malformed_rows_and_files_are_skipped_or_one_clean_error(tmp_path, image_folder):
+    import csv
+
+    big = "x" * (csv.field_size_limit() + 10)
+    (tmp_path / "t.csv").write_bytes(("\ufeffpath,caption\nok0.png,fine\n" + f"ok1.png,{big}\n" + "ok2.png,also fine\n"
+                                      + "ok\0.png,nul\n").encode())
+    cands, _ = im.table_candidates(image_folder, tmp_path / "t.csv")  # the BOM is not part of 'path'
+    assert [c.bad for c in cands] == [None, "malformed row", None, "malformed path"]
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(im.IngestError, match="not a readable Parquet file"):
+        im.table_candidates(image_folder, tmp_path / "bad.parquet")
+    (tmp_path / "c.json").write_text(json.dumps({"images": {"id": 1}, "annotations": []}))
+    with pytest.raises(im.IngestError, match="'images' and 'annotations' lists"):
+        im.coco_candidates(image_folder, tmp_path / "c.json")
+
+
+def test_non_text_captions_and_orphan_coco_captions_are_counted(tmp_path, image_folder):
+    assert im.clean_caption(1984, 100) == ("1984", None)
+    assert im.clean_caption({"a": 1}, 100) == (None, "caption is not text")
+    assert im.clean_caption(["a"], 100) == (None, "caption is not text")
+    coco = {"images": [{"id": 1, "file_name": "ok0.png"}],
+            "annotations": [{"image_id": 1, "caption": "a"}, {"image_id": 7, "caption": "orphan"}]}
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    cands, _ = im.coco_candidates(image_folder, tmp_path / "c.json")
+    assert sorted(str(c.bad) for c in cands) == ["None", "caption of an absent image"]

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from conftest import kill_when
 from safetensors.torch import load_file
 
-from conftest import kill_when
 from qclip.config import load_config
 from qclip.data.world_shards import build_world
 from qclip.evaluate.retrieval import retrieval_metrics

@@ -105,6 +105,7 @@ def test_probe_head_is_bn_then_1x1_conv_on_stacked_levels():
     """The probe's (pixels, channels) matmul is DINOv2's BN -> 1x1 conv on the levels upsampled to the finest
     one; feeding it the cached stack gives the same output as feeding it the levels."""
     import torch.nn.functional as F
+
     from qclip.transfer.heads import LinearProbeHead
 
     torch.manual_seed(0)

@@ -3,8 +3,8 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from qclip.data import world_shards as ws
 from qclip.data.shards import ShardReader
 from qclip.data.world import COLOURS, SEG_CLASSES, SHAPE_WORDS, SIZES, WorldSpec, make_sample

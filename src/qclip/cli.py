@@ -14,7 +14,6 @@ from typing import Sequence
 from .config import Config, ConfigError, load_config
 
 
-
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
@@ -448,9 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .captions.captioners import CaptionerError
-    from .data.policy import PolicyError
     from .data.dense import DenseDataError
     from .data.importers import IngestError
+    from .data.policy import PolicyError
     from .data.shards import OutputFolderError, ShardIntegrityError
     from .data.skips import TooManyBadSamples
     from .models.checkpoint import UnsafeCheckpoint

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import kill_when
+
 from qclip.config import load_config
 from qclip.data.shards import ShardReader
 from qclip.data.world_shards import build_world

@@ -15,6 +15,7 @@ from ..data.shards import ShardReader
 from ..models.vocab import words as tokens
 from .score import caption_sets
 
+
 def words(text: str) -> list[str]:
     """The caption's words: the word tokenizer's tokens without punctuation (one tokenisation for the project)."""
     return [t for t in tokens(text) if t.isalnum()]

@@ -22,16 +22,15 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_json
 from ..config import Config
+from ..data.policy import CaptionPolicy
 from ..data.shards import ShardReader
 from ..models import create_clip
 from ..models.checkpoint import MODEL_CONFIG, MODEL_VOCAB, save_model_dir
+from ..models.vocab import WordTokenizer
+from ..optim import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
 from ..provenance import write_run_info
 from ..train.data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
-from ..train.pretrain import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
-from ..data.policy import CaptionPolicy
 from .regions import RegionHead, box_in_input, object_boxes
-from ..models.vocab import WordTokenizer
-
 
 
 def coca_config(c, vocab_size: int) -> dict:

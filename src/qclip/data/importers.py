@@ -60,7 +60,10 @@ def clean_caption(text: Any, max_chars: int) -> tuple[str | None, str | None]:
     if not isinstance(text, str):
         if isinstance(text, float) and text != text:  # NaN from a table
             return None, "empty caption"
-        text = str(text)
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            text = str(text)  # a number in a caption column is still text ("1984")
+        else:  # a dict, list or other object in a caption cell is not a caption; its repr would become one
+            return None, "caption is not text"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: the table held non-UTF-8 bytes
@@ -151,15 +154,29 @@ def _table_rows(table: Path) -> Iterator[dict | str]:
     if suffix in (".csv", ".tsv"):
         import csv
 
-        # surrogateescape keeps non-UTF-8 bytes as lone surrogates, so one bad row is skipped, not the file
-        with open(table, newline="", encoding="utf-8", errors="surrogateescape") as f:
-            yield from csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-        return
+        # surrogateescape keeps non-UTF-8 bytes as lone surrogates, so one bad row is skipped, not the file;
+        # utf-8-sig drops a byte-order mark, which would otherwise become part of the first column's name
+        with open(table, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            i = 0
+            while True:
+                i += 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error:  # e.g. a cell over the csv module's field limit: that row, not the file
+                    yield f"malformed row@{i}"
+                    continue
+                yield row
     if suffix not in (".parquet", ".pq"):
         raise IngestError(f"{table}: unknown table format '{suffix}'; use .csv, .tsv, .jsonl or .parquet")
     import pandas as pd
 
-    df = pd.read_parquet(table)
+    try:
+        df = pd.read_parquet(table)
+    except Exception as e:  # pyarrow raises its own error types for a damaged file
+        raise IngestError(f"{table}: not a readable Parquet file ({type(e).__name__}: {e})") from None
     yield from df.to_dict(orient="records")
 
 
@@ -188,6 +205,9 @@ def table_candidates(images: str | Path, table: str | Path, path_column: str = "
         if not isinstance(rel, str) or not rel:
             out.append(Candidate(where, bytes, caps, bad="missing path"))
             continue
+        if "\0" in rel:  # no file system has such a name
+            out.append(Candidate(where, bytes, caps, bad="malformed path"))
+            continue
         p = inside_folder(images, rel)
         if p is None:
             out.append(Candidate(where, bytes, caps, bad="path outside image folder"))
@@ -210,16 +230,26 @@ def coco_candidates(images: str | Path, annotations: str | Path) -> tuple[list[C
         data = json.loads(annotations.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IngestError(f"{annotations}: not a COCO captions JSON ({e})") from None
-    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
         raise IngestError(f"{annotations}: a COCO captions file needs 'images' and 'annotations' lists")
     caps: dict[Any, list[str]] = defaultdict(list)
     for ann in data["annotations"]:
-        caps[ann.get("image_id")].append(ann.get("caption"))
+        if isinstance(ann, dict):
+            caps[ann.get("image_id")].append(ann.get("caption"))
     out = []
+    image_ids = {im.get("id") for im in data["images"] if isinstance(im, dict)}
+    orphans = sum(len(v) for k, v in caps.items() if k not in image_ids)
+    if orphans:  # captions of an image the file does not list: counted, as every other drop
+        out.append(Candidate(f"{annotations.name}: {orphans} caption(s) of image ids not in 'images'", bytes, [],
+                             bad="caption of an absent image"))
     for im in data["images"]:
+        if not isinstance(im, dict):
+            out.append(Candidate(f"{annotations.name}: image entry {im!r:.40}", bytes, [], bad="malformed image entry"))
+            continue
         name = str(im.get("file_name", ""))
         where = f"{annotations.name}:image {im.get('id')} ({name})"
-        p = inside_folder(images, name)
+        p = inside_folder(images, name) if name and "\0" not in name else None
         bad = "path outside image folder" if p is None else None
         out.append(Candidate(where, _read_file(p or images / name), caps.get(im.get("id"), []), bad=bad,
                              meta={"source_path": name, "coco_id": im.get("id")}))

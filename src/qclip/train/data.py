@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data.policy import CaptionPolicy
 from ..data.images import BadImage, open_image
+from ..data.policy import CaptionPolicy
 from ..data.sample import IMAGE_EXTS
 from ..data.shards import ShardReader, is_unsafe_member
 from ..data.skips import SkipCounter

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_json, remove_tree
 from ..config import Config
+from ..optim import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
 from ..provenance import write_run_info
-from ..train.pretrain import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
 from .data import DenseTensors, collate, infer_num_classes, open_splits
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
@@ -38,7 +38,6 @@ from .heads import DenseHead, LinearProbeHead
 from .losses import depth_loss, segmentation_loss
 from .metrics import HEADLINE, DepthMetric, SegmentationMetric
 from .visualize import save_prediction_grid
-
 
 
 def resolve_device(name: str) -> torch.device:

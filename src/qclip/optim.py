@@ -1,0 +1,93 @@
+"""The optimiser, schedule and training-state checkpoints that every qclip training loop shares (CLIP
+pretraining, the baselines, the captioner, transfer heads): one place, so every loop decays, schedules and
+resumes the same way.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_write_bytes, atomic_write_json
+from .models.checkpoint import load_weights, save_weights, torch_save_bytes, unwrap
+
+# ---------------------------------------------------------------------------------------------------
+# optimiser and schedule (as open_clip_train: no weight decay on gains, biases, logit scale, embeddings)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    def exclude(name: str, p: torch.nn.Parameter) -> bool:
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name \
+            or "embedding" in name or "norm" in name
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if exclude(name, p) else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def adamw(groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+          eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW, fused where PyTorch has the kernel (CPU and CUDA float tensors): the same update as the default
+    per-tensor loop (to float rounding) in one kernel; on a 2-core CPU the loop was ~13% of a tiny CLIP step."""
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+
+
+def lr_lambda(warmup: int, total: int, base_lr: float, min_lr: float):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return (min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))) / base_lr
+    return f
+
+
+# ---------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()),
+                                                      *np_state[2:]], "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    random.setstate(state["python"])
+
+
+def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, step: int, keep: int = 2) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    weights, state = ckpt_dir / f"step_{step:08d}.safetensors", ckpt_dir / f"step_{step:08d}.state.pt"
+    save_weights(unwrap(model).state_dict(), weights)
+    atomic_write_bytes(state, torch_save_bytes({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                                "step": step, "rng": _rng_state()}))
+    atomic_write_json(ckpt_dir / "latest.json", {"step": step, "weights": weights.name, "state": state.name})
+    old = sorted(ckpt_dir.glob("step_*.safetensors"))[:-keep]
+    for w in old:
+        w.unlink(missing_ok=True)
+        w.with_name(w.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
+
+
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
+    """Restore the latest checkpoint; returns its step (0 when there is none)."""
+    latest = ckpt_dir / "latest.json"
+    if not latest.is_file():
+        return 0
+    info = json.loads(latest.read_text())
+    unwrap(model).load_state_dict(load_weights(ckpt_dir / info["weights"]))
+    state = torch.load(ckpt_dir / info["state"], map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return int(state["step"])
