@@ -105,3 +105,12 @@ def test_cli_counts_are_checked_before_work(argv, tmp_path, capsys):
         main([*argv, "--out", str(out)])
     assert e.value.code == 2 and not out.exists()
     assert "must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["eval", "--model", "m", "--data", "d"], ["export", "--model", "m", "--out", "o"]])
+def test_every_command_checks_its_config(command, tmp_path, capsys):
+    from qclip.cli import main
+
+    assert main([*command, "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main([*command, "bogus.key=1"]) == 2
+    assert "bogus" in capsys.readouterr().err

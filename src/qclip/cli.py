@@ -211,6 +211,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .models.export import export_image_tower
 
+    _load(args)  # no config key applies here, but a wrong file or key is an error, as for every command
     out = export_image_tower(args.model, args.out)
     print(f"export: image tower of {args.model} written to {out} (timm.create_model('local-dir:{out}'))")
     return 0
@@ -222,6 +223,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate.retrieval import retrieval_metrics
     from .models import create_clip
 
+    _load(args)  # no config key applies here, but a wrong file or key is an error, as for every command
     bundle = create_clip(model_spec(args.model), pretrained=args.pretrained or None)
     result: dict = {"model": args.model, "data": args.data}
     lines = []

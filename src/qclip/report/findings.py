@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-HEADLINE = {"segmentation": ("mIoU", +1), "depth": ("RMSE", -1)}  # TEMP: restored after the headline run
+from ..transfer.metrics import HEADLINE
 
 PAPER = {"mIoU_gain_vs_mim": 12.1, "RMSE_reduction_vs_mim": 11.5, "data_efficiency": 10.0}
 ALPHA = 0.05
