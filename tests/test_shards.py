@@ -115,6 +115,7 @@ def test_resume_keeps_finished_shards(tmp_path):
     w.write_shard(0, [make(0), make(1)])
     mtime = os.stat(w.shard_path(0)).st_mtime_ns
     (w.staging / "shards" / ".t-000001.tar.x.tmp").write_bytes(b"half")  # a killed writer's temp file
+    w.release()  # the killed process's lock goes with it
     w2 = ShardWriter(root, prefix="t", shard_size=2, resume=True)
     assert w2.done_shards() == {0}
     assert not list((w2.staging / "shards").glob("*.tmp"))
