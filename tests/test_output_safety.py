@@ -90,3 +90,16 @@ def test_a_second_writer_of_the_same_output_fails_at_once(tmp_path):
     first.abort()
     ShardWriter(tmp_path / "ds").abort()  # free again once the first is done
     assert not list(tmp_path.glob(".ds.lock"))
+
+
+def test_damaged_weights_are_refused_in_one_line(tmp_path, world_dir, capsys):
+    from qclip.cli import main
+    from qclip.models import create_clip
+    from qclip.models.checkpoint import MODEL_WEIGHTS, save_model_dir
+
+    b = create_clip("qclip-vit-tiny")
+    save_model_dir(b.model, b.model_cfg, b.preprocess_cfg, tmp_path / "m")
+    (tmp_path / "m" / MODEL_WEIGHTS).write_bytes((10**15).to_bytes(8, "little") + b"{}")  # a header that lies
+    assert main(["eval", "--model", str(tmp_path / "m"), "--data", str(world_dir / "val")]) == 2
+    err = capsys.readouterr().err
+    assert "qclip eval: error:" in err and "Traceback" not in err

@@ -478,6 +478,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"qclip {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        import errno
+
+        # a disk that is full or cannot be written: one line naming the path, not a traceback
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        print(f"qclip {args.command}: error: cannot write {e.filename or 'the output'}: {e.strerror}; free space, "
+              f"fix permissions or choose another --out (finished work is kept; re-run to resume)", file=sys.stderr)
+        return 2
+    except Exception as e:
+        # damaged weights (a safetensors header that lies) or a pickle that needs code, reached through
+        # open_clip or timm's own loaders: refused in one line, as qclip's own loader refuses them
+        import pickle
+
+        from safetensors import SafetensorError
+
+        if not isinstance(e, (SafetensorError, pickle.UnpicklingError)):
+            raise
+        print(f"qclip {args.command}: error: refused to load weights: {type(e).__name__}: {e} (a damaged "
+              f"safetensors file, or a pickle that needs code to load: convert it to safetensors where it is "
+              f"trusted)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
