@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -85,7 +86,7 @@ def test_caption_and_ingest_refuse_to_replace_a_users_folder(world_dir, tmp_path
 
 def test_a_second_writer_of_the_same_output_fails_at_once(tmp_path):
     first = ShardWriter(tmp_path / "ds")
-    with pytest.raises(OutputFolderError, match="another qclip process is writing"):
+    with pytest.raises(OutputFolderError, match=rf"another qclip process \(pid {os.getpid()}\) is writing"):
         ShardWriter(tmp_path / "ds")
     first.abort()
     ShardWriter(tmp_path / "ds").abort()  # free again once the first is done

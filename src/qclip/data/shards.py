@@ -127,9 +127,15 @@ def _lock_output(root: Path):
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
         f.close()
-        raise OutputFolderError(f"another qclip process is writing '{root}'; wait for it to finish or choose "
-                                f"another --out") from None
+        raise OutputFolderError(f"another qclip process (pid {holder}) is writing '{root}'; wait for it to finish "
+                                f"or choose another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
     return f
 
 
