@@ -24,40 +24,72 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+# one colour per method in every figure, whatever subset a run has and however often it is re-rendered
+METHOD_COLOURS = {"clip-synthetic": "#d62728", "clip-raw": "#1f77b4", "clip-mix": "#9467bd",
+                  "clip-reference": "#8c564b", "random": "#7f7f7f", "supervised": "#2ca02c", "mim": "#ff7f0e"}
+
+
+def method_colour(label: str) -> str:
+    """The colour of the method a label names ("clip-raw", "qclip-mci-tiny clip-raw", "seed0/ENC-clip-raw")."""
+    for m in sorted(METHOD_COLOURS, key=len, reverse=True):
+        if label == m or label.endswith((" " + m, "-" + m, "/" + m)):
+            return METHOD_COLOURS[m]
+    return "#17becf"
+
+
 def data_efficiency_plot(rows: list[dict], path: Path) -> Path:
+    """Metric vs labelled fraction per (encoder, task), mean over seeds with the seed std as error bars."""
     plt = _plt()
     agg = aggregate(rows)
     panels = sorted({(k[0], k[2]) for k in agg})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
     for ax, (enc, task) in zip(axes[0], panels):
         for m in dict.fromkeys(k[1] for k in agg if k[0] == enc and k[2] == task):
             pts = sorted((k[3], v) for k, v in agg.items() if k[:3] == (enc, m, task))
-            ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["std"] for p in pts],
-                        marker="o", capsize=3, label=m, lw=2 if m == "clip-synthetic" else 1.2)
+            seeds = max(p[1]["n"] for p in pts)
+            ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts],
+                        yerr=[p[1]["std"] for p in pts] if seeds > 1 else None, marker="o", capsize=3, label=m,
+                        color=method_colour(m), lw=2.2 if m == "clip-synthetic" else 1.2)
         ax.set_xscale("log")
-        ax.set(title=f"{enc}: {task}", xlabel="fraction of labelled data", ylabel=HEADLINE[task][0])
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        better = "higher" if HEADLINE[task][1] > 0 else "lower"
+        ax.set(title=f"{enc}: {task}", xlabel="fraction of labelled data (log)",
+               ylabel=f"{HEADLINE[task][0]} ({better} is better)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return _save(fig, path)
 
 
 def bar_chart(rows: list[dict], task: str, path: Path) -> Path:
+    """The task's headline metric at the largest fraction per method; the axis starts near the smallest bar so
+    differences of a few hundredths are visible, and error bars (seed std) appear only with several seeds."""
     plt = _plt()
     agg = aggregate(rows)
     top = max((k[3] for k in agg if k[2] == task), default=1.0)
     encs = sorted({k[0] for k in agg if k[2] == task})
     methods = list(dict.fromkeys(k[1] for k in agg if k[2] == task))
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods) * len(encs) / 2, 3.6))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(methods) * len(encs) / 2, 3.8))
     w = 0.8 / max(len(encs), 1)
+    lows, highs = [], []
     for j, enc in enumerate(encs):
-        vals = [agg.get((enc, m, task, top), {"mean": 0, "std": 0}) for m in methods]
-        ax.bar([i + j * w for i in range(len(methods))], [v["mean"] for v in vals], w,
-               yerr=[v["std"] for v in vals], capsize=2, label=enc)
+        vals = [agg.get((enc, m, task, top)) for m in methods]
+        seeds = max((v["n"] for v in vals if v), default=1)
+        for i, (m, v) in enumerate(zip(methods, vals)):
+            if v is None:
+                continue
+            ax.bar(i + j * w, v["mean"], w, yerr=v["std"] if seeds > 1 else None, capsize=2,
+                   color=method_colour(m), alpha=1.0 if j == 0 else 0.6, edgecolor="black", linewidth=0.4)
+            lows.append(v["mean"] - v["std"])
+            highs.append(v["mean"] + v["std"])
+    if lows:
+        span = max(highs) - min(lows) or abs(max(highs)) * 0.1 or 1.0
+        ax.set_ylim(max(0.0, min(lows) - 0.5 * span), max(highs) + 0.25 * span)
     ax.set_xticks([i + w * (len(encs) - 1) / 2 for i in range(len(methods))])
     ax.set_xticklabels(methods, rotation=25, ha="right")
-    ax.set(title=f"{task} at fraction {top:g} ({HEADLINE[task][0]}, "
-                 f"{'higher' if HEADLINE[task][1] > 0 else 'lower'} is better)")
-    ax.legend(fontsize=7)
+    better = "higher" if HEADLINE[task][1] > 0 else "lower"
+    ax.set(ylabel=f"{HEADLINE[task][0]} ({better} is better)",
+           title=f"{task} at {top:g} of the labels" + (f" ({', '.join(encs)})" if len(encs) == 1 else
+                                                        f" (bars per method: {', '.join(encs)})"))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -74,8 +106,9 @@ def training_curves(runs: dict[str, Path], path: Path) -> Path:
         pts = [p for p in pts if "loss" in p]
         if pts:
             first = pts[0]["loss"] or 1.0
-            ax.plot([p["step"] for p in pts], [p["loss"] / first for p in pts], label=label, lw=1)
-    ax.set(title="pretraining loss (relative to its first step)", xlabel="step", ylabel="loss / first loss")
+            ax.plot([p["step"] for p in pts], [p["loss"] / first for p in pts], label=label, lw=1,
+                    color=method_colour(label))
+    ax.set(title="pretraining loss: each method's own objective (CLIP InfoNCE, supervised BCE, MIM\nreconstruction), divided by its first step's value", xlabel="step", ylabel="loss / first loss")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return _save(fig, path)
@@ -100,7 +133,7 @@ def probe_curves(transfer_dir: Path, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.6), squeeze=False)
     for ax, (task, curves) in zip(axes[0], sorted(runs.items())):
         for label, loss in curves.items():
-            ax.plot(range(len(loss)), loss, label=label, lw=1)
+            ax.plot(range(len(loss)), loss, label=label, lw=1, color=method_colour(label))
         ax.set(title=f"{task} probe loss at the full labelled set", xlabel="logged step (subsampled)",
                ylabel="training loss")
         ax.legend(fontsize=6)
