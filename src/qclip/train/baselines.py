@@ -34,9 +34,9 @@ from ..data.shards import ShardReader
 from ..data.world import COLOURS, SHAPES
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir
+from ..models.dense_encoder import DenseEncoder
 from ..optim import adamw, lr_lambda, param_groups
 from ..provenance import write_run_info
-from ..transfer.encoders import DenseEncoder
 
 METHODS = ("supervised", "mim")
 LABELS = [(c, s) for c in COLOURS for s in SHAPES]  # 32 object classes
