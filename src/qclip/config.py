@@ -199,7 +199,27 @@ class Config:
 # Loading and validation
 
 
-STUDY_METHODS = ("clip-raw", "clip-synthetic", "clip-mix", "clip-reference", "random", "supervised", "mim")
+@dataclass(frozen=True)
+class StudyMethod:
+    """How the study pretrains one method: a CLIP caption policy on the pool (raw, or recaptioned), a non-CLIP
+    baseline (train/baselines.py), or no pretraining. The one table of methods: validation, the study and the
+    baselines read it."""
+
+    name: str
+    kind: str  # clip | baseline | random
+    policy: str = ""  # clip: train.caption_policy, with {captioner} and {mix_p} filled in by the study
+    captioned: bool = False  # clip: reads the recaptioned pool (its cache key then depends on the captions)
+
+
+STUDY_METHODS: dict[str, StudyMethod] = {m.name: m for m in (
+    StudyMethod("clip-raw", "clip", "raw"),
+    StudyMethod("clip-synthetic", "clip", "synthetic:{captioner}", captioned=True),
+    StudyMethod("clip-mix", "clip", "mix:{mix_p}:{captioner}", captioned=True),
+    StudyMethod("clip-reference", "clip", "reference"),
+    StudyMethod("random", "random"),
+    StudyMethod("supervised", "baseline"),
+    StudyMethod("mim", "baseline"),
+)}
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 

@@ -14,12 +14,12 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from .atomic import atomic_write_json, remove_tree
-from .config import Config, encoder_train, to_dict
+from .config import STUDY_METHODS, Config, StudyMethod, encoder_train, to_dict
 
 CAPTIONER_ID = "tiny"
 
@@ -55,23 +55,10 @@ class StageCache:
         return result
 
 
-@dataclass(frozen=True)
-class StudyMethod:
-    """How the study pretrains one method: a CLIP caption policy on the pool (raw or recaptioned), a non-CLIP
-    baseline (train/baselines.py), or no pretraining at all."""
-
-    name: str
-    kind: str  # clip | baseline | random
-    policy: str = ""  # clip: train.caption_policy
-    captioned: bool = False  # clip: reads the recaptioned pool (its cache key then depends on the captions)
-
-
 def study_method(name: str, mix_p: float) -> StudyMethod:
-    clip = {"clip-raw": ("raw", False), "clip-synthetic": (f"synthetic:{CAPTIONER_ID}", True),
-            "clip-mix": (f"mix:{mix_p}:{CAPTIONER_ID}", True), "clip-reference": ("reference", False)}
-    if name in clip:
-        return StudyMethod(name, "clip", *clip[name])
-    return StudyMethod(name, "random" if name == "random" else "baseline")
+    """The method's row of `STUDY_METHODS`, its caption policy filled in for this study."""
+    m = STUDY_METHODS[name]
+    return dataclasses.replace(m, policy=m.policy.format(captioner=CAPTIONER_ID, mix_p=mix_p))
 
 
 def method_config(cfg: Config, encoder: str, method: StudyMethod, seed: int) -> Config:

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..atomic import atomic_write_json
-from ..config import Config
+from ..config import STUDY_METHODS, Config
 from ..data.shards import ShardReader
 from ..data.world import COLOURS, SHAPES
 from ..models import create_clip
@@ -38,7 +38,7 @@ from ..models.dense_encoder import DenseEncoder
 from ..optim import adamw, lr_lambda, param_groups
 from ..provenance import write_run_info
 
-METHODS = ("supervised", "mim")
+METHODS = tuple(m.name for m in STUDY_METHODS.values() if m.kind == "baseline")
 LABELS = [(c, s) for c in COLOURS for s in SHAPES]  # 32 object classes
 MASK_PATCH, MASK_RATIO = 8, 0.6  # SimMIM's ratio for its ViT setting
 MAE_MASK_RATIO = 0.75  # MAE's
