@@ -268,39 +268,27 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _count(minimum: int):
-    """argparse type: an int >= minimum (a count, a size), refused before any work."""
-    def parse(text: str) -> int:
+def _number(kind: type, ok, what: str):
+    """argparse type: a number of `kind` for which `ok(v)` holds, else an error saying `what` it must be;
+    refused while parsing, before any work or output."""
+    def parse(text: str):
         try:
-            v = int(text)
+            v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"{v} must be >= {minimum}")
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{v} must be {what}")
         return v
-    parse.__name__ = f"int >= {minimum}"
+    parse.__name__ = what
     return parse
 
 
-def _fraction(text: str) -> float:
-    """argparse type: a finite float in (0, 1] (top-p)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"{v} must be in (0, 1]")
-    return v
+def _count(minimum: int):
+    return _number(int, lambda v: v >= minimum, f">= {minimum}")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"{v} must be finite and > 0")
-    return v
+_fraction = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "finite and > 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
