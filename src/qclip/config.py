@@ -113,6 +113,7 @@ class CaptionerConfig:
     lr: float = 2e-3
     warmup_steps: int = 50
     weight_decay: float = 0.05
+    grad_clip: float = 1.0  # global gradient norm; 0 disables
     caption_loss_weight: float = 2.0
     clip_loss_weight: float = 1.0
     # region supervision (captions/regions.py): object boxes + class from the scene graph, where samples have one
@@ -141,6 +142,7 @@ class TransferConfig:
     encoder_lr_mult: float = 0.1  # finetune: encoder lr = lr * this
     weight_decay: float = 0.01
     warmup_steps: int = 20
+    grad_clip: float = 3.0  # global gradient norm; 0 disables
     decoder_width: int = 128
     num_classes: int = 0  # 0 = from the dataset (world/ADE20k/VOC know theirs; folder: max id + 1)
     depth_loss: str = "silog"  # silog | l1log
@@ -412,6 +414,10 @@ def validate(cfg: Config) -> None:
         (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1 and fin(t.eps) and t.eps > 0,
          "train.beta1/beta2 must be in [0, 1) and train.eps finite and > 0"),
         (fin(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip must be finite and >= 0 (0 disables)"),
+        (fin(c.grad_clip) and c.grad_clip >= 0,
+         "captioner.grad_clip must be finite and >= 0 (0 disables)"),
+        (fin(tr.grad_clip) and tr.grad_clip >= 0,
+         "transfer.grad_clip must be finite and >= 0 (0 disables)"),
         (t.warmup_steps >= 0 and c.warmup_steps >= 0 and tr.warmup_steps >= 0, "warmup_steps must be >= 0"),
         (t.image_size >= 0, "train.image_size must be >= 0 (0: the model config's)"),
         (min(t.workers, t.threads, c.workers, tr.workers, tr.threads) >= 0, "workers and threads must be >= 0"),

@@ -31,6 +31,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, params, grad_clip: float) -> None:
+    """The end of every qclip training step, after backward: clip the gradients' global norm to `grad_clip`
+    (0 = no clipping; each stage's `grad_clip` setting), step the optimiser, then the schedule."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999),
           eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW, fused where PyTorch has the kernel (CPU and CUDA float tensors): the same update as the default

@@ -27,7 +27,7 @@ from ..data.shards import ShardReader
 from ..models import create_clip
 from ..models.checkpoint import MODEL_CONFIG, MODEL_VOCAB, save_model_dir
 from ..models.vocab import WordTokenizer
-from ..optim import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
+from ..optim import adamw, load_checkpoint, lr_lambda, optimizer_step, param_groups, save_checkpoint
 from ..provenance import write_run_info
 from ..train.data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 from .regions import RegionHead, box_in_input, object_boxes
@@ -123,9 +123,7 @@ def train_captioner(cfg: Config, data: str | Path, out: str | Path, progress: bo
             region_l = region_loss.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainee.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(opt, sched, trainee.parameters(), c.grad_clip)
         step += 1
         clip_l, cap_l = clip_loss.item(), cap_loss.item() / c.caption_loss_weight
         bar.update(1)

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, read_json_or_none
 from .images import BadImage, open_image
 from .sample import Sample
 from .shards import ShardReader, ShardWriter, write_shard_file
@@ -46,13 +46,6 @@ def decoded_batches(samples: list[Sample], batch_size: int, skips: SkipCounter,
 _JOB = "job.json"
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def map_shards(src: str | Path, dst: str | Path, process: ShardFn, manifest_update: Callable[[dict], dict],
                desc: str, seed: int = 0, progress: bool = True) -> dict:
     """Run `process` on every shard of `src` not yet in `dst`; returns the run's counters summed over ranks.
@@ -75,7 +68,7 @@ def map_shards(src: str | Path, dst: str | Path, process: ShardFn, manifest_upda
     if rank == 0:  # only rank 0 sets up the staging folder (and removes a killed run's temp files)
         writer = ShardWriter(dst, prefix="data", resume=True)  # shard names follow src, not this prefix
         job_file = staging / _JOB
-        if _read_json(job_file) != json.loads(json.dumps(job)):  # another job's (or no job's) finished shards
+        if read_json_or_none(job_file) != json.loads(json.dumps(job)):  # another job's (or no job's) finished shards
             for leftover in [*(staging / "shards").glob("*.tar"), *staging.glob("rank*.json")]:
                 leftover.unlink()
         atomic_write_json(job_file, job)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..atomic import atomic_write_bytes, atomic_write_json, remove_tree
+from ..atomic import atomic_write_bytes, atomic_write_json, read_json_or_none, remove_tree
 from ..config import Config
 from .sample import Sample
 from .shards import MANIFEST, ShardReader, ShardWriter, is_dataset, write_shard_file
@@ -70,7 +70,7 @@ def build_world(cfg: Config, out: str | Path, progress: bool = True) -> dict:
             continue
         staging = final.with_name(final.name + ".partial")
         fp_file = staging / _FINGERPRINT
-        if staging.exists() and (not fp_file.is_file() or _read_json(fp_file) != fp):
+        if staging.exists() and (not fp_file.is_file() or read_json_or_none(fp_file) != fp):
             remove_tree(staging)  # a different config's leftovers: never mix them into this split
         writer = ShardWriter(final, prefix=split, shard_size=shard_size, resume=True)
         atomic_write_json(fp_file, fp)
@@ -103,15 +103,6 @@ def build_world(cfg: Config, out: str | Path, progress: bool = True) -> dict:
         })
     seconds = time.time() - t0
     return {"out": str(out), "splits": counts, "generated": todo, "reused": reused, "seconds": round(seconds, 2)}
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def summary_line(info: dict) -> str:

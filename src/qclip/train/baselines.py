@@ -35,8 +35,9 @@ from ..data.world import COLOURS, SHAPES
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir
 from ..models.dense_encoder import DenseEncoder
-from ..optim import adamw, lr_lambda, param_groups
+from ..optim import adamw, lr_lambda, optimizer_step, param_groups
 from ..provenance import write_run_info
+from .data import seeded_cpu_rng
 
 METHODS = tuple(m.name for m in STUDY_METHODS.values() if m.kind == "baseline")
 LABELS = [(c, s) for c in COLOURS for s in SHAPES]  # 32 object classes
@@ -73,8 +74,7 @@ def _load_pool(data: str | Path, need_labels: bool, require_raw: bool) -> tuple[
 def augmented_batch(images: list, idx: list[int], transform, seed: int) -> torch.Tensor:
     """The batch through CLIP pretraining's own train transform (open_clip's random-resized crop), drawn from
     `seed`: baselines see the same augmentation as CLIP runs, and a seed gives the same crops."""
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
+    with seeded_cpu_rng(seed):
         return torch.stack([transform(images[i]) for i in idx])
 
 
@@ -191,10 +191,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
             loss = ((pred - x).abs() * mask).sum() / (mask.sum() * 3 + 1e-6)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params.parameters(), tc.grad_clip)
-        opt.step()
-        sched.step()
+        optimizer_step(opt, sched, params.parameters(), tc.grad_clip)
         metrics.append({"step": step + 1, "loss": loss.item()})
         bar.set_postfix(loss=f"{loss.item():.3f}")
     save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model", bundle.qclip_cfg)

@@ -10,6 +10,7 @@ Each rank reads a disjoint set of shards (rank r takes shards r, r+W, ...), as w
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
 from dataclasses import dataclass
@@ -201,16 +202,24 @@ class ClipShardDataset(Dataset):
 
     def _load_pixels(self, index: int, s: IndexedSample, seed: int) -> torch.Tensor:
         img = self._decode(index, s)
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also queues CUDA seeding and records a stack trace,
-            # which cost 0.9 ms per sample, 40% of the loader's time (benchmarks/RESULTS.md)
-            torch.default_generator.manual_seed(seed)
+        with seeded_cpu_rng(seed):
             return self.transform(img)
 
     def __getstate__(self):  # open file handles do not cross into worker processes
         state = dict(self.__dict__)
         state["_files"] = {}
         return state
+
+
+@contextlib.contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """Torch's CPU random draws (a transform's crops) inside the block come from `seed`; the global stream
+    outside is untouched. The same seed, the same crops."""
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only: torch.manual_seed also queues CUDA seeding and records a stack trace,
+        # which cost 0.9 ms per sample, 40% of the loader's time (benchmarks/RESULTS.md)
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):

@@ -30,7 +30,7 @@ from ..config import Config, ConfigError, to_dict
 from ..data.policy import CaptionPolicy
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir, unwrap
-from ..optim import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
+from ..optim import adamw, load_checkpoint, lr_lambda, optimizer_step, param_groups, save_checkpoint
 from ..provenance import write_run_info
 from .data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 from .losses import build_loss, contrastive_loss
@@ -92,6 +92,16 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
         torch.set_num_threads(tc.threads)
     out = Path(out)
     is_main = rank == 0
+    # settled before anything is built: a finished run returns at once, a changed one fails at once
+    key = run_key(cfg, data, world)
+    check_resume(out / "checkpoints", key)
+    if (out / "summary.json").is_file() and (out / "model").is_dir() and (out / "checkpoints" / RUN_KEY).is_file():
+        done = json.loads((out / "summary.json").read_text())
+        if done.get("steps") == tc.steps:  # finished with these settings: nothing to do, nothing overwritten
+            if is_main:
+                print(f"pretrain: {out} already finished {tc.steps} steps with these settings (final loss "
+                      f"{done.get('final_loss', float('nan')):.3f}); model in {out / 'model'}")
+            return done
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -118,15 +128,6 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
             f"{tc.batch_size}; lower train.batch_size or use more data"
         )
 
-    key = run_key(cfg, data, world)
-    check_resume(out / "checkpoints", key)
-    if (out / "summary.json").is_file() and (out / "model").is_dir() and (out / "checkpoints" / RUN_KEY).is_file():
-        done = json.loads((out / "summary.json").read_text())
-        if done.get("steps") == tc.steps:  # finished with these settings: nothing to do, nothing overwritten
-            if is_main:
-                print(f"pretrain: {out} already finished {tc.steps} steps with these settings (final loss "
-                      f"{done.get('final_loss', float('nan')):.3f}); model in {out / 'model'}")
-            return done
     if is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "checkpoints" / RUN_KEY, key)
@@ -198,10 +199,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
                                     + [c["text_features"] for c in cached[j + 1:]])
                     loss = loss_of(o, img, txt, teacher)
                     loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(optimizer, scheduler, model.parameters(), tc.grad_clip)
         with torch.no_grad():  # as CLIP: the temperature may not exceed 100
             unwrap(model).logit_scale.clamp_(0, math.log(100))
         step += 1

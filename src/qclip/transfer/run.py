@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_json, remove_tree
 from ..config import Config
-from ..optim import adamw, load_checkpoint, lr_lambda, param_groups, save_checkpoint
+from ..optim import adamw, load_checkpoint, lr_lambda, optimizer_step, param_groups, save_checkpoint
 from ..provenance import write_run_info
 from .data import DenseTensors, collate, infer_num_classes, open_splits
 from .encoders import DenseEncoder, load_encoder
@@ -227,9 +227,7 @@ def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int
             loss = _loss(cfg, head(feats, size).float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 3.0)
-        opt.step()
-        sched.step()
+        optimizer_step(opt, sched, [p for g in groups for p in g["params"]], cfg.grad_clip)
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
