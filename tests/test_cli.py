@@ -7,32 +7,65 @@ import yaml
 
 from qclip.cli import build_parser, main
 
-SUBCOMMANDS = ["run", "world", "ingest", "caption", "pretrain", "teacher", "export", "transfer", "eval", "report"]
+SUBCOMMANDS = ["run", "world", "ingest", "caption", "pretrain", "teacher", "export", "push", "transfer", "eval", "report"]
 
 
-def test_help_lists_every_subcommand_and_defaults(capsys):
+HELP_PAGES = [c for c in SUBCOMMANDS if c not in ("ingest", "caption")] + [
+    "ingest table", "ingest coco", "ingest img2dataset", "ingest hf",
+    "caption train", "caption run", "caption score", "caption stats", "caption quality"]
+# the config keys each page must list (one key of each section the command reads)
+HELP_KEYS = {"run": ["world.n_pool", "captioner.steps", "train.lr", "transfer.steps", "study.methods"],
+             "world": ["world.colours"], "ingest table": ["ingest.shard_size"], "pretrain": ["train.grad_clip"],
+             "caption train": ["captioner.region_loss_weight"], "transfer": ["transfer.data_fractions"]}
+
+
+def _help(capsys, argv: list[str]) -> str:
     with pytest.raises(SystemExit) as e:
-        main(["--help"])
+        main([*argv, "--help"])
     assert e.value.code == 0
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_subcommand_and_each_page_explains_itself(capsys):
+    out = _help(capsys, [])
     for name in SUBCOMMANDS:
         assert name in out
-    for name in [c for c in SUBCOMMANDS if c != "ingest"] + ["ingest table", "ingest coco", "ingest img2dataset"]:
-        with pytest.raises(SystemExit):
-            main([*name.split(), "--help"])
-        text = capsys.readouterr().out
-        assert "--config" in text and "(default:" in text, name
-    with pytest.raises(SystemExit):
-        main(["world", "--help"])
-    assert "(built-in 10000)" in " ".join(capsys.readouterr().out.split())
-    with pytest.raises(SystemExit):
-        main(["ingest", "--help"])
-    assert "qclip ingest SOURCE --help" in capsys.readouterr().out
+    for name in HELP_PAGES:
+        text = _help(capsys, name.split())
+        assert "--config" in text, name
+        assert "(default: )" not in text and "(default: None)" not in text, name  # only defaults worth showing
+        for key in HELP_KEYS.get(name, []):  # `SUB --help` lists its config keys with their defaults
+            assert f"  {key} = " in text, (name, key)
+    assert "(built-in 10000)" in " ".join(_help(capsys, ["world"]).split())
+    assert "qclip ingest SOURCE --help" in _help(capsys, ["ingest"])
+    assert "train.lr = 0.001" in _help(capsys, ["pretrain"])  # the default as the dataclass holds it
+
+
+def test_each_caption_action_has_its_own_help(capsys):
+    listing = _help(capsys, ["caption"])
+    for action in ("train", "run", "score", "stats", "quality"):
+        assert f"    {action}" in listing
+    run, stats = _help(capsys, ["caption", "run"]), _help(capsys, ["caption", "stats"])
+    assert "--num-beams" in run and "beams for beam search" in run and "--num-beams" not in stats
+    assert "--scorer" in _help(capsys, ["caption", "score"]) and "--scorer" not in run
+    with pytest.raises(SystemExit) as e:  # required per action: argparse says so before any work
+        main(["caption", "run", "--data", "d", "--out", "o"])
+    assert e.value.code == 2 and "--captioner" in capsys.readouterr().err
+
+
+def test_a_stray_option_shows_the_subcommands_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["caption", "stats", "--data", "d", "--bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage: qclip caption stats" in err and "--bogus" in err
 
 
 def test_report_without_results_fails_clearly(tmp_path, capsys):
-    assert main(["report", "--out", str(tmp_path)]) == 2
+    assert main(["report", str(tmp_path)]) == 2
     assert "results.json not found" in capsys.readouterr().err
+    assert main(["report", "--out", str(tmp_path)]) == 2  # the old spelling still works
+    assert "results.json not found" in capsys.readouterr().err
+    assert main(["report"]) == 2 and "qclip report RUN" in capsys.readouterr().err
 
 
 def test_config_error_names_key(capsys):
@@ -108,7 +141,7 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     assert any(s.startswith("pretrain-") for s in run["stages_reused"])
 
     (out / "report.html").unlink()
-    assert main(["report", "--out", str(out)]) == 0 and (out / "report.html").is_file()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
 
 
 def test_parser_builds():

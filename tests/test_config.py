@@ -102,7 +102,7 @@ def test_cli_counts_are_checked_before_work(argv, tmp_path, capsys):
 
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
-        main([*argv, "--out", str(out)])
+        main([*argv, "--out", str(out), *(["--data", "d", "--captioner", "c"] if argv[0] == "caption" else [])])
     assert e.value.code == 2 and not out.exists()
     assert "must be" in capsys.readouterr().err
 

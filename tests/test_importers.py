@@ -206,3 +206,37 @@ def test_non_text_captions_and_orphan_coco_captions_are_counted(tmp_path, image_
     (tmp_path / "c.json").write_text(json.dumps(coco))
     cands, _ = im.coco_candidates(image_folder, tmp_path / "c.json")
     assert sorted(str(c.bad) for c in cands) == ["None", "caption of an absent image"]
+
+
+def _hf_dataset(path, n_good: int = 20):
+    """A Hugging Face dataset built locally (no hub): good rows, a corrupt image, an empty caption, a list caption."""
+    import datasets
+
+    images = [png_bytes(seed=i) for i in range(n_good)] + [b"not an image", png_bytes(seed=99), png_bytes(seed=98)]
+    captions = [f"picture {i}" for i in range(n_good)] + ["broken", "", ["first", "second"]]
+    ds = datasets.Dataset.from_dict({"img": [{"bytes": b, "path": None} for b in images],
+                                     "text": [c if isinstance(c, list) else [c] for c in captions]},
+                                    features=datasets.Features({"img": datasets.Image(),
+                                                                "text": datasets.Sequence(datasets.Value("string"))}))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(path))
+    return path
+
+
+def test_hf_datasets_importer_skips_and_counts(tmp_path, capsys):
+    pytest.importorskip("datasets")
+    src = _hf_dataset(tmp_path / "hf")
+    out = tmp_path / "out"
+    rc = main(["ingest", "hf", "--dataset", str(src), "--image-column", "img", "--caption-column", "text",
+               "--out", str(out), "--quiet", "ingest.max_bad_fraction=0.2"])
+    assert rc == 0
+    assert "ingested 21 of 23" in capsys.readouterr().out
+    samples = list(ShardReader(out))
+    assert len(samples) == 21 and samples[0].meta["captions"]["raw"] == ["picture 0"]
+    assert samples[-1].meta["captions"]["raw"] == ["first", "second"]  # a list cell keeps every caption
+    assert samples[0].meta["source"].startswith("hf:") and samples[0].meta["hf_index"] == 0
+    # a wrong column or split names what there is
+    assert main(["ingest", "hf", "--dataset", str(src), "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "no column 'image'" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    assert main(["ingest", "hf", "--dataset", str(src), "--split", "val", "--image-column", "img",
+                 "--caption-column", "text", "--out", str(tmp_path / "o3"), "--quiet"]) == 2
+    assert "no split 'val' (splits: train)" in capsys.readouterr().err

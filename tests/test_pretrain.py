@@ -5,6 +5,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -242,6 +243,14 @@ def test_a_run_folder_resumes_only_what_it_was_started_with(world, tmp_path, cap
                      progress=False)  # a performance-only key may change: finished, nothing overwritten
     assert again == first and (run / "summary.json").read_text() == summary
     assert "already finished 3 steps" in capsys.readouterr().out
+    # a finished run keeps its model folder, not its training states (train.keep_checkpoints=0)
+    assert not list((run / "checkpoints").glob("step_*")) and not (run / "checkpoints" / "latest.json").exists()
+    kept = tmp_path / "kept"
+    pretrain(train_cfg("train.steps=4", "train.batch_size=16", "train.checkpoint_every=1", "train.keep_checkpoints=2"),
+             world / "curated", kept, progress=False)
+    assert sorted(p.name for p in (kept / "checkpoints").glob("step_*.safetensors")) == [
+        "step_00000003.safetensors", "step_00000004.safetensors"]
+    assert "s/step measured; the 1 steps left need about" in capsys.readouterr().out  # the cost, told up front
     for changed, msg in ((("train.steps=5",), "train.steps: 3 -> 5"), (("train.lr=1e-2",), "train.lr: 0.002 -> 0.01")):
         with pytest.raises(ConfigError, match="started with other settings") as e:
             pretrain(train_cfg("train.steps=3", "train.batch_size=16", *changed), world / "curated", run, progress=False)
@@ -274,3 +283,53 @@ def test_pretraining_refuses_a_damaged_shard_and_names_it(world, tmp_path, damag
     bundle = create_clip("qclip-vit-tiny")
     with pytest.raises(TrainDataError, match=shard.name):
         ClipShardDataset(data, CaptionPolicy.parse("raw"), bundle.preprocess_train, bundle.tokenizer, 0)
+
+
+def test_weights_and_biases_logging_offline(world, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "wb"
+    pretrain(train_cfg("train.steps=2", "train.batch_size=16", "train.log_every=1", "train.wandb_project=qclip-test"),
+             world / "curated", run, progress=False)
+    logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 1 and logs[0].stat().st_size > 0
+    assert (run / "tb").is_dir() and (run / "summary.json").is_file()  # beside TensorBoard, not instead
+
+
+def test_push_to_hub_stages_a_loadable_folder_and_uploads_it(world, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    import open_clip
+
+    from qclip.cli import main
+
+    run = tmp_path / "run"
+    pretrain(train_cfg("train.steps=1", "train.batch_size=16"), world / "curated", run, progress=False)
+    assert main(["push", "--model", str(run / "model"), "--repo", "me/qclip-tiny", "--dry-run"]) == 0
+    assert "push (dry run): would upload" in capsys.readouterr().out
+    staged = run / ".hub_upload"
+    assert {"README.md", "open_clip_config.json", "open_clip_model.safetensors", "config.yaml", "run.json",
+            "summary.json"} <= {p.name for p in staged.iterdir()}
+    card = (staged / "README.md").read_text()
+    assert "library_name: open_clip" in card and 'create_model_and_transforms("hf-hub:me/qclip-tiny")' in card
+    open_clip.create_model_and_transforms(f"local-dir:{staged}")  # what hf-hub: will load
+    calls = []
+
+    class FakeApi:  # the Hub without the network: record what would be sent
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create", repo_id, kw))
+
+        def upload_folder(self, repo_id, folder_path, **kw):
+            calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert main(["push", "--model", str(run / "model"), "--repo", "me/qclip-tiny", "--private"]) == 0
+    assert calls[0] == ("create", "me/qclip-tiny", {"private": True, "exist_ok": True, "repo_type": "model"})
+    assert calls[1][0] == "upload" and "open_clip_model.safetensors" in calls[1][2]
+    assert "hf-hub:me/qclip-tiny" in capsys.readouterr().out and not staged.exists()
+    assert main(["push", "--model", str(run), "--repo", "me/x", "--dry-run"]) == 2  # the run, not its model folder
+    assert "not a qclip model folder" in capsys.readouterr().err

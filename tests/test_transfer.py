@@ -338,3 +338,17 @@ def test_finetune_resumes_from_its_checkpoint(world_dir, tmp_path, monkeypatch):
     fresh = tr.run_transfer(cfg, "random:qclip-vit-tiny", world_dir, tmp_path / "fresh", progress=False)
     assert again["results"][0]["final_train_loss"] == pytest.approx(fresh["results"][0]["final_train_loss"], rel=1e-5)
     assert again["results"][0]["final_train_loss"] != pytest.approx(a["final_train_loss"], rel=1e-5)
+
+
+def test_transfer_summary_ends_with_a_per_class_table():
+    from qclip.transfer.run import format_summary
+
+    s = {"encoder": "e", "task": "segmentation", "mode": "probe", "seconds": 3, "results": [
+        {"data_fraction": 0.1, "metrics": {"mIoU": 0.4}},
+        {"data_fraction": 1.0, "metrics": {"mIoU": 0.5, "IoU_per_class": [0.9, None, 0.3], "object_mIoU": 0.3,
+                                           "class_names": ["floor", "wall", "cube"]}}]}
+    lines = format_summary(s).splitlines()
+    assert lines[0].startswith("transfer e -> segmentation (probe): 0.1: mIoU 0.4000, 1: mIoU 0.5000")
+    assert "100% of the labels" in lines[1]
+    assert [ln.split() for ln in lines[3:6]] == [["floor", "0.9000"], ["wall", "-"], ["cube", "0.3000"]]
+    assert lines[6].split()[:2] == ["objects", "0.3000"]

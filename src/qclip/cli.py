@@ -1,4 +1,4 @@
-"""`qclip {run,world,ingest,caption,pretrain,teacher,export,transfer,eval,report}`: one subcommand per stage.
+"""`qclip {run,world,ingest,caption,pretrain,teacher,export,push,transfer,eval,report}`: one subcommand per stage.
 
 Every subcommand takes `--config FILE` and dotted overrides (`train.batch_size=64`), and writes the resolved
 config, package versions and git commit next to its outputs.
@@ -15,13 +15,32 @@ from .config import Config, ConfigError, load_config
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows a flag's default only where there is one to show (not None, '', False, [])."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, "", False, []) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML config file (see configs/); built-in defaults if omitted")
+# the config sections each command reads: `qclip SUB --help` lists their keys with defaults
+CONFIG_SECTIONS = {
+    "run": ("world", "captioner", "train", "transfer", "study"), "world": ("world",), "ingest": ("ingest",),
+    "pretrain": ("train",), "caption": ("captioner",), "transfer": ("transfer",),
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser, sections: Sequence[str] = ()) -> None:
+    from .config import config_keys_help
+
+    p.add_argument("--config", default=None, help="YAML config file (see configs/); without it, the built-in "
+                   "defaults listed below (configs/demo.yaml sets the demo's own)" if sections else
+                   "YAML config file (see configs/); built-in defaults if omitted")
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="dotted config overrides, e.g. train.batch_size=64 world.n_pool=2000")
+    if sections:
+        keys = "config keys (KEY=VALUE or in --config; built-in defaults):\n" + config_keys_help(sections)
+        p.epilog = f"{p.epilog}\n\n{keys}" if p.epilog else keys
 
 
 def model_spec(arg: str) -> str:
@@ -85,6 +104,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     elif args.source == "coco":
         cands, total = im.coco_candidates(args.images, args.annotations)
         source = f"coco:{Path(args.annotations).name}"
+    elif args.source == "hf":
+        cands, total = im.hf_candidates(args.dataset, args.split, args.image_column, args.caption_column,
+                                        args.subset or None, args.revision or None)
+        source = f"hf:{args.dataset}[{args.split}]"
     else:
         cands, total = im.img2dataset_candidates(im.expand_shards(args.shards), side), None
         source = "img2dataset"
@@ -114,7 +137,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.build import build_report
 
-    build_report(args.out)
+    run_dir = args.run_dir or args.out
+    if not run_dir:
+        raise ConfigError("qclip report needs the study's folder: qclip report RUN (RUN = qclip run --out)")
+    build_report(run_dir)
     return 0
 
 
@@ -141,8 +167,6 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if args.action == "train":
         from .captions.train import train_captioner
 
-        if not args.out:
-            raise ConfigError("qclip caption train needs --out (the captioner's run directory)")
         s = train_captioner(_load(args), args.data, args.out, progress=not args.quiet)
         regions = (f"region loss {s['region_loss']:.3f} on {s['region_boxes']:,} boxes of {len(s['region_classes'])} "
                    f"classes" if s["region_loss"] is not None else "no region supervision")
@@ -163,8 +187,6 @@ def cmd_caption(args: argparse.Namespace) -> int:
         from .models import create_clip
         from .provenance import write_run_info
 
-        if not args.scorer or not args.out:
-            raise ConfigError("qclip caption score needs --scorer (a CLIP model) and --out (the scored copy)")
         cfg = _load(args)
         bundle = create_clip(model_spec(args.scorer), pretrained=args.pretrained or None)
         scorer_id = args.id or model_id(args.scorer, args.pretrained)
@@ -179,8 +201,6 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from .provenance import write_run_info
 
     cfg = _load(args)
-    if not args.captioner or not args.out:
-        raise ConfigError("qclip caption run needs --captioner and --out")
     captioner = create_captioner(model_spec(args.captioner), pretrained=args.pretrained or None, captioner_id=args.id,
                                  trust_remote_code=args.trust_remote_code)
     sampling = Sampling(method=args.sampling, num_beams=args.num_beams, top_p=args.top_p,
@@ -214,6 +234,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     _load(args)  # no config key applies here, but a wrong file or key is an error, as for every command
     out = export_image_tower(args.model, args.out)
     print(f"export: image tower of {args.model} written to {out} (timm.create_model('local-dir:{out}'))")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .models.hub import push_to_hub
+
+    _load(args)  # no config key applies here, but a wrong file or key is an error, as for every command
+    r = push_to_hub(args.model, args.repo, private=args.private, dry_run=args.dry_run)
+    if r["uploaded"]:
+        print(f"push: {', '.join(r['files'])} -> {r['url']} (open_clip: hf-hub:{args.repo})")
+    else:
+        print(f"push (dry run): would upload {', '.join(r['files'])} to {args.repo}; staged in {r['staged']}")
     return 0
 
 
@@ -306,12 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore cached stages and redo everything")
     p.add_argument("--seeds", type=_count(0), default=0, help="repeat pretraining + transfer for N seeds (0 = study.seeds)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_config_args(p)
+    _add_config_args(p, CONFIG_SECTIONS["run"])
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="re-render tables, plots and report.html from a study's results.json",
                        formatter_class=_Formatter)
-    p.add_argument("--out", required=True, help="the study's output directory (holds results.json)")
+    p.add_argument("run_dir", nargs="?", default=None, metavar="RUN",
+                   help="the study's output directory (qclip run --out; holds results.json)")
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)  # the old spelling of RUN, still accepted
     _add_config_args(p)
     p.set_defaults(func=cmd_report)
 
@@ -325,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"generator processes; None = world.workers from the config (built-in {d.world.workers})")
     p.add_argument("--preview", action="store_true", help="also write OUT/preview.png (images, masks, depth, captions)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config_args(p)
+    _add_config_args(p, CONFIG_SECTIONS["world"])
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("ingest", help="import image-text pairs into a qclip dataset", formatter_class=_Formatter,
@@ -341,11 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--annotations", required=True, help="e.g. annotations/captions_train2017.json")
     q = isub.add_parser("img2dataset", help="existing img2dataset WebDataset shards", formatter_class=_Formatter)
     q.add_argument("--shards", required=True, help="folder, glob, or brace pattern like 'data/{00000..00009}.tar'")
+    q = isub.add_parser("hf", help="a Hugging Face dataset (hub name, or a save_to_disk / data folder)",
+                        formatter_class=_Formatter)
+    q.add_argument("--dataset", required=True, help="hub name (needs the network), a save_to_disk folder, or a "
+                   "folder load_dataset reads (imagefolder with metadata.jsonl, parquet, ...)")
+    q.add_argument("--split", default="train", help="split to ingest")
+    q.add_argument("--subset", default="", help="the dataset's configuration (load_dataset's name), if it has several")
+    q.add_argument("--revision", default="", help="hub revision (branch, tag or commit)")
+    q.add_argument("--image-column", default="image", help="column with the image (datasets Image feature or bytes)")
+    q.add_argument("--caption-column", default="caption", help="column with the caption (a string or a list)")
     for q in isub.choices.values():
         q.add_argument("--out", required=True, help="output dataset directory")
         q.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
         q.add_argument("--quiet", action="store_true", help="no progress bar")
-        _add_config_args(q)
+        _add_config_args(q, CONFIG_SECTIONS["ingest"])
         q.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("pretrain", help="pretrain CLIP on a qclip dataset (torchrun for many processes)",
@@ -355,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="qclip dataset directory (manifest.json + shards/)")
     p.add_argument("--out", required=True, help="run directory; re-running the same command resumes it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_config_args(p)
+    _add_config_args(p, CONFIG_SECTIONS["pretrain"])
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("teacher", help="store a teacher CLIP's embeddings in a dataset for distillation",
@@ -374,9 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("push", help="upload a trained model folder to the Hugging Face Hub (open_clip hf-hub:)",
+                       formatter_class=_Formatter)
+    p.add_argument("--model", required=True, help="model folder (RUN/model, with open_clip_config.json)")
+    p.add_argument("--repo", required=True, help="Hub repo id, OWNER/NAME (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--dry-run", action="store_true", help="stage the files and the model card, upload nothing")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_push)
+
     p = sub.add_parser("eval", help="zero-shot image-text retrieval R@1/5/10 and zero-shot classification",
                        formatter_class=_Formatter)
-    p.add_argument("--task", choices=["retrieval", "zeroshot", "all"], default="all")
+    p.add_argument("--task", choices=["retrieval", "zeroshot", "all"], default="all", help="what to measure")
     p.add_argument("--classes-data", default="", help="zeroshot: labelled images if not --data: an ImageFolder "
                    "layout (ROOT/<class>/*.jpg) or a world split (label: the shape with the most pixels)")
     p.add_argument("--templates", choices=["openai", "simple"], default="openai", help="zeroshot prompt templates")
@@ -389,32 +441,52 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("caption", help="recaption a dataset; measure caption quality", formatter_class=_Formatter,
-                       epilog="actions: train (the in-repo CoCa on reference captions; options under captioner.*), "
-                              "run (add synthetic captions, resumable), score (CLIP score of every caption, resumable), "
-                              "stats (length/vocabulary/score histograms), quality (the world's measure)")
-    p.add_argument("action", choices=["run", "quality", "train", "score", "stats"])
-    p.add_argument("--data", required=True, help="qclip dataset")
-    p.add_argument("--out", default="", help="run/score: output dataset (a copy with captions/scores added); "
-                   "train: run folder; stats: folder for caption_stats.png/.json")
-    p.add_argument("--captioner", default="", help="run: open_clip CoCa name (coca_ViT-L-14), hf:NAME_OR_DIR "
-                   "(BLIP, GIT, ...) or a model folder")
-    p.add_argument("--scorer", default="", help="score: CLIP model (open_clip name with --pretrained, or a folder)")
-    p.add_argument("--pretrained", default="", help="run: open_clip pretrained tag, e.g. mscoco_finetuned_laion2B-s13B-b90k")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="run: let an hf: model run its own code from the hub (only for models you trust)")
-    p.add_argument("--id", default="", help="run/score: id under captions.synthetic / scores (default: from the model)")
-    p.add_argument("--n", type=_count(1), default=1, help="run: captions per image")
-    p.add_argument("--sampling", default="beam", choices=["beam", "nucleus"], help="run: first caption's decoding")
-    p.add_argument("--num-beams", type=_count(1), default=4, help="run: beams for beam search")
-    p.add_argument("--top-p", type=_fraction, default=0.9, help="run: nucleus sampling mass, in (0, 1]")
-    p.add_argument("--temperature", type=_positive_float, default=1.0, help="run: sampling temperature, > 0")
-    p.add_argument("--max-len", type=_count(1), default=30, help="run: maximum caption length in tokens")
-    p.add_argument("--batch-size", type=_count(1), default=32, help="images per captioner / scorer batch")
-    p.add_argument("--max-samples", type=_count(0), default=0, help="quality: 0 = all")
-    p.add_argument("--quiet", action="store_true")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_caption)
+    p = sub.add_parser("caption", help="train a captioner, recaption a dataset, score and measure captions",
+                       formatter_class=_Formatter,
+                       description="One action per step of the caption stage; `qclip caption ACTION --help` for each.")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def caption_action(name: str, help: str, out_help: str | None) -> argparse.ArgumentParser:
+        q = csub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+        q.add_argument("--data", required=True, help="qclip dataset (manifest.json + shards/)")
+        if out_help:
+            q.add_argument("--out", required=name != "stats", default="", help=out_help)
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_config_args(q, CONFIG_SECTIONS["caption"] if name == "train" else ())
+        q.set_defaults(func=cmd_caption)
+        return q
+
+    q = caption_action("train", "train the in-repo CoCa captioner on a dataset's reference captions "
+                       "(settings: captioner.* keys)", "the captioner's run folder (its model in OUT/model)")
+    q = caption_action("run", "add synthetic captions to every image (a copy of the dataset; resumable)",
+                       "output dataset: a copy with captions.synthetic[ID] added")
+    q.add_argument("--captioner", required=True, help="open_clip CoCa name (coca_ViT-L-14), hf:NAME_OR_DIR "
+                   "(BLIP, GIT, ...) or a captioner folder (qclip caption train's OUT/model)")
+    q.add_argument("--pretrained", default="", help="open_clip pretrained tag, e.g. mscoco_finetuned_laion2B-s13B-b90k")
+    q.add_argument("--trust-remote-code", action="store_true",
+                   help="let an hf: model run its own code from the hub (only for models you trust)")
+    q.add_argument("--id", default="", help="id under captions.synthetic; empty: from the model's name")
+    q.add_argument("--n", type=_count(1), default=1, help="captions per image")
+    q.add_argument("--sampling", default="beam", choices=["beam", "nucleus"], help="first caption's decoding; "
+                   "further captions (--n > 1) are always sampled")
+    q.add_argument("--num-beams", type=_count(1), default=4, help="beams for beam search")
+    q.add_argument("--top-p", type=_fraction, default=0.9, help="nucleus sampling: probability mass kept, in (0, 1]")
+    q.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature, > 0")
+    q.add_argument("--max-len", type=_count(1), default=30, help="maximum caption length in tokens")
+    q.add_argument("--batch-size", type=_count(1), default=32, help="images per captioner batch")
+    q = caption_action("score", "CLIP score of every caption (raw and synthetic) against its image (resumable)",
+                       "output dataset: a copy with scores[ID] added")
+    q.add_argument("--scorer", required=True, help="CLIP model: an open_clip name (with --pretrained) or a "
+                   "model folder (RUN/model)")
+    q.add_argument("--pretrained", default="", help="open_clip pretrained tag of --scorer")
+    q.add_argument("--id", default="", help="id under scores; empty: from the scorer's name")
+    q.add_argument("--batch-size", type=_count(1), default=32, help="images per scorer batch")
+    q = caption_action("stats", "caption length, vocabulary and score histograms per caption kind",
+                       "folder for caption_stats.png and caption_stats.json (empty: print only)")
+    q.add_argument("--max-samples", type=_count(0), default=0, help="samples read; 0 = all")
+    q = caption_action("quality", "the world's caption-quality measure: how much of each scene every caption "
+                       "kind names correctly (world datasets only)", None)
+    q.add_argument("--max-samples", type=_count(0), default=0, help="samples read; 0 = all")
 
     p = sub.add_parser("transfer", help="transfer an image encoder to segmentation or depth (probe or fine-tune)",
                        formatter_class=_Formatter,
@@ -428,11 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["probe", "finetune"], default=None, help="None = transfer.mode")
     p.add_argument("--data-fractions", default=None, help="e.g. 0.1,1.0; None = transfer.data_fractions")
     p.add_argument("--out", required=True, help="run folder (metrics.json, predictions, config)")
-    p.add_argument("--quiet", action="store_true")
-    _add_config_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_args(p, CONFIG_SECTIONS["transfer"])
     p.set_defaults(func=cmd_transfer)
 
+    _remember_parsers(parser)
     return parser
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command's parser in its own namespace (`_parser`), so a stray argument is reported with that
+    command's usage line, not the top-level one."""
+    parser.set_defaults(_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _remember_parsers(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -444,6 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data.skips import TooManyBadSamples
     from .models.checkpoint import UnsafeCheckpoint
     from .models.factory import ModelError
+    from .models.hub import HubError
     from .train.data import TrainDataError
     from .transfer.encoders import EncoderError
 
@@ -453,14 +537,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     stray = [u for u in unknown if "=" not in u or u.startswith("-")]
     if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(stray)}")
     if unknown:
         args.overrides = [*getattr(args, "overrides", []), *unknown]
     try:
         return int(args.func(args) or 0)
     except (ConfigError, IngestError, TooManyBadSamples, ShardIntegrityError, DenseDataError, PolicyError,
             ModelError, TrainDataError, UnsafeCheckpoint, FileNotFoundError, CaptionerError, EncoderError,
-            OutputFolderError) as e:
+            OutputFolderError, HubError) as e:
         print(f"qclip {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -89,8 +89,21 @@ class TrainConfig:
     workers: int = 2
     cache_mb: float = 512.0  # decoded images + tokenized captions kept per loader worker (a small dataset: once)
     checkpoint_every: int = 100
+    keep_checkpoints: int = 0  # training states kept once the run has finished (0: only RUN/model; 2 while running)
     log_every: int = 10
     threads: int = 0  # torch intra-op threads; 0: torch's default
+    wandb_project: str = ""  # log to Weights & Biases too (pip install wandb; WANDB_MODE=offline works offline)
+
+
+# train.* keys that change how fast a run goes or what it keeps, never its result: a run may resume with other
+# values, and the study's stage cache ignores them
+PERFORMANCE_KEYS = ("workers", "cache_mb", "threads", "log_every", "checkpoint_every", "keep_checkpoints", "compile",
+                    "wandb_project")
+
+
+def result_keys(train: TrainConfig) -> dict:
+    """The train.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS)."""
+    return {k: v for k, v in dataclasses.asdict(train).items() if k not in PERFORMANCE_KEYS}
 
 
 @dataclass
@@ -383,6 +396,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.distill_weight == 0 or cfg.train.loss == "clip", "distillation needs train.loss=clip"),
         (cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
         (cfg.train.checkpoint_every >= 1 and cfg.train.log_every >= 1, "train.checkpoint_every/log_every >= 1"),
+        (cfg.train.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0"),
         (cfg.train.cache_mb >= 0, "train.cache_mb must be >= 0 (0: decode every image every time)"),
         (cfg.captioner.vision_stem in ("patch", "conv"), "captioner.vision_stem must be 'patch' or 'conv'"),
         (cfg.captioner.region_loss_weight >= 0, "captioner.region_loss_weight must be >= 0 (0: captions only)"),
@@ -465,3 +479,26 @@ def encoder_train(cfg: Config, encoder: str) -> Config:
 
 def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_keys_help(sections: Sequence[str]) -> str:
+    """`SECTION.KEY = DEFAULT  comment` for every key of `sections`, read from this file's dataclasses (the
+    comment beside each field is its documentation): what `qclip SUB --help` lists after its options."""
+    import inspect
+
+    lines = []
+    for name in sections:
+        cls = typing.get_type_hints(Config).get(name)
+        if not dataclasses.is_dataclass(cls):
+            continue
+        comments = {}
+        for line in inspect.getsource(cls).splitlines():
+            m = re.match(r"\s+(\w+):[^=]*=[^#]*#\s*(.*)$", line)
+            if m:
+                comments[m.group(1)] = m.group(2)
+        default = cls()
+        for f in dataclasses.fields(cls):
+            value = yaml.safe_dump(getattr(default, f.name), default_flow_style=True).strip().removesuffix("...").strip()
+            text = f"  {name}.{f.name} = {value or repr(getattr(default, f.name))}"
+            lines.append(f"{text:<44} {comments.get(f.name, '')}".rstrip())
+    return "\n".join(lines)

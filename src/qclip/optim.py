@@ -82,8 +82,15 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, step: int, keep
     atomic_write_bytes(state, torch_save_bytes({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                                 "step": step, "rng": _rng_state()}))
     atomic_write_json(ckpt_dir / "latest.json", {"step": step, "weights": weights.name, "state": state.name})
-    old = sorted(ckpt_dir.glob("step_*.safetensors"))[:-keep]
-    for w in old:
+    prune_checkpoints(ckpt_dir, max(1, keep))
+
+
+def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints; with 0, none (a finished run: its model folder is what stays)."""
+    if keep == 0:
+        (ckpt_dir / "latest.json").unlink(missing_ok=True)  # first: never a pointer to deleted files
+    files = sorted(ckpt_dir.glob("step_*.safetensors"))
+    for w in files[:len(files) - keep]:
         w.unlink(missing_ok=True)
         w.with_name(w.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
 

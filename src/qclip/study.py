@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import atomic_write_json, remove_tree
-from .config import STUDY_METHODS, Config, StudyMethod, encoder_train, to_dict
+from .config import STUDY_METHODS, Config, StudyMethod, encoder_train, result_keys, to_dict
 
 CAPTIONER_ID = "tiny"
 
@@ -175,13 +175,13 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
     run_dir, seed = out / "pretrain" / tag, mcfg.seed
     stage = f"pretrain-{tag.replace('/', '-')}"
     if method.kind == "baseline":
-        k_pre = cache.key("baseline", method.name, keys["world"], asdict(mcfg.train), seed)
+        k_pre = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.train), seed)
         cache.run(stage, k_pre, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
             mcfg, method.name, world_dir / "pool", run_dir, progress)))
         return str(run_dir), k_pre, []
     data = out / "pool_captioned" if method.captioned else world_dir / "pool"
     k_pre = cache.key("pretrain", method.name, keys["recaption" if method.captioned else "world"],
-                      asdict(mcfg.train), seed)
+                      result_keys(mcfg.train), seed)
 
     def do_pretrain() -> dict:
         r = pretrain(mcfg, data, run_dir, progress=progress)

@@ -286,6 +286,58 @@ def img2dataset_candidates(shards: Iterable[str | Path], skips_out: list[SkipCou
             yield Candidate(str(shard), bytes, [], bad="unreadable shard")
 
 
+# ---------------------------------------------------------------------------------------------------
+# Hugging Face datasets
+
+
+def hf_candidates(dataset: str, split: str = "train", image_column: str = "image", caption_column: str = "caption",
+                  subset: str | None = None, revision: str | None = None) -> tuple[Iterator[Candidate], int]:
+    """Rows of a Hugging Face dataset: a `save_to_disk` folder, or a hub name / local data folder through
+    `datasets.load_dataset` (the network is needed only for hub names). Images are taken as stored bytes
+    (`Image(decode=False)`), so they pass through the same safe decoding as every other source."""
+    try:
+        import datasets
+    except ImportError:
+        raise IngestError("qclip ingest hf needs the datasets package: pip install 'qclip[hf]'") from None
+    p = Path(dataset)
+    try:
+        if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file()):
+            ds = datasets.load_from_disk(str(p))
+        else:
+            ds = datasets.load_dataset(dataset, subset, split=split, revision=revision)
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise IngestError(f"Hugging Face dataset '{dataset}' could not be opened: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise IngestError(f"{dataset}: no split '{split}' (splits: {', '.join(ds)}); pass --split")
+        ds = ds[split]
+    cols = ds.column_names
+    for col, flag in ((image_column, "--image-column"), (caption_column, "--caption-column")):
+        if col not in cols:
+            raise IngestError(f"{dataset}: no column '{col}' (columns: {', '.join(cols)}); pass {flag}")
+    if isinstance(ds.features[image_column], datasets.Image):
+        ds = ds.cast_column(image_column, datasets.Image(decode=False))
+
+    def image_reader(cell: Any) -> Callable[[], bytes]:
+        def read() -> bytes:
+            if isinstance(cell, dict) and cell.get("bytes"):
+                return cell["bytes"]
+            if isinstance(cell, dict) and cell.get("path"):
+                return Path(cell["path"]).read_bytes()
+            if isinstance(cell, (bytes, bytearray)):
+                return bytes(cell)
+            raise FileNotFoundError(f"no image bytes or path in {type(cell).__name__}")
+        return read
+
+    def rows() -> Iterator[Candidate]:
+        for i, row in enumerate(ds):
+            caps = row[caption_column]
+            caps = list(caps) if isinstance(caps, (list, tuple)) else [caps]
+            yield Candidate(f"{dataset}[{split}]:{i}", image_reader(row[image_column]), caps,
+                            meta={"source_path": f"{dataset}[{split}]:{i}", "hf_index": i})
+    return rows(), len(ds)
+
+
 def expand_shards(spec: str) -> list[Path]:
     """A folder, a glob, or a brace pattern (`data/{00000..00009}.tar`) -> tar paths."""
     import glob

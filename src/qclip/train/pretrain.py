@@ -11,6 +11,7 @@ Re-running the same command after a kill resumes from the latest checkpoint and 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -26,11 +27,11 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..atomic import atomic_write_json
-from ..config import Config, ConfigError, to_dict
+from ..config import PERFORMANCE_KEYS, Config, ConfigError, result_keys, to_dict
 from ..data.policy import CaptionPolicy
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir, unwrap
-from ..optim import adamw, load_checkpoint, lr_lambda, optimizer_step, param_groups, save_checkpoint
+from ..optim import adamw, load_checkpoint, lr_lambda, optimizer_step, param_groups, prune_checkpoints, save_checkpoint
 from ..provenance import write_run_info
 from .data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 from .losses import build_loss, contrastive_loss
@@ -56,19 +57,18 @@ def init_distributed() -> tuple[int, int, torch.device]:
 # what a run folder was started with: a resume must continue the same run
 
 # keys that change how fast a run goes, not what it computes: a resume may change them
-PERFORMANCE_KEYS = ("workers", "cache_mb", "threads", "log_every", "checkpoint_every", "compile")
 RUN_KEY = "run_key.json"
 
 
 def run_key(cfg: Config, data: str | Path, world: int) -> dict:
-    train = {k: v for k, v in to_dict(cfg.train).items() if k not in PERFORMANCE_KEYS}
-    return {"train": train, "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
+    return {"train": result_keys(cfg.train), "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
 
 
 def check_resume(ckpt_dir: Path, key: dict) -> None:
     """Refuse to resume a run folder started with other settings, naming the keys that differ."""
     f = ckpt_dir / RUN_KEY
-    if not (ckpt_dir / "latest.json").is_file() or not f.is_file():
+    started = (ckpt_dir / "latest.json").is_file() or (ckpt_dir.parent / "summary.json").is_file()
+    if not started or not f.is_file():  # nothing trained yet: nothing to mix
         return
     old = json.loads(f.read_text())
     diff = [f"train.{k}: {old['train'].get(k)!r} -> {key['train'].get(k)!r}"
@@ -78,6 +78,24 @@ def check_resume(ckpt_dir: Path, key: dict) -> None:
         raise ConfigError(f"{ckpt_dir.parent} holds a run started with other settings ({'; '.join(diff)}); "
                           f"resuming would mix the two. Pass a new --out, or delete {ckpt_dir} to start afresh "
                           f"(performance-only keys may change: {', '.join('train.' + k for k in PERFORMANCE_KEYS)})")
+
+
+def _wandb_run(cfg: Config, out: Path, start: int):
+    """A Weights & Biases run beside TensorBoard when `train.wandb_project` is set (off by default); wandb's own
+    settings apply (WANDB_MODE=offline logs to RUN/wandb without the network). Resumes with the run folder."""
+    if not cfg.train.wandb_project:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("train.wandb_project is set but wandb is not installed: pip install wandb") from None
+    run_id = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]  # one W&B run per run folder
+    return wandb.init(project=cfg.train.wandb_project, name=out.name, id=run_id, resume="allow", dir=str(out),
+                      config=to_dict(cfg), tags=["qclip", "pretrain"], reinit="finish_previous")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,6 +169,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
                                               "usable_samples_rank0": len(ds), "dropped_rank0": ds.skips.as_dict(),
                                               "steps_per_epoch": spe})
         tb = SummaryWriter(str(out / "tb"))
+        wandb_run = _wandb_run(cfg, out, start)
         metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8")
         print(f"pretrain: {tc.model}, policy {tc.caption_policy}, {len(ds):,} samples on rank 0 "
               f"({ds.skips.summary('usable', len(ds), len(ds) + ds.skips.total)}), {world} rank(s) x batch "
@@ -170,6 +189,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     bar = tqdm(total=tc.steps, initial=start, desc="pretrain", unit="step", disable=not (progress and is_main))
     model.train()
     step, window_t, window_n, last_loss = start, time.time(), 0, float("nan")
+    t_first = time.time()
     batches = iter(loader)
     while step < tc.steps:
         t0 = time.time()
@@ -206,6 +226,12 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
         window_n += tc.batch_size * world
         last_loss = loss.item()
         bar.update(1)
+        if step == start + 1:
+            t_first = time.time()
+        elif step == start + 3 and is_main and step < tc.steps:  # the first step pays for warm-up: time two after it
+            per_step = (time.time() - t_first) / 2
+            tqdm.write(f"pretrain: {per_step:.2f} s/step measured; the {tc.steps - step} steps left need about "
+                       f"{_duration(per_step * (tc.steps - step))}")
 
         if is_main and (step % tc.log_every == 0 or step == tc.steps):
             dt = time.time() - window_t
@@ -217,11 +243,14 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
             for k, v in rec.items():
                 if k != "step":
                     tb.add_scalar(f"train/{k}", v, step)
+            if wandb_run is not None:
+                wandb_run.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=step)
             bar.set_postfix(loss=f"{last_loss:.3f}", img_s=f"{rec['images_per_s']:.0f}")
             window_t, window_n = time.time(), 0
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             if is_main:
-                save_checkpoint(out / "checkpoints", model, optimizer, scheduler, step)
+                save_checkpoint(out / "checkpoints", model, optimizer, scheduler, step,
+                                keep=max(2, tc.keep_checkpoints))
             if world > 1:
                 dist.barrier()
     bar.close()
@@ -232,7 +261,11 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
         save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model", bundle.qclip_cfg)
         metrics_f.close()
         tb.close()
+        if wandb_run is not None:
+            wandb_run.summary.update({"final_loss": last_loss, "steps": step})
+            wandb_run.finish()
         atomic_write_json(out / "summary.json", summary)
+        prune_checkpoints(out / "checkpoints", tc.keep_checkpoints)  # finished: RUN/model is the result
         print(f"pretrain: {step} steps, final loss {last_loss:.3f} (ln batch = {math.log(tc.batch_size * world):.3f}), "
               f"{summary['seconds']:.0f}s; model in {out / 'model'}")
     if world > 1:

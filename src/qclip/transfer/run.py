@@ -320,4 +320,20 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
 def format_summary(s: dict) -> str:
     key = HEADLINE[s["task"]][0]
     parts = [f"{r['data_fraction']:g}: {key} {r['metrics'].get(key, float('nan')):.4f}" for r in s["results"]]
-    return f"transfer {s['encoder']} -> {s['task']} ({s['mode']}): " + ", ".join(parts) + f" ({s['seconds']:.0f}s)"
+    line = f"transfer {s['encoder']} -> {s['task']} ({s['mode']}): " + ", ".join(parts) + f" ({s['seconds']:.0f}s)"
+    return line + ("\n" + class_table(s["results"][-1]) if s["results"] and "IoU_per_class" in s["results"][-1]["metrics"]
+                   else "")
+
+
+def class_table(result: dict) -> str:
+    """Per-class IoU of one result, one class per row (as mmsegmentation prints after evaluation)."""
+    m = result["metrics"]
+    ious = m["IoU_per_class"]
+    names = m.get("class_names") or [str(i) for i in range(len(ious))]
+    width = max(8, *(len(n) for n in names))
+    rows = [f"per-class IoU with {result['data_fraction']:.0%} of the labels:", f"  {'class':<{width}}  IoU"]
+    rows += [f"  {n:<{width}}  {'-' if v is None else f'{v:.4f}'}" for n, v in zip(names, ious)]
+    if "object_mIoU" in m:
+        rows.append(f"  {'objects':<{width}}  {m['object_mIoU']:.4f}  (object-class mIoU: background classes "
+                    f"left out)")
+    return "\n".join(rows)
