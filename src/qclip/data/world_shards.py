@@ -129,15 +129,17 @@ def write_preview(world_dir: str | Path, path: str | Path, n: int = 6) -> Path:
             break
     if not samples:
         raise ValueError(f"{src}: no samples to preview (set world.n_val > 0)")
-    cmap = matplotlib.colormaps["tab10"]
+    from .palette import class_legend, mask_cmap
+
+    cmap = mask_cmap(len(SEG_CLASSES))
     fig, axes = plt.subplots(len(samples), 4, figsize=(13, 2.4 * len(samples)),
                              gridspec_kw={"width_ratios": [1, 1, 1, 2.6]})
     axes = np.atleast_2d(axes)
     for row, s in zip(axes, samples):
         row[0].imshow(s.pil())
-        row[1].imshow(s.seg, cmap=cmap, vmin=0, vmax=9, interpolation="nearest")
+        row[1].imshow(s.seg, cmap=cmap, vmin=-0.5, vmax=len(SEG_CLASSES) - 0.5, interpolation="nearest")
         im = row[2].imshow(s.depth, cmap="viridis")
-        fig.colorbar(im, ax=row[2], fraction=0.046, label="m")
+        fig.colorbar(im, ax=row[2], fraction=0.046, label="depth (m)")
         raw = s.captions.get("raw") or ["(empty)"]
         ref = s.captions.get("reference") or ["(none)"]
         parts = [f"alt-text [{s.meta.get('alt_text_kind')}]: {raw[0]}", f"reference: {ref[0]}"]
@@ -147,10 +149,12 @@ def write_preview(world_dir: str | Path, path: str | Path, n: int = 6) -> Path:
         row[3].axis("off")
         row[0].set_ylabel(s.key, fontsize=7)
     axes[0, 0].set_title("image")
-    axes[0, 1].set_title("mask: " + ", ".join(f"{i}={c}" for i, c in enumerate(SEG_CLASSES)), fontsize=7)
+    axes[0, 1].set_title("class mask")
+    class_legend(fig, list(SEG_CLASSES), y=0.0)
     axes[0, 2].set_title("depth")
     axes[0, 3].set_title("captions")
     fig.tight_layout()
+    fig.subplots_adjust(bottom=0.3 / fig.get_figheight())  # room for the class legend
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)

@@ -149,16 +149,17 @@ def caption_examples_figure(examples: list[dict], path: Path) -> Path:
     from PIL import Image
 
     plt = _plt()
-    fig, axes = plt.subplots(len(examples), 2, figsize=(11, 1.9 * len(examples)),
+    fig, axes = plt.subplots(len(examples), 2, figsize=(11, 2.1 * len(examples)),
                              gridspec_kw={"width_ratios": [1, 6]}, squeeze=False)
     for (ax_img, ax_txt), e in zip(axes, examples):
         ax_img.imshow(Image.open(io.BytesIO(e["image"])).convert("RGB"))
         lines = []
         for kind in ("raw", "synthetic", "reference"):
-            text = textwrap.shorten(e[kind] or "(empty)", 110)
             score = e.get("scores", {}).get(kind, "")
-            lines.append(f"{kind}: {text}" + (f"   [{score}]" if score else ""))
-        ax_txt.text(0, 0.5, "\n".join(lines), va="center", fontsize=8.5, family="monospace")
+            text = f"{kind + ':':<11}{e[kind] or '(empty)'}" + (f"   [{score}]" if score else "")
+            # wrapped, not cut: 86 monospace characters at 8 pt fit the text column's width
+            lines.append(textwrap.fill(text, 86, subsequent_indent=" " * 11, max_lines=3, placeholder=" ..."))
+        ax_txt.text(0, 0.5, "\n".join(lines), va="center", fontsize=8, family="monospace")
         for ax in (ax_img, ax_txt):
             ax.axis("off")
     fig.suptitle("Captions of pool images: raw alt-text, the captioner's, and a reference description")

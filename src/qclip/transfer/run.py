@@ -307,7 +307,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         atomic_write_json(out / name / "metrics.json", {**run, "train_loss": losses[::max(1, len(losses) // 100)]})
         save_prediction_grid(examples, t.task, out / name / "predictions.png",
                              f"{encoder_spec} | {name} | {HEADLINE[t.task][0]} {metrics.get(HEADLINE[t.task][0], 0):.3f}",
-                             num_classes)
+                             num_classes, getattr(val.ds, "class_names", None))
         results.append(run)
     summary = {"encoder": encoder_spec, "encoder_info": info.__dict__, "task": t.task, "mode": t.mode,
                "layout": layout, "num_classes": num_classes, "results": results,
