@@ -2,14 +2,14 @@
 
     python benchmarks/dataloader_throughput.py                      # demo presets, demo batch, a generated pool
     python benchmarks/dataloader_throughput.py --data runs/demo/pool_captioned --policy synthetic:tiny
-    python benchmarks/dataloader_throughput.py --cache-mb 512   # also the second epoch with train.cache_mb
+    python benchmarks/dataloader_throughput.py --cache-mb 512   # also the second epoch with pretrain.cache_mb
 
 Loader: qclip's `ClipShardDataset` + `make_loader` exactly as `qclip pretrain` builds them (shard read, image
 decode, the model's training transform, caption policy, tokenisation, collate) at 1 and 2 worker processes,
 with nothing else running. Consumption: the training step alone (forward, CLIP loss, backward, AdamW) of each
 preset on a batch held in memory, at the threads torch uses by default. Ratio = loader / consumption: above 1,
 the loader keeps up (on a machine where the two share cores, as they do here, the headroom is what matters).
-With --cache-mb: the same loader with decoded images and tokens kept per worker (`train.cache_mb`), timed over
+With --cache-mb: the same loader with decoded images and tokens kept per worker (`pretrain.cache_mb`), timed over
 its second epoch (the first fills the caches), beside the uncached loader over the same second epoch.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def train_rate(bundle, batch: dict, steps: int, skip: int = 2) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="qclip-vit-tiny,qclip-mci-tiny", help="the demo study's encoders")
-    ap.add_argument("--batch-size", type=int, default=64, help="the demo's train.batch_size")
+    ap.add_argument("--batch-size", type=int, default=64, help="the demo's pretrain.batch_size")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--policy", default="raw")
     ap.add_argument("--data", default="", help="qclip dataset; default: a world pool generated here")

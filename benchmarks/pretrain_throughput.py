@@ -39,9 +39,9 @@ def model_dir(name: str, image_size: int, tmp: Path) -> Path:
 
 def run_qclip(data: Path, mdir: Path, out: Path, args) -> list[float]:
     qclip("pretrain", "--data", str(data), "--out", str(out), "--quiet",
-          f"train.model=local-dir:{mdir}", f"train.batch_size={args.batch_size}", f"train.steps={args.steps}",
-          "train.log_every=1", f"train.checkpoint_every={args.steps}", f"train.workers={args.workers}",
-          "train.caption_policy=raw", f"train.precision={args.precision}", "train.warmup_steps=1")
+          f"pretrain.model=local-dir:{mdir}", f"pretrain.batch_size={args.batch_size}", f"pretrain.steps={args.steps}",
+          "pretrain.log_every=1", f"pretrain.checkpoint_every={args.steps}", f"pretrain.workers={args.workers}",
+          "pretrain.caption_policy=raw", f"pretrain.precision={args.precision}", "pretrain.warmup_steps=1")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["images_per_s"] for r in rows]
 

@@ -80,11 +80,11 @@ def test_bad_corpus_through_ingest_caption_pretrain(tmp_path, coca_dir, capsys):
     assert not have["cut"] and not have["nothing"]
 
     # pretraining on the clean dataset works; on the foreign one a broken image stops it with a named reason
-    train = ["train.batch_size=8", "train.steps=2", "train.warmup_steps=1", "train.workers=0",
-             "train.caption_policy=raw"]
+    train = ["pretrain.batch_size=8", "pretrain.steps=2", "pretrain.warmup_steps=1", "pretrain.workers=0",
+             "pretrain.caption_policy=raw"]
     assert main(["pretrain", "--data", str(ds), "--out", str(out / "run"), "--quiet", *train]) == 0
     rc = main(["pretrain", "--data", str(foreign), "--out", str(out / "run2"), "--quiet", *train,
-               "train.steps=4"])
+               "pretrain.steps=4"])
     err = capsys.readouterr().err
     assert rc == 2 and ("cut" in err or "nothing" in err) and "verify" in err, err
     assert _tree(tmp_path, (out,)) == before, "files appeared or changed outside the output folder"

@@ -37,7 +37,7 @@ def test_mae_encoder_sees_a_quarter_of_the_tokens():
 
 @pytest.mark.parametrize("model, objective", [("qclip-vit-tiny", "mae"), ("qclip-mci-tiny", "simmim")])
 def test_mim_baseline_picks_its_objective_and_writes_a_model(world_dir, tmp_path, model, objective):
-    cfg = load_config(None, [f"train.model={model}", "train.steps=3", "train.batch_size=8", "train.warmup_steps=1"])
+    cfg = load_config(None, [f"pretrain.model={model}", "pretrain.steps=3", "pretrain.batch_size=8", "pretrain.warmup_steps=1"])
     s = train_baseline(cfg, "mim", world_dir / "pool", tmp_path / "run", progress=False)
     assert s["objective"] == objective and np.isfinite(s["final_loss"])
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["objective"] == objective

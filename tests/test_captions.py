@@ -49,6 +49,7 @@ def test_recaption_adds_captions_and_resumes(world_dir, coca_dir, tmp_path):
     class Dies:
         id = "tiny"
         calls = 0
+        model = cap.model  # the same captioner, killed half-way
 
         def caption(self, images, n, sampling):
             Dies.calls += 1
@@ -62,6 +63,24 @@ def test_recaption_adds_captions_and_resumes(world_dir, coca_dir, tmp_path):
     assert again["resumed_shards"] == 1 and again["captioned_this_run"] == 32
     resumed = {s.key: s.captions["synthetic"]["tiny"] for s in ShardReader(tmp_path / "run")}
     assert resumed == {k: s.captions["synthetic"]["tiny"] for k, s in out.items()}  # same, no duplicates
+
+    # a retrained captioner under the same id: the killed run's shards are not kept
+    import copy
+
+    import torch
+
+    retrained = copy.deepcopy(cap)
+    with torch.no_grad():
+        next(retrained.model.parameters()).add_(0.5)
+    Dies.calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        recaption(world_dir / "pool", tmp_path / "run2", Dies(), n=2, sampling=BEAM, batch_size=8, progress=False)
+    fresh = recaption(world_dir / "pool", tmp_path / "run2", retrained, n=2, sampling=BEAM, batch_size=8,
+                      progress=False)
+    assert fresh["resumed_shards"] == 0 and fresh["captioned_this_run"] == 48
+    weights = ShardReader(tmp_path / "run2").manifest["synthetic_captions"]["tiny"]["weights_sha256"]
+    assert len(weights) == 64 and weights != ShardReader(tmp_path / "ref").manifest["synthetic_captions"]["tiny"][
+        "weights_sha256"]
 
 
 def test_bad_image_skipped_and_empty_generation_recorded(world_dir, tmp_path):

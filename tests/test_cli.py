@@ -14,8 +14,8 @@ HELP_PAGES = [c for c in SUBCOMMANDS if c not in ("ingest", "caption")] + [
     "ingest table", "ingest coco", "ingest img2dataset", "ingest hf",
     "caption train", "caption run", "caption score", "caption stats", "caption quality"]
 # the config keys each page must list (one key of each section the command reads)
-HELP_KEYS = {"run": ["world.n_pool", "captioner.steps", "train.lr", "transfer.steps", "study.methods"],
-             "world": ["world.colours"], "ingest table": ["ingest.shard_size"], "pretrain": ["train.grad_clip"],
+HELP_KEYS = {"run": ["world.n_pool", "captioner.steps", "pretrain.lr", "transfer.steps", "study.methods"],
+             "world": ["world.colours"], "ingest table": ["ingest.shard_size"], "pretrain": ["pretrain.grad_clip"],
              "caption train": ["captioner.region_loss_weight"], "transfer": ["transfer.data_fractions"]}
 
 
@@ -38,7 +38,7 @@ def test_help_lists_every_subcommand_and_each_page_explains_itself(capsys):
             assert f"  {key} = " in text, (name, key)
     assert "(built-in 10000)" in " ".join(_help(capsys, ["world"]).split())
     assert "qclip ingest SOURCE --help" in _help(capsys, ["ingest"])
-    assert "train.lr = 0.001" in _help(capsys, ["pretrain"])  # the default as the dataclass holds it
+    assert "pretrain.lr = 0.001" in _help(capsys, ["pretrain"])  # the default as the dataclass holds it
 
 
 def test_each_caption_action_has_its_own_help(capsys):
@@ -69,9 +69,9 @@ def test_report_without_results_fails_clearly(tmp_path, capsys):
 
 
 def test_config_error_names_key(capsys):
-    assert main(["run", "--config", "configs/demo.yaml", "train.batchsize=64"]) == 2
+    assert main(["run", "--config", "configs/demo.yaml", "pretrain.batchsize=64"]) == 2
     err = capsys.readouterr().err
-    assert "train.batchsize" in err and "batch_size" in err
+    assert "pretrain.batchsize" in err and "batch_size" in err
 
 
 def test_world_command_writes_provenance(tmp_path, capsys):
@@ -90,7 +90,7 @@ def test_world_command_writes_provenance(tmp_path, capsys):
 
 TINY_STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "world.n_dev=4", "world.n_val=12", "world.shard_size=24",
               "world.workers=1", "captioner.steps=3", "captioner.batch_size=8", "captioner.warmup_steps=1",
-              "captioner.workers=0", "train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "train.workers=0",
+              "captioner.workers=0", "pretrain.steps=2", "pretrain.batch_size=8", "pretrain.warmup_steps=1", "pretrain.workers=0",
               "transfer.steps=2", "transfer.batch_size=4", "transfer.decoder_width=8", "transfer.depth_bins=8",
               "study.caption_beams=1", "study.encoders=[qclip-mci-tiny]", "transfer.data_fractions=[0.1,1.0]",
               "study.methods=[clip-raw,clip-synthetic,clip-mix,random,supervised,mim]",
@@ -118,7 +118,7 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     assert all(len(r["metrics"]["IoU_per_class"]) == 6 and "object_mIoU" in r["metrics"] for r in seg)
     assert all(r["probe"]["converged"] in (True, False, None) for r in dense)
     assert "synthetic:tiny" in results["caption_quality"] and "raw" in results["caption_quality"]
-    for method in ("clip-raw", "supervised", "mim"):  # study.encoder_train beats train.steps=2, for every method
+    for method in ("clip-raw", "supervised", "mim"):  # study.encoder_train beats pretrain.steps=2, for every method
         summary = json.loads((out / "pretrain" / "seed0" / f"qclip-mci-tiny-{method}" / "summary.json").read_text())
         assert summary["steps"] == 3, method
     for f in ("report.html", "report.md", "data_efficiency.png", "bar_segmentation.png", "bar_depth.png",

@@ -7,20 +7,20 @@ from qclip.config import Config, ConfigError, load_config
 
 def test_defaults_yaml_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("seed: 3\ntrain:\n  batch_size: 32\n  lr: 1\n")
-    cfg = load_config(f, ["train.batch_size=64", "world.alt_text_relevance=0.5"])
+    f.write_text("seed: 3\npretrain:\n  batch_size: 32\n  lr: 1\n")
+    cfg = load_config(f, ["pretrain.batch_size=64", "world.alt_text_relevance=0.5"])
     assert isinstance(cfg, Config)
-    assert cfg.seed == 3 and cfg.train.batch_size == 64
-    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # int accepted where float is expected
+    assert cfg.seed == 3 and cfg.pretrain.batch_size == 64
+    assert cfg.pretrain.lr == 1.0 and isinstance(cfg.pretrain.lr, float)  # int accepted where float is expected
     assert cfg.world.alt_text_relevance == 0.5
     assert cfg.world.n_pool == Config().world.n_pool  # untouched keys keep defaults
 
 
 def test_unknown_key_names_it_and_lists_valid_ones(tmp_path):
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["train.batchsize=64"])
+        load_config(None, ["pretrain.batchsize=64"])
     msg = str(e.value)
-    assert "train.batchsize" in msg and "batch_size" in msg and "lr" in msg
+    assert "pretrain.batchsize" in msg and "batch_size" in msg and "lr" in msg
     f = tmp_path / "c.yaml"
     f.write_text("wrld:\n  n_pool: 3\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'wrld'.*world"):
@@ -28,10 +28,10 @@ def test_unknown_key_names_it_and_lists_valid_ones(tmp_path):
 
 
 def test_wrong_type_is_an_error():
-    with pytest.raises(ConfigError, match=r"train.batch_size' expects int, got str 'abc'"):
-        load_config(None, ["train.batch_size=abc"])
+    with pytest.raises(ConfigError, match=r"pretrain.batch_size' expects int, got str 'abc'"):
+        load_config(None, ["pretrain.batch_size=abc"])
     with pytest.raises(ConfigError, match="expects int"):
-        load_config(None, ["train.batch_size=true"])  # bools are not ints here
+        load_config(None, ["pretrain.batch_size=true"])  # bools are not ints here
     with pytest.raises(ConfigError, match="is a section"):
         load_config(None, ["train=3"])
     with pytest.raises(ConfigError, match="is a value, not a section"):
@@ -44,7 +44,7 @@ def test_value_checks_and_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="key.sub=value"):
-        load_config(None, ["train.batch_size"])
+        load_config(None, ["pretrain.batch_size"])
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "list.yaml")
@@ -59,25 +59,25 @@ def test_demo_config_loads():
 
 
 def test_float_written_without_dot(tmp_path):
-    assert load_config(None, ["train.lr=2e-3"]).train.lr == 0.002
-    (tmp_path / "c.yaml").write_text("train:\n  lr: 5e-4\n")
-    assert load_config(tmp_path / "c.yaml").train.lr == 0.0005
+    assert load_config(None, ["pretrain.lr=2e-3"]).pretrain.lr == 0.002
+    (tmp_path / "c.yaml").write_text("pretrain:\n  lr: 5e-4\n")
+    assert load_config(tmp_path / "c.yaml").pretrain.lr == 0.0005
     with pytest.raises(ConfigError, match="expects float"):
-        load_config(None, ["train.lr=fast"])
+        load_config(None, ["pretrain.lr=fast"])
 
 
 def test_encoder_train_overrides_one_encoder_and_is_validated():
     from qclip.config import encoder_train
 
-    cfg = load_config(None, ["train.steps=70", "study.encoder_train={qclip-mci-tiny: {steps: 200, lr: 3e-3}}"])
+    cfg = load_config(None, ["pretrain.steps=70", "study.encoder_train={qclip-mci-tiny: {steps: 200, lr: 3e-3}}"])
     mci, vit = encoder_train(cfg, "qclip-mci-tiny"), encoder_train(cfg, "qclip-vit-tiny")
-    assert (mci.train.steps, mci.train.lr) == (200, 0.003) and isinstance(mci.train.lr, float)
-    assert vit.train == cfg.train and cfg.train.steps == 70  # the others, and cfg itself, untouched
+    assert (mci.pretrain.steps, mci.pretrain.lr) == (200, 0.003) and isinstance(mci.pretrain.lr, float)
+    assert vit.pretrain == cfg.pretrain and cfg.pretrain.steps == 70  # the others, and cfg itself, untouched
     with pytest.raises(ConfigError, match=r"study.encoder_train.qclip-mci-tiny.stepz.*steps"):
         load_config(None, ["study.encoder_train={qclip-mci-tiny: {stepz: 2}}"])
     with pytest.raises(ConfigError, match=r"'vit-huge' is not in study.encoders"):
         load_config(None, ["study.encoder_train={vit-huge: {steps: 2}}"])
-    with pytest.raises(ConfigError, match=r"study.encoder_train.qclip-mci-tiny: train.steps must be >= 1"):
+    with pytest.raises(ConfigError, match=r"study.encoder_train.qclip-mci-tiny: pretrain.steps must be >= 1"):
         load_config(None, ["study.encoder_train={qclip-mci-tiny: {steps: 0}}"])
     with pytest.raises(ConfigError, match="set by the study"):
         load_config(None, ["study.encoder_train={qclip-mci-tiny: {caption_policy: raw}}"])
@@ -85,9 +85,9 @@ def test_encoder_train_overrides_one_encoder_and_is_validated():
         load_config(None, ["study.encoder_train=[steps]"])
 
 
-@pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=.nan", "train.lr=-1", "train.weight_decay=.nan",
-                                      "train.beta2=1.5", "train.threads=-1", "train.workers=-2",
-                                      "train.image_size=-1", "transfer.lr=.nan", "transfer.image_size=0",
+@pytest.mark.parametrize("override", ["pretrain.lr=.inf", "pretrain.lr=.nan", "pretrain.lr=-1", "pretrain.weight_decay=.nan",
+                                      "pretrain.beta2=1.5", "pretrain.threads=-1", "pretrain.workers=-2",
+                                      "pretrain.image_size=-1", "transfer.lr=.nan", "transfer.image_size=0",
                                       "captioner.lr=0", "captioner.width=0", "study.caption_beams=0"])
 def test_values_that_would_break_a_run_silently_are_config_errors(override):
     with pytest.raises(ConfigError):
@@ -114,3 +114,16 @@ def test_every_command_checks_its_config(command, tmp_path, capsys):
     assert main([*command, "--config", str(tmp_path / "missing.yaml")]) == 2
     assert main([*command, "bogus.key=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_the_old_train_section_is_read_as_pretrain_with_a_warning(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  steps: 7\n  batch_size: 32\n")
+    with pytest.warns(DeprecationWarning, match="now 'pretrain'"):
+        cfg = load_config(old, ["train.lr=0.01"])
+    assert (cfg.pretrain.steps, cfg.pretrain.batch_size, cfg.pretrain.lr) == (7, 32, 0.01)
+    assert "use 'pretrain:'" in capsys.readouterr().err
+    both = tmp_path / "both.yaml"
+    both.write_text("train:\n  steps: 7\npretrain:\n  steps: 8\n")
+    with pytest.raises(ConfigError, match="merge them into 'pretrain'"):
+        load_config(both)

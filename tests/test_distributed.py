@@ -70,8 +70,8 @@ def test_torchrun_two_ranks_read_disjoint_shards(world_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
            "-m", "qclip", "pretrain", "--data", str(world_dir / "pool"), "--out", str(out), "--quiet",
-           "train.batch_size=8", "train.steps=3", "train.workers=0", "train.caption_policy=raw",
-           "train.warmup_steps=1", "train.threads=1"]
+           "pretrain.batch_size=8", "pretrain.steps=3", "pretrain.workers=0", "pretrain.caption_policy=raw",
+           "pretrain.warmup_steps=1", "pretrain.threads=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]

@@ -81,9 +81,9 @@ def test_shard_write_failing_midway_keeps_the_previous_dataset(tmp_path, monkeyp
 
 @pytest.mark.parametrize("args, message", [
     (["pretrain", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"], "nowhere"),
-    (["pretrain", "--data", "{world}/pool", "--out", "{tmp}/o", "train.steps=abc"], "train.steps"),
-    (["pretrain", "--data", "{world}/pool", "--out", "{tmp}/o", "train.stepz=3"], "train.steps"),
-    (["pretrain", "--data", "{world}/pool", "--out", "{tmp}/o", "train.model=ViT-Q-99"], "ViT-Q-99"),
+    (["pretrain", "--data", "{world}/pool", "--out", "{tmp}/o", "pretrain.steps=abc"], "pretrain.steps"),
+    (["pretrain", "--data", "{world}/pool", "--out", "{tmp}/o", "pretrain.stepz=3"], "pretrain.steps"),
+    (["pretrain", "--data", "{world}/pool", "--out", "{tmp}/o", "pretrain.model=ViT-Q-99"], "ViT-Q-99"),
     (["transfer", "--encoder", "random:qclip-vit-tiny", "--data", "{world}", "--out", "{tmp}/o",
       "transfer.data_fractions=[0.0,1.0]"], "(0, 1]"),
     (["transfer", "--encoder", "random:qclip-vit-tiny", "--data", "{world}", "--out", "{tmp}/o",

@@ -46,3 +46,22 @@ def test_imports_run_down_the_layers():
             if dep in {n for names in LAYERS for n in names} and _layer(dep) > _layer(top):
                 bad.append(f"{path.relative_to(SRC)} imports {dep}")
     assert not bad, "imports running up the layers:\n" + "\n".join(bad)
+
+
+def test_one_spec_parser():
+    """Model specs are read by models.factory.parse_spec only (as timm's parse_model_name), not sliced by hand."""
+    import re
+    from pathlib import Path
+
+    from qclip.models.factory import parse_spec
+
+    assert parse_spec("timm:vit_base_patch16_224.mae") == ("timm", "vit_base_patch16_224.mae")
+    assert parse_spec("random:timm:resnet18") == ("random", "timm:resnet18")
+    assert parse_spec("local-dir:/a/b:c") == ("local-dir", "/a/b:c")
+    assert parse_spec("hf:Salesforce/blip") == ("hf", "Salesforce/blip")
+    assert parse_spec("ViT-B-16:datacomp_xl_s13b_b90k") == ("", "ViT-B-16:datacomp_xl_s13b_b90k")
+    src = Path(__file__).resolve().parents[1] / "src" / "qclip"
+    sliced = re.compile(r'(startswith|\[len)\(\s*"(timm|random|local-dir|hf|coca):"')
+    offenders = [f"{p.relative_to(src)}:{i}" for p in src.rglob("*.py")
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if sliced.search(line)]
+    assert offenders == []

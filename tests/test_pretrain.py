@@ -30,14 +30,14 @@ def world(tmp_path_factory):
 
 
 def train_cfg(*extra):
-    return load_config(None, ["train.batch_size=32", "train.steps=12", "train.warmup_steps=2", "train.log_every=2",
-                              "train.checkpoint_every=4", "train.workers=0", "train.lr=2e-3",
-                              "train.caption_policy=reference", *extra])
+    return load_config(None, ["pretrain.batch_size=32", "pretrain.steps=12", "pretrain.warmup_steps=2", "pretrain.log_every=2",
+                              "pretrain.checkpoint_every=4", "pretrain.workers=0", "pretrain.lr=2e-3",
+                              "pretrain.caption_policy=reference", *extra])
 
 
 def test_pretraining_learns(world, tmp_path):
-    cfg = train_cfg("train.model=qclip-mci-tiny", "train.lr=5e-3", "train.steps=120", "train.warmup_steps=12",
-                    "train.checkpoint_every=1000")
+    cfg = train_cfg("pretrain.model=qclip-mci-tiny", "pretrain.lr=5e-3", "pretrain.steps=120", "pretrain.warmup_steps=12",
+                    "pretrain.checkpoint_every=1000")
     summary = pretrain(cfg, world / "curated", tmp_path / "run", progress=False)
     logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     first, last = logs[0]["loss"], sum(r["loss"] for r in logs[-3:]) / 3
@@ -58,9 +58,9 @@ def _run(args, **kw):
 
 
 def test_sigkill_and_resume_equals_uninterrupted_run(world, tmp_path):
-    common = ["--data", str(world / "pool"), "--quiet", "train.batch_size=16", "train.steps=16",
-              "train.checkpoint_every=3", "train.log_every=1", "train.workers=1", "train.caption_policy=raw",
-              "train.warmup_steps=2", "train.threads=1"]
+    common = ["--data", str(world / "pool"), "--quiet", "pretrain.batch_size=16", "pretrain.steps=16",
+              "pretrain.checkpoint_every=3", "pretrain.log_every=1", "pretrain.workers=1", "pretrain.caption_policy=raw",
+              "pretrain.warmup_steps=2", "pretrain.threads=1"]
     ref = _run(["--out", str(tmp_path / "ref"), *common])
     assert ref.wait(timeout=300) == 0, ref.stdout.read()
     run = tmp_path / "killed"
@@ -92,7 +92,7 @@ def test_open_clip_and_timm_load_the_result(world, tmp_path):
 
     for spec in ("qclip-vit-tiny", "qclip-mci-tiny"):
         run = tmp_path / spec
-        pretrain(train_cfg(f"train.model={spec}", "train.steps=2"), world / "curated", run, progress=False)
+        pretrain(train_cfg(f"pretrain.model={spec}", "pretrain.steps=2"), world / "curated", run, progress=False)
         ours = create_clip(f"local-dir:{run / 'model'}").model.eval()
         theirs, _, preprocess = open_clip.create_model_and_transforms(
             spec, pretrained=str(run / "model" / "open_clip_model.safetensors"))
@@ -105,10 +105,10 @@ def test_open_clip_and_timm_load_the_result(world, tmp_path):
 
 
 def test_siglip_and_accumulation(world, tmp_path):
-    s = pretrain(train_cfg("train.loss=siglip", "train.steps=2"), world / "curated", tmp_path / "sig", progress=False)
+    s = pretrain(train_cfg("pretrain.loss=siglip", "pretrain.steps=2"), world / "curated", tmp_path / "sig", progress=False)
     assert math.isfinite(s["final_loss"])
-    one = pretrain(train_cfg("train.steps=2", "train.grad_clip=0"), world / "curated", tmp_path / "a1", progress=False)
-    two = pretrain(train_cfg("train.steps=2", "train.grad_clip=0", "train.accum_steps=4"), world / "curated",
+    one = pretrain(train_cfg("pretrain.steps=2", "pretrain.grad_clip=0"), world / "curated", tmp_path / "a1", progress=False)
+    two = pretrain(train_cfg("pretrain.steps=2", "pretrain.grad_clip=0", "pretrain.accum_steps=4"), world / "curated",
                    tmp_path / "a4", progress=False)
     # feature caching makes 4 micro-batches of 8 train exactly like one batch of 32
     assert abs(one["final_loss"] - two["final_loss"]) < 1e-4
@@ -127,8 +127,8 @@ def test_bad_inputs_are_named(world, tmp_path):
     assert main(["pretrain", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 2
     # the pool has no synthetic captions yet: the policy leaves nothing to train on, and says why
     assert main(["pretrain", "--data", str(world / "pool"), "--out", str(tmp_path / "r"), "--quiet",
-                 "train.caption_policy=synthetic"]) == 2
-    assert main(["pretrain", "--data", str(world / "pool"), "--out", str(tmp_path / "r"), "train.caption_policy=mix"]) == 2
+                 "pretrain.caption_policy=synthetic"]) == 2
+    assert main(["pretrain", "--data", str(world / "pool"), "--out", str(tmp_path / "r"), "pretrain.caption_policy=mix"]) == 2
 
 
 class _Payload:
@@ -162,21 +162,21 @@ def test_distillation_from_stored_teacher_embeddings(world, tmp_path):
 
     # pure distillation (λ = 1): the distill loss falls as the student copies the teacher's similarities
     run = tmp_path / "kd"
-    pretrain(train_cfg("train.distill_weight=1.0", "train.steps=30", "train.log_every=1", "train.model=qclip-mci-tiny"),
+    pretrain(train_cfg("pretrain.distill_weight=1.0", "pretrain.steps=30", "pretrain.log_every=1", "pretrain.model=qclip-mci-tiny"),
              tmp_path / "with_teacher", run, progress=False)
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05, losses
     # λ = 0 is plain CLIP: the same first-step loss as a run without a teacher
-    a = pretrain(train_cfg("train.steps=1", "train.distill_weight=0.0"), world / "curated", tmp_path / "c0", progress=False)
+    a = pretrain(train_cfg("pretrain.steps=1", "pretrain.distill_weight=0.0"), world / "curated", tmp_path / "c0", progress=False)
     with pytest.raises(Exception, match="no usable|fewer than one batch"):
-        pretrain(train_cfg("train.steps=1", "train.distill_weight=0.5"), world / "curated", tmp_path / "c1", progress=False)
+        pretrain(train_cfg("pretrain.steps=1", "pretrain.distill_weight=0.5"), world / "curated", tmp_path / "c1", progress=False)
     assert math.isfinite(a["final_loss"])
 
 
-@pytest.mark.parametrize("extra", [["train.grad_checkpointing=true"], ["train.precision=bf16"],
-                                   ["train.model=qclip-mci-tiny", "train.grad_checkpointing=true"]])
+@pytest.mark.parametrize("extra", [["pretrain.grad_checkpointing=true"], ["pretrain.precision=bf16"],
+                                   ["pretrain.model=qclip-mci-tiny", "pretrain.grad_checkpointing=true"]])
 def test_loop_options_run(world, tmp_path, extra):
-    s = pretrain(train_cfg("train.steps=2", *extra), world / "curated", tmp_path / "run", progress=False)
+    s = pretrain(train_cfg("pretrain.steps=2", *extra), world / "curated", tmp_path / "run", progress=False)
     assert s["steps"] == 2 and math.isfinite(s["final_loss"])
 
 
@@ -199,13 +199,13 @@ def test_decoded_cache_gives_the_same_items_and_keeps_to_its_budget(world):
                 assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
     assert not plain._decoded and len(cached._decoded) == len(plain)
     assert 0 < len(small._decoded) < len(plain) and small._cache_left >= 0
-    assert load_config(None, ["train.cache_mb=0"]).train.cache_mb == 0
-    with pytest.raises(ValueError, match="train.cache_mb"):
-        load_config(None, ["train.cache_mb=-1"])
+    assert load_config(None, ["pretrain.cache_mb=0"]).pretrain.cache_mb == 0
+    with pytest.raises(ValueError, match="pretrain.cache_mb"):
+        load_config(None, ["pretrain.cache_mb=-1"])
 
 
 def test_every_method_can_be_given_the_images_that_have_alt_text(world):
-    """`train.require_raw_caption`: the synthetic policy and the baselines see exactly the images clip-raw sees."""
+    """`pretrain.require_raw_caption`: the synthetic policy and the baselines see exactly the images clip-raw sees."""
     from qclip.data.policy import CaptionPolicy
     from qclip.train.baselines import _load_pool
     from qclip.train.data import ClipShardDataset
@@ -236,24 +236,24 @@ def test_a_run_folder_resumes_only_what_it_was_started_with(world, tmp_path, cap
     from qclip.config import ConfigError
 
     run = tmp_path / "run"
-    cfg = train_cfg("train.steps=3", "train.batch_size=16")
+    cfg = train_cfg("pretrain.steps=3", "pretrain.batch_size=16")
     first = pretrain(cfg, world / "curated", run, progress=False)
     summary = (run / "summary.json").read_text()
-    again = pretrain(train_cfg("train.steps=3", "train.batch_size=16", "train.log_every=1"), world / "curated", run,
+    again = pretrain(train_cfg("pretrain.steps=3", "pretrain.batch_size=16", "pretrain.log_every=1"), world / "curated", run,
                      progress=False)  # a performance-only key may change: finished, nothing overwritten
     assert again == first and (run / "summary.json").read_text() == summary
     assert "already finished 3 steps" in capsys.readouterr().out
-    # a finished run keeps its model folder, not its training states (train.keep_checkpoints=0)
+    # a finished run keeps its model folder, not its training states (pretrain.keep_checkpoints=0)
     assert not list((run / "checkpoints").glob("step_*")) and not (run / "checkpoints" / "latest.json").exists()
     kept = tmp_path / "kept"
-    pretrain(train_cfg("train.steps=4", "train.batch_size=16", "train.checkpoint_every=1", "train.keep_checkpoints=2"),
+    pretrain(train_cfg("pretrain.steps=4", "pretrain.batch_size=16", "pretrain.checkpoint_every=1", "pretrain.keep_checkpoints=2"),
              world / "curated", kept, progress=False)
     assert sorted(p.name for p in (kept / "checkpoints").glob("step_*.safetensors")) == [
         "step_00000003.safetensors", "step_00000004.safetensors"]
     assert "s/step measured; the 1 steps left need about" in capsys.readouterr().out  # the cost, told up front
-    for changed, msg in ((("train.steps=5",), "train.steps: 3 -> 5"), (("train.lr=1e-2",), "train.lr: 0.002 -> 0.01")):
+    for changed, msg in ((("pretrain.steps=5",), "pretrain.steps: 3 -> 5"), (("pretrain.lr=1e-2",), "pretrain.lr: 0.002 -> 0.01")):
         with pytest.raises(ConfigError, match="started with other settings") as e:
-            pretrain(train_cfg("train.steps=3", "train.batch_size=16", *changed), world / "curated", run, progress=False)
+            pretrain(train_cfg("pretrain.steps=3", "pretrain.batch_size=16", *changed), world / "curated", run, progress=False)
         assert msg.split(" -> ")[0] in str(e.value) and "Pass a new --out" in str(e.value)
 
 
@@ -290,7 +290,7 @@ def test_weights_and_biases_logging_offline(world, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "wb"
-    pretrain(train_cfg("train.steps=2", "train.batch_size=16", "train.log_every=1", "train.wandb_project=qclip-test"),
+    pretrain(train_cfg("pretrain.steps=2", "pretrain.batch_size=16", "pretrain.log_every=1", "pretrain.wandb_project=qclip-test"),
              world / "curated", run, progress=False)
     logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1 and logs[0].stat().st_size > 0
@@ -304,7 +304,7 @@ def test_push_to_hub_stages_a_loadable_folder_and_uploads_it(world, tmp_path, mo
     from qclip.cli import main
 
     run = tmp_path / "run"
-    pretrain(train_cfg("train.steps=1", "train.batch_size=16"), world / "curated", run, progress=False)
+    pretrain(train_cfg("pretrain.steps=1", "pretrain.batch_size=16"), world / "curated", run, progress=False)
     assert main(["push", "--model", str(run / "model"), "--repo", "me/qclip-tiny", "--dry-run"]) == 0
     assert "push (dry run): would upload" in capsys.readouterr().out
     staged = run / ".hub_upload"

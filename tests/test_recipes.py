@@ -34,12 +34,12 @@ def test_full_study_is_the_demo_with_every_encoder_and_method():
     assert set(full.study.encoders) == {"qclip-vit-tiny", "qclip-mci-tiny"}
     assert set(full.study.methods) == set(STUDY_METHODS) - {"clip-reference"}
     assert set(demo.study.methods) <= set(full.study.methods)
-    for section in ("world", "captioner", "train", "transfer"):
+    for section in ("world", "captioner", "pretrain", "transfer"):
         assert asdict(getattr(demo, section)) == asdict(getattr(full, section)), section
 
 
 def test_pretrain_recipe_is_the_papers_setting():
-    t = load_config(ROOT / "configs" / RECIPES[0]).train
+    t = load_config(ROOT / "configs" / RECIPES[0]).pretrain
     global_batch = t.batch_size * t.accum_steps * 256  # 32 nodes x 8 GPUs, as the recipe's torchrun lines
     assert (t.model, t.image_size, global_batch) == ("ViT-B-16", 224, 65536)
     assert t.steps * global_batch == pytest.approx(13e9, rel=1e-4)
@@ -54,8 +54,8 @@ def test_pretrain_recipe_runs(world_dir, coca_dir, tmp_path):
     recaption(world_dir / "pool", tmp_path / "pool", create_captioner(f"local-dir:{coca_dir}", captioner_id="coca"),
               1, Sampling(num_beams=1, max_len=8), 16, progress=False)
     cfg = load_config(ROOT / "configs" / RECIPES[0],
-                      ["train.image_size=32", "train.batch_size=4", "train.steps=2", "train.warmup_steps=1",
-                       "train.workers=0", "train.precision=fp32", "train.checkpoint_every=2", "train.log_every=1"])
+                      ["pretrain.image_size=32", "pretrain.batch_size=4", "pretrain.steps=2", "pretrain.warmup_steps=1",
+                       "pretrain.workers=0", "pretrain.precision=fp32", "pretrain.checkpoint_every=2", "pretrain.log_every=1"])
     pretrain(cfg, tmp_path / "pool", tmp_path / "run", progress=False)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
@@ -106,3 +106,17 @@ def test_nyuv2_recipe_runs(tmp_path):
     s = run_transfer(cfg, "random:qclip-vit-tiny", root, tmp_path / "out", progress=False)
     assert s["layout"] == "nyu" and [r["data_fraction"] for r in s["results"]] == [0.1, 1.0]
     assert all(np.isfinite(r["metrics"]["RMSE"]) and r["metrics"]["RMSE"] > 0 for r in s["results"])
+
+
+def test_the_study_ties_every_image_size_to_the_worlds():
+    from qclip.config import ConfigError
+    from qclip.study import check_image_sizes
+
+    for name in ("demo.yaml", "full.yaml"):
+        check_image_sizes(load_config(ROOT / "configs" / name))
+    with pytest.raises(ConfigError, match="transfer.image_size = 128: set them to 64"):
+        check_image_sizes(load_config(ROOT / "configs" / "demo.yaml", ["transfer.image_size=128"]))
+    with pytest.raises(ConfigError, match="the image size of qclip-mci-tiny"):
+        check_image_sizes(load_config(ROOT / "configs" / "demo.yaml", ["world.image_size=96",
+                                                                       "captioner.image_size=96",
+                                                                       "transfer.image_size=96"]))

@@ -1,6 +1,6 @@
 """`qclip {run,world,ingest,caption,pretrain,teacher,export,push,transfer,eval,report}`: one subcommand per stage.
 
-Every subcommand takes `--config FILE` and dotted overrides (`train.batch_size=64`), and writes the resolved
+Every subcommand takes `--config FILE` and dotted overrides (`pretrain.batch_size=64`), and writes the resolved
 config, package versions and git commit next to its outputs.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 # the config sections each command reads: `qclip SUB --help` lists their keys with defaults
 CONFIG_SECTIONS = {
-    "run": ("world", "captioner", "train", "transfer", "study"), "world": ("world",), "ingest": ("ingest",),
-    "pretrain": ("train",), "caption": ("captioner",), "transfer": ("transfer",),
+    "run": ("world", "captioner", "pretrain", "transfer", "study"), "world": ("world",), "ingest": ("ingest",),
+    "pretrain": ("pretrain",), "caption": ("captioner",), "transfer": ("transfer",),
 }
 
 
@@ -37,7 +37,7 @@ def _add_config_args(p: argparse.ArgumentParser, sections: Sequence[str] = ()) -
                    "defaults listed below (configs/demo.yaml sets the demo's own)" if sections else
                    "YAML config file (see configs/); built-in defaults if omitted")
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="dotted config overrides, e.g. train.batch_size=64 world.n_pool=2000")
+                   help="dotted config overrides, e.g. pretrain.batch_size=64 world.n_pool=2000")
     if sections:
         keys = "config keys (KEY=VALUE or in --config; built-in defaults):\n" + config_keys_help(sections)
         p.epilog = f"{p.epilog}\n\n{keys}" if p.epilog else keys
@@ -224,7 +224,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
                                     progress=not args.quiet)
     write_run_info(args.out, cfg, "teacher", {"summary": info, "teacher": args.model})
     print(f"teacher: embeddings of {info['samples']:,} samples from {args.model} written to {args.out} "
-          f"in {info['seconds']:.0f}s; train with train.distill_weight=0.7")
+          f"in {info['seconds']:.0f}s; train with pretrain.distill_weight=0.7")
     return 0
 
 
@@ -393,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain CLIP on a qclip dataset (torchrun for many processes)",
                        formatter_class=_Formatter,
-                       epilog="Training options are config keys under train.*, e.g. train.model=qclip-mci-tiny "
-                              "train.caption_policy=mix:0.8 train.batch_size=256 train.steps=2000")
+                       epilog="Training options are config keys under pretrain.*, e.g. pretrain.model=qclip-mci-tiny "
+                              "pretrain.caption_policy=mix:0.8 pretrain.batch_size=256 pretrain.steps=2000")
     p.add_argument("--data", required=True, help="qclip dataset directory (manifest.json + shards/)")
     p.add_argument("--out", required=True, help="run directory; re-running the same command resumes it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -419,10 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("push", help="upload a trained model folder to the Hugging Face Hub (open_clip hf-hub:)",
                        formatter_class=_Formatter)
-    p.add_argument("--model", required=True, help="model folder (RUN/model, with open_clip_config.json)")
-    p.add_argument("--repo", required=True, help="Hub repo id, OWNER/NAME (created if missing)")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
-    p.add_argument("--dry-run", action="store_true", help="stage the files and the model card, upload nothing")
+    for flag, kw in (("--model", {"required": True, "help": "model folder (RUN/model, with open_clip_config.json)"}),
+                     ("--repo", {"required": True, "help": "Hub repo id, OWNER/NAME (created if missing)"}),
+                     ("--private", {"action": "store_true", "help": "create the repo as private"}),
+                     ("--dry-run", {"action": "store_true", "help": "stage the files and the model card, upload nothing"})):
+        p.add_argument(flag, **kw)
     _add_config_args(p)
     p.set_defaults(func=cmd_push)
 

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class IngestConfig:
 
 
 @dataclass
-class TrainConfig:
+class PretrainConfig:
     """CLIP pretraining (`qclip pretrain`). Batch size is per rank, as in open_clip_train."""
 
     model: str = "qclip-vit-tiny"  # open_clip config, qclip preset, or timm:<name>
@@ -95,14 +96,14 @@ class TrainConfig:
     wandb_project: str = ""  # log to Weights & Biases too (pip install wandb; WANDB_MODE=offline works offline)
 
 
-# train.* keys that change how fast a run goes or what it keeps, never its result: a run may resume with other
+# pretrain.* keys that change how fast a run goes or what it keeps, never its result: a run may resume with other
 # values, and the study's stage cache ignores them
 PERFORMANCE_KEYS = ("workers", "cache_mb", "threads", "log_every", "checkpoint_every", "keep_checkpoints", "compile",
                     "wandb_project")
 
 
-def result_keys(train: TrainConfig) -> dict:
-    """The train.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS)."""
+def result_keys(train: PretrainConfig) -> dict:
+    """The pretrain.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS)."""
     return {k: v for k, v in dataclasses.asdict(train).items() if k not in PERFORMANCE_KEYS}
 
 
@@ -178,7 +179,7 @@ class TransferConfig:
 @dataclass
 class StudyConfig:
     """`qclip run`: which encoders and methods to compare, on which tasks; every method gets the same pool
-    images and the same `train.*` budget. Methods: clip-raw, clip-synthetic, clip-mix (train.caption_policy
+    images and the same `pretrain.*` budget. Methods: clip-raw, clip-synthetic, clip-mix (pretrain.caption_policy
     raw / synthetic / mix:mix_p), random (no pretraining), supervised (object labels), mim (MAE for ViTs,
     SimMIM for hierarchical towers)."""
 
@@ -192,7 +193,7 @@ class StudyConfig:
     caption_beams: int = 2
     caption_batch_size: int = 128
     seeds: int = 1  # >1: the whole study per seed (seed, seed+1, ...), results as mean +- std
-    # per-encoder `train.*` overrides, e.g. {qclip-mci-tiny: {steps: 200}}: every method of that encoder
+    # per-encoder `pretrain.*` overrides, e.g. {qclip-mci-tiny: {steps: 200}}: every method of that encoder
     # (CLIP policies and baselines) gets the same overridden budget, so methods stay comparable per encoder
     encoder_train: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -204,7 +205,7 @@ class Config:
     seed: int = 0
     world: WorldConfig = field(default_factory=WorldConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
@@ -222,7 +223,7 @@ class StudyMethod:
 
     name: str
     kind: str  # clip | baseline | random
-    policy: str = ""  # clip: train.caption_policy, with {captioner} and {mix_p} filled in by the study
+    policy: str = ""  # clip: pretrain.caption_policy, with {captioner} and {mix_p} filled in by the study
     captioned: bool = False  # clip: reads the recaptioned pool (its cache key then depends on the captions)
 
 
@@ -332,7 +333,7 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
     out = []
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key.sub=value (e.g. train.batch_size=64)")
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value (e.g. pretrain.batch_size=64)")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
@@ -358,11 +359,39 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), c
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{p}' must hold a mapping at the top level, got {type(loaded).__name__}")
         tree = loaded
+    if cls is Config:
+        tree = _renamed_sections(tree, str(path))
     for key, value in parse_overrides(overrides):
+        if cls is Config and (key == "train" or key.startswith("train.")):
+            _deprecated(f"override '{key}=...'", f"pretrain{key[len('train'):]}")
+            key = "pretrain" + key[len("train"):]
         _set_dotted(tree, key, value, cls)
     cfg = from_dict(cls, tree)
     validate(cfg)
     return cfg
+
+
+# sections renamed, old spelling -> new: the old one is still read, with a warning, for one release
+RENAMED_SECTIONS = {"train": "pretrain"}
+
+
+def _deprecated(what: str, new: str) -> None:
+    import warnings
+
+    msg = f"{what}: the config section 'train' is now 'pretrain' (named after `qclip pretrain`); use {new}"
+    warnings.warn(msg, DeprecationWarning, stacklevel=3)
+    print(f"qclip: deprecated: {msg}", file=sys.stderr)
+
+
+def _renamed_sections(tree: dict, source: str) -> dict:
+    for old, new in RENAMED_SECTIONS.items():
+        if old in tree:
+            if new in tree:
+                raise ConfigError(f"{source}: both '{old}' and '{new}' sections; '{old}' is the old name of "
+                                  f"'{new}': merge them into '{new}'")
+            _deprecated(f"{source}: section '{old}:'", f"'{new}:'")
+            tree = {(new if k == old else k): v for k, v in tree.items()}
+    return tree
 
 
 def _unknown_key(prefix: str, key: str, names: list[str]) -> ConfigError:
@@ -387,17 +416,17 @@ def validate(cfg: Config) -> None:
         (w.shard_size >= 1 and cfg.ingest.shard_size >= 1, "shard_size must be >= 1"),
         (w.workers >= 1, "world.workers must be >= 1"),
         (0.0 <= cfg.ingest.max_bad_fraction <= 1.0, "ingest.max_bad_fraction must be in [0, 1]"),
-        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
-        (cfg.train.accum_steps >= 1 and cfg.train.batch_size % cfg.train.accum_steps == 0,
-         "train.batch_size must be a multiple of train.accum_steps"),
-        (cfg.train.steps >= 1, "train.steps must be >= 1"),
-        (cfg.train.loss in ("clip", "siglip"), "train.loss must be 'clip' or 'siglip'"),
-        (0.0 <= cfg.train.distill_weight <= 1.0, "train.distill_weight must be in [0, 1]"),
-        (cfg.train.distill_weight == 0 or cfg.train.loss == "clip", "distillation needs train.loss=clip"),
-        (cfg.train.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16"),
-        (cfg.train.checkpoint_every >= 1 and cfg.train.log_every >= 1, "train.checkpoint_every/log_every >= 1"),
-        (cfg.train.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0"),
-        (cfg.train.cache_mb >= 0, "train.cache_mb must be >= 0 (0: decode every image every time)"),
+        (cfg.pretrain.batch_size >= 1, "pretrain.batch_size must be >= 1"),
+        (cfg.pretrain.accum_steps >= 1 and cfg.pretrain.batch_size % cfg.pretrain.accum_steps == 0,
+         "pretrain.batch_size must be a multiple of pretrain.accum_steps"),
+        (cfg.pretrain.steps >= 1, "pretrain.steps must be >= 1"),
+        (cfg.pretrain.loss in ("clip", "siglip"), "pretrain.loss must be 'clip' or 'siglip'"),
+        (0.0 <= cfg.pretrain.distill_weight <= 1.0, "pretrain.distill_weight must be in [0, 1]"),
+        (cfg.pretrain.distill_weight == 0 or cfg.pretrain.loss == "clip", "distillation needs pretrain.loss=clip"),
+        (cfg.pretrain.precision in ("auto", "fp32", "bf16"), "pretrain.precision must be auto, fp32 or bf16"),
+        (cfg.pretrain.checkpoint_every >= 1 and cfg.pretrain.log_every >= 1, "pretrain.checkpoint_every/log_every >= 1"),
+        (cfg.pretrain.keep_checkpoints >= 0, "pretrain.keep_checkpoints must be >= 0"),
+        (cfg.pretrain.cache_mb >= 0, "pretrain.cache_mb must be >= 0 (0: decode every image every time)"),
         (cfg.captioner.vision_stem in ("patch", "conv"), "captioner.vision_stem must be 'patch' or 'conv'"),
         (cfg.captioner.region_loss_weight >= 0, "captioner.region_loss_weight must be >= 0 (0: captions only)"),
         (cfg.transfer.task in ("segmentation", "depth"), "transfer.task must be 'segmentation' or 'depth'"),
@@ -419,21 +448,21 @@ def validate(cfg: Config) -> None:
         (set(cfg.study.tasks) <= {"segmentation", "depth"}, "study.tasks: segmentation and/or depth"),
         (cfg.study.seeds >= 1 and 0 < cfg.study.mix_p < 1, "study.seeds >= 1 and 0 < study.mix_p < 1"),
     ]
-    t, c, tr = cfg.train, cfg.captioner, cfg.transfer
+    t, c, tr = cfg.pretrain, cfg.captioner, cfg.transfer
     fin = math.isfinite
     checks += [  # numbers that NaN, infinity or a sign error would turn into a silently broken run
-        (fin(t.lr) and t.lr > 0 and fin(t.min_lr) and 0 <= t.min_lr <= t.lr, "train.lr must be finite and > 0, "
-         "train.min_lr in [0, train.lr]"),
-        (fin(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay must be finite and >= 0"),
+        (fin(t.lr) and t.lr > 0 and fin(t.min_lr) and 0 <= t.min_lr <= t.lr, "pretrain.lr must be finite and > 0, "
+         "pretrain.min_lr in [0, pretrain.lr]"),
+        (fin(t.weight_decay) and t.weight_decay >= 0, "pretrain.weight_decay must be finite and >= 0"),
         (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1 and fin(t.eps) and t.eps > 0,
-         "train.beta1/beta2 must be in [0, 1) and train.eps finite and > 0"),
-        (fin(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip must be finite and >= 0 (0 disables)"),
+         "pretrain.beta1/beta2 must be in [0, 1) and pretrain.eps finite and > 0"),
+        (fin(t.grad_clip) and t.grad_clip >= 0, "pretrain.grad_clip must be finite and >= 0 (0 disables)"),
         (fin(c.grad_clip) and c.grad_clip >= 0,
          "captioner.grad_clip must be finite and >= 0 (0 disables)"),
         (fin(tr.grad_clip) and tr.grad_clip >= 0,
          "transfer.grad_clip must be finite and >= 0 (0 disables)"),
         (t.warmup_steps >= 0 and c.warmup_steps >= 0 and tr.warmup_steps >= 0, "warmup_steps must be >= 0"),
-        (t.image_size >= 0, "train.image_size must be >= 0 (0: the model config's)"),
+        (t.image_size >= 0, "pretrain.image_size must be >= 0 (0: the model config's)"),
         (min(t.workers, t.threads, c.workers, tr.workers, tr.threads) >= 0, "workers and threads must be >= 0"),
         (fin(c.lr) and c.lr > 0 and fin(c.weight_decay) and c.weight_decay >= 0,
          "captioner.lr must be finite and > 0, captioner.weight_decay finite and >= 0"),
@@ -459,21 +488,21 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: model and caption_policy are set by the study per encoder and method")
         merged = _train_with(cfg, enc)  # unknown keys, types
         try:
-            validate(dataclasses.replace(cfg, train=merged, study=dataclasses.replace(cfg.study, encoder_train={})))
+            validate(dataclasses.replace(cfg, pretrain=merged, study=dataclasses.replace(cfg.study, encoder_train={})))
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
 
 
-def _train_with(cfg: Config, encoder: str) -> TrainConfig:
-    """`train` with `study.encoder_train[encoder]` applied (keys and types checked as a config file's)."""
+def _train_with(cfg: Config, encoder: str) -> PretrainConfig:
+    """`pretrain` with `study.encoder_train[encoder]` applied (keys and types checked as a config file's)."""
     overrides = cfg.study.encoder_train.get(encoder, {})
-    return from_dict(TrainConfig, {**to_dict(cfg.train), **overrides}, prefix=f"study.encoder_train.{encoder}")
+    return from_dict(PretrainConfig, {**to_dict(cfg.pretrain), **overrides}, prefix=f"study.encoder_train.{encoder}")
 
 
 def encoder_train(cfg: Config, encoder: str) -> Config:
-    """A copy of `cfg` whose `train` section has `study.encoder_train[encoder]` applied."""
+    """A copy of `cfg` whose `pretrain` section has `study.encoder_train[encoder]` applied."""
     out = copy.deepcopy(cfg)
-    out.train = _train_with(cfg, encoder)
+    out.pretrain = _train_with(cfg, encoder)
     return out
 
 

@@ -31,6 +31,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator):
+    """Endless batches of indices into n samples: epochs of a seeded permutation, drawn from `gen` only when
+    the previous epoch runs out (so other draws from `gen` between batches keep their order)."""
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            order += torch.randperm(n, generator=gen).tolist()
+        batch, order = order[:batch_size], order[batch_size:]
+        yield batch
+
+
 def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, params, grad_clip: float) -> None:
     """The end of every qclip training step, after backward: clip the gradients' global norm to `grad_clip`
     (0 = no clipping; each stage's `grad_clip` setting), step the optimiser, then the schedule."""

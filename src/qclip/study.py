@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import atomic_write_json, remove_tree
-from .config import STUDY_METHODS, Config, StudyMethod, encoder_train, result_keys, to_dict
+from .config import STUDY_METHODS, Config, ConfigError, StudyMethod, encoder_train, result_keys, to_dict
 
 CAPTIONER_ID = "tiny"
 
@@ -63,12 +63,29 @@ def study_method(name: str, mix_p: float) -> StudyMethod:
 
 def method_config(cfg: Config, encoder: str, method: StudyMethod, seed: int) -> Config:
     """The config one (encoder, method, seed) pretrains with: the encoder's budget (`study.encoder_train`),
-    the method's caption policy, and the same images for every method (`train.require_raw_caption`)."""
+    the method's caption policy, and the same images for every method (`pretrain.require_raw_caption`)."""
     c = encoder_train(cfg, encoder)
     c.seed = seed
-    c.train = dataclasses.replace(c.train, model=encoder, require_raw_caption=True,
-                                  caption_policy=method.policy or c.train.caption_policy)
+    c.pretrain = dataclasses.replace(c.pretrain, model=encoder, require_raw_caption=True,
+                                  caption_policy=method.policy or c.pretrain.caption_policy)
     return c
+
+
+def check_image_sizes(cfg: Config) -> None:
+    """The study renders, captions, pretrains on and probes the same images: one size for all of them.
+    (Stand-alone commands may differ, e.g. a 64 px encoder probed on ADE20k at 512.)"""
+    from .models.factory import resolve_model_cfg
+
+    size = cfg.world.image_size
+    sizes = {"captioner.image_size": cfg.captioner.image_size, "transfer.image_size": cfg.transfer.image_size}
+    for enc in cfg.study.encoders:
+        t = encoder_train(cfg, enc).pretrain
+        model_size = t.image_size or resolve_model_cfg(enc, t.text_tower)[1]["vision_cfg"].get("image_size", size)
+        sizes[f"the image size of {enc} (pretrain.image_size, else its model config)"] = model_size
+    wrong = [f"{k} = {v}" for k, v in sizes.items() if (v if isinstance(v, int) else max(v)) != size]
+    if wrong:
+        raise ConfigError(f"the study uses world.image_size = {size} throughout, but {'; '.join(wrong)}: set them "
+                          f"to {size} (or world.image_size to theirs)")
 
 
 def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool = True,
@@ -76,6 +93,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     from .provenance import git_commit, write_run_info
 
     t0, out = time.time(), Path(out)
+    check_image_sizes(cfg)
     git_commit()  # read now: results.json records the tree this run's code came from
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, fresh)
@@ -175,13 +193,13 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
     run_dir, seed = out / "pretrain" / tag, mcfg.seed
     stage = f"pretrain-{tag.replace('/', '-')}"
     if method.kind == "baseline":
-        k_pre = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.train), seed)
+        k_pre = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain), seed)
         cache.run(stage, k_pre, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
             mcfg, method.name, world_dir / "pool", run_dir, progress)))
         return str(run_dir), k_pre, []
     data = out / "pool_captioned" if method.captioned else world_dir / "pool"
     k_pre = cache.key("pretrain", method.name, keys["recaption" if method.captioned else "world"],
-                      result_keys(mcfg.train), seed)
+                      result_keys(mcfg.pretrain), seed)
 
     def do_pretrain() -> dict:
         r = pretrain(mcfg, data, run_dir, progress=progress)

@@ -62,8 +62,8 @@ def test_caption_run_killed_three_times_equals_uninterrupted(pool, coca_dir, tmp
 
 STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "world.n_dev=4", "world.n_val=12", "world.shard_size=24",
          "world.workers=1", "captioner.steps=4", "captioner.batch_size=8", "captioner.warmup_steps=1",
-         "captioner.workers=0", "captioner.checkpoint_every=2", "train.steps=6", "train.batch_size=8",
-         "train.warmup_steps=1", "train.workers=0", "train.checkpoint_every=2", "transfer.steps=3",
+         "captioner.workers=0", "captioner.checkpoint_every=2", "pretrain.steps=6", "pretrain.batch_size=8",
+         "pretrain.warmup_steps=1", "pretrain.workers=0", "pretrain.checkpoint_every=2", "transfer.steps=3",
          "transfer.batch_size=4", "transfer.decoder_width=8", "transfer.data_fractions=[1.0]",
          "study.caption_beams=1", "study.encoders=[qclip-mci-tiny]", "study.methods=[clip-raw,clip-synthetic,random]",
          "study.tasks=[segmentation]"]

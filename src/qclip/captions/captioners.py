@@ -39,6 +39,9 @@ class Sampling:
 
 
 class Captioner(Protocol):
+    """`id` names its captions (captions.synthetic[id]); a `model` attribute (torch module), where there is one,
+    fingerprints its weights so a resumed `caption run` never mixes two captioners' output."""
+
     id: str
 
     def caption(self, images: list[Image.Image], n: int, sampling: Sampling) -> list[list[str]]:
@@ -167,8 +170,11 @@ def create_captioner(spec: str, pretrained: str | None = None, device: str = "cp
                      trust_remote_code: bool = False) -> Captioner:
     """`hf:NAME_OR_DIR` (transformers image-to-text), `coca:NAME` / a CoCa open_clip name / `local-dir:PATH`
     (open_clip CoCa)."""
-    if spec.startswith("hf:"):
-        return HFImageToTextCaptioner(spec[len("hf:"):], device=device, captioner_id=captioner_id,
+    from ..models.factory import parse_spec
+
+    source, name = parse_spec(spec)
+    if source == "hf":
+        return HFImageToTextCaptioner(name, device=device, captioner_id=captioner_id,
                                       trust_remote_code=trust_remote_code)
-    name = spec[len("coca:"):] if spec.startswith("coca:") else spec
+    name = name if source == "coca" else spec
     return OpenClipCoCaCaptioner(name, pretrained=pretrained, device=device, captioner_id=captioner_id)

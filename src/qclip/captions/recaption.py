@@ -12,6 +12,7 @@ from pathlib import Path
 from ..data.sample import Sample
 from ..data.shard_job import decoded_batches, map_shards
 from ..data.skips import SkipCounter
+from ..models.checkpoint import weights_sha256
 from .captioners import Captioner, Sampling
 
 
@@ -26,9 +27,13 @@ def recaption(src: str | Path, dst: str | Path, captioner: Captioner, n: int = 1
                 done += 1
         return {"captioned": done, "empty": empty}
 
+    # the captioner's weights are part of the job: a retrained captioner under the same id must not resume
+    # into (and mix with) the shards of the old one
+    weights = weights_sha256(captioner.model) if hasattr(captioner, "model") else getattr(captioner, "weights", "")
+
     def manifest_update(info: dict) -> dict:
         syn = dict(info.get("synthetic_captions", {}))
-        syn[captioner.id] = {"n": n, "sampling": sampling.__dict__}
+        syn[captioner.id] = {"n": n, "sampling": sampling.__dict__, "weights_sha256": weights}
         return {**info, "synthetic_captions": syn}
 
     summary = map_shards(src, dst, process, manifest_update, f"caption {captioner.id}", seed, progress)

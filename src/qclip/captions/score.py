@@ -16,6 +16,7 @@ from ..data.sample import Sample
 from ..data.shard_job import decoded_batches, map_shards
 from ..data.skips import SkipCounter
 from ..models import ClipBundle
+from ..models.checkpoint import weights_sha256
 
 
 def caption_sets(captions: dict) -> dict[str, list[str]]:
@@ -57,8 +58,11 @@ def score_dataset(src: str | Path, dst: str | Path, bundle: ClipBundle, scorer_i
                 scored += 1
         return {"scored": scored}
 
+    weights = weights_sha256(bundle.model)  # a resumed score job keeps shards only from the same scorer weights
+
     def manifest_update(info: dict) -> dict:
-        return {**info, "scorers": sorted(set(info.get("scorers", [])) | {scorer_id})}
+        return {**info, "scorers": sorted(set(info.get("scorers", [])) | {scorer_id}),
+                "scorer_weights": {**info.get("scorer_weights", {}), scorer_id: weights}}
 
     summary = map_shards(src, dst, process, manifest_update, f"score {scorer_id}", 0, progress)
     summary["scorer"] = scorer_id

@@ -153,19 +153,26 @@ def _hit_box(O, D, c, h, yaw):
     return t, nl @ R.T
 
 
+def _nearest_root(O, D, a, b, c, height):
+    """Nearest t > 0 of a t^2 + 2 b t + c = 0 per ray whose hit lies at 0 <= y <= height (a quadric's side);
+    inf where there is none."""
+    a_safe = np.where(np.abs(a) < 1e-12, 1e-12, a)  # a >= 0 for a cylinder: the same as a < 1e-12 there
+    disc = b * b - a * c
+    s = np.sqrt(np.where(disc >= 0, disc, 0))
+    t = np.full(len(O), np.inf)
+    for root in ((-b - s) / a_safe, (-b + s) / a_safe):
+        y = O[:, 1] + root * D[:, 1]
+        good = (disc >= 0) & (root > _EPS) & (y >= 0) & (y <= height)
+        t = np.where(good & (root < t), root, t)
+    return t
+
+
 def _hit_cylinder(O, D, cx, cz, r, height):
     ox, oz = O[:, 0] - cx, O[:, 2] - cz
     a = D[:, 0] ** 2 + D[:, 2] ** 2
     b = ox * D[:, 0] + oz * D[:, 2]
     c = ox * ox + oz * oz - r * r
-    a_safe = np.where(a < 1e-12, 1e-12, a)
-    disc = b * b - a * c
-    s = np.sqrt(np.where(disc >= 0, disc, 0))
-    t_side = np.full(len(O), np.inf)
-    for root in ((-b - s) / a_safe, (-b + s) / a_safe):
-        y = O[:, 1] + root * D[:, 1]
-        good = (disc >= 0) & (root > _EPS) & (y >= 0) & (y <= height)
-        t_side = np.where(good & (root < t_side), root, t_side)
+    t_side = _nearest_root(O, D, a, b, c, height)
     dy = np.where(np.abs(D[:, 1]) < 1e-12, 1e-12, D[:, 1])
     t_cap = (height - O[:, 1]) / dy
     px, pz = ox + t_cap * D[:, 0], oz + t_cap * D[:, 2]
@@ -184,14 +191,7 @@ def _hit_cone(O, D, cx, cz, r, height):
     a = D[:, 0] ** 2 + D[:, 2] ** 2 - k2 * D[:, 1] ** 2
     b = ox * D[:, 0] + oz * D[:, 2] - k2 * oy * D[:, 1]
     c = ox * ox + oz * oz - k2 * oy * oy
-    a_safe = np.where(np.abs(a) < 1e-12, 1e-12, a)
-    disc = b * b - a * c
-    s = np.sqrt(np.where(disc >= 0, disc, 0))
-    t = np.full(len(O), np.inf)
-    for root in ((-b - s) / a_safe, (-b + s) / a_safe):
-        y = O[:, 1] + root * D[:, 1]
-        good = (disc >= 0) & (root > _EPS) & (y >= 0) & (y <= height)
-        t = np.where(good & (root < t), root, t)
+    t = _nearest_root(O, D, a, b, c, height)
     P = O + np.where(np.isfinite(t), t, 0)[:, None] * D
     n = np.stack([P[:, 0] - cx, k2 * (height - P[:, 1]), P[:, 2] - cz], 1)
     n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12

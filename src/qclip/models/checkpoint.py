@@ -74,6 +74,19 @@ def read_model_config(model_dir: str | Path) -> dict:
     return json.loads((Path(model_dir) / MODEL_CONFIG).read_text(encoding="utf-8"))
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A fingerprint of a model's weights (names, shapes, dtypes, values): two loads of the same weights agree,
+    a retrained model does not. Resumable jobs keep earlier output only when it matches."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(unwrap(model).state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile

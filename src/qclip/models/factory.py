@@ -36,25 +36,45 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
+SPEC_SOURCES = ("local-dir", "timm", "random", "hf", "coca")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """(source, name) of a model spec, as timm's parse_model_name: `local-dir:PATH`, `timm:NAME[.TAG]`,
+    `random:ARCH`, `hf:NAME_OR_DIR`, `coca:NAME`; anything else is ("", spec) (an open_clip or preset name,
+    or NAME:TAG for open_clip pretrained weights). The one place a spec's prefix is read."""
+    source, sep, rest = spec.partition(":")
+    if sep and source in SPEC_SOURCES:
+        return source, rest
+    return "", spec
+
+
+def check_timm_model(name: str) -> None:
+    """The one unknown-model error: a timm architecture that does not exist, with close matches."""
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+        raise ModelError(f"unknown timm model '{arch}'; close matches: {', '.join(close) or 'none'} "
+                         f"(timm.list_models())")
+
+
 def _timm_name(spec: str) -> str | None:
-    if spec.startswith("timm:"):
-        return spec[len("timm:"):]
-    if open_clip.get_model_config(spec) is None and timm.is_model(spec.split(".")[0]):
+    source, name = parse_spec(spec)
+    if source == "timm":
+        return name
+    if not source and open_clip.get_model_config(spec) is None and timm.is_model(spec.split(".")[0]):
         return spec
     return None
 
 
 def resolve_model_cfg(spec: str, text_tower: str = "", image_size: int = 0) -> tuple[str, dict]:
     """(open_clip base name, full model config) for a spec; raises ModelError naming close matches."""
-    if spec.startswith("local-dir:"):
+    if parse_spec(spec)[0] == "local-dir":
         cfg = open_clip.get_model_config(spec)
         return spec, cfg
     timm_name = _timm_name(spec)
     if timm_name is not None:
-        arch = timm_name.split(".")[0]
-        if not timm.is_model(arch):
-            close = difflib.get_close_matches(arch, timm.list_models(), n=5)
-            raise ModelError(f"unknown timm model '{arch}'; close matches: {', '.join(close) or 'none'}")
+        check_timm_model(timm_name)
         base = text_tower or "ViT-B-16"
         base_cfg = open_clip.get_model_config(base)
         if base_cfg is None:
@@ -83,7 +103,7 @@ def resolve_model_cfg(spec: str, text_tower: str = "", image_size: int = 0) -> t
 
 
 def _has_weights(spec: str) -> bool:
-    d = Path(spec[len("local-dir:"):])
+    d = Path(parse_spec(spec)[1])
     return any(d.glob("*.safetensors")) or any(d.glob("*.bin")) or any(d.glob("*.pth"))
 
 
@@ -107,9 +127,9 @@ class ClipBundle:
 
 
 def _qclip_cfg(spec: str) -> dict:
-    if not spec.startswith("local-dir:"):
+    if parse_spec(spec)[0] != "local-dir":
         return {}
-    f = Path(spec[len("local-dir:"):]) / MODEL_CONFIG
+    f = Path(parse_spec(spec)[1]) / MODEL_CONFIG
     return json.loads(f.read_text(encoding="utf-8")).get("qclip", {}) if f.is_file() else {}
 
 
@@ -137,13 +157,13 @@ def create_clip(spec: str, text_tower: str = "", image_size: int = 0, pretrained
     if stem != "patch":
         apply_vision_stem(model.visual, stem)
         if _has_weights(spec):
-            model.load_state_dict(load_weights(Path(spec[len("local-dir:"):]) / MODEL_WEIGHTS))
+            model.load_state_dict(load_weights(Path(parse_spec(spec)[1]) / MODEL_WEIGHTS))
         model.to(device)
     decoder = getattr(model, "text_decoder", None)
-    from_scratch = not pretrained and not (spec.startswith("local-dir:") and _has_weights(spec))
+    from_scratch = not pretrained and not (parse_spec(spec)[0] == "local-dir" and _has_weights(spec))
     if decoder is not None and from_scratch:
         _init_coca_decoder(decoder)
-    vocab = Path(spec[len("local-dir:"):]) / MODEL_VOCAB if spec.startswith("local-dir:") else None
+    vocab = Path(parse_spec(spec)[1]) / MODEL_VOCAB if parse_spec(spec)[0] == "local-dir" else None
     if vocab is not None and vocab.is_file():  # the folder's own word vocabulary: its ids are the model's
         from .vocab import WordTokenizer
 

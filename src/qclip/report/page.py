@@ -8,7 +8,7 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from .findings import TEST, check_table, finding_lines, findings, headline_table, markdown_table
 
-NOTES = """What every method of an encoder shares: the pool images (with train.require_raw_caption, which the study
+NOTES = """What every method of an encoder shares: the pool images (with pretrain.require_raw_caption, which the study
 sets, only the pool images that have alt-text, so clip-raw, clip-synthetic, clip-mix and the baselines see the very
 same images), the image tower and its initialisation for a given seed, the augmentation (open_clip's
 random-resized-crop train transform, for the baselines too), and the pretraining budget (steps x batch and schedule,
@@ -30,7 +30,7 @@ def _scored(example: dict, kind: str) -> str:
 def budget_line(results: dict) -> str:
     """The pretraining budget of each encoder, as configured (the same for every method of that encoder)."""
     cfg = results.get("config") or {}
-    train, study = cfg.get("train", {}), cfg.get("study", {})
+    train, study = cfg.get("pretrain", cfg.get("train", {})), cfg.get("study", {})  # "train": before the rename
     parts = []
     for enc in study.get("encoders", []):
         t = {**train, **study.get("encoder_train", {}).get(enc, {})}

@@ -1,5 +1,5 @@
 """The study's non-CLIP baselines, trained on the same pool images with the same steps, batch and schedule as
-CLIP pretraining (`train.*`), so methods differ only in their training signal:
+CLIP pretraining (`pretrain.*`), so methods differ only in their training signal:
 
 - `supervised`: the image tower + a linear classifier, multi-label BCE on the objects (colour x shape) that are
   visible in each image, read from the world's scene graph — the analogue of ImageNet-supervised pretraining.
@@ -11,7 +11,7 @@ CLIP pretraining (`train.*`), so methods differ only in their training signal:
   on the masked pixels only. `summary.json` records which (`objective`).
 
 Every baseline sees the same images through the same random-resized-crop transform as CLIP pretraining
-(`preprocess_train`), and with `train.require_raw_caption` the same subset of the pool.
+(`preprocess_train`), and with `pretrain.require_raw_caption` the same subset of the pool.
 
 The result is an ordinary qclip model folder (`OUT/model`, the whole CLIP model with an untouched text tower),
 so `qclip transfer --encoder OUT` reads baselines and CLIP runs alike.
@@ -35,7 +35,7 @@ from ..data.world import COLOURS, SHAPES
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir
 from ..models.dense_encoder import DenseEncoder
-from ..optim import adamw, lr_lambda, optimizer_step, param_groups
+from ..optim import adamw, epoch_batches, lr_lambda, optimizer_step, param_groups
 from ..provenance import write_run_info
 from .data import seeded_cpu_rng
 
@@ -55,7 +55,7 @@ def object_labels(scene: dict) -> np.ndarray:
 
 def _load_pool(data: str | Path, need_labels: bool, require_raw: bool) -> tuple[list, torch.Tensor | None]:
     """Every pool image, decoded once (the world is small: 10k RGB 64x64 images = 120 MB), and its labels.
-    require_raw: only images with raw alt-text, as `train.require_raw_caption` makes CLIP pretraining do."""
+    require_raw: only images with raw alt-text, as `pretrain.require_raw_caption` makes CLIP pretraining do."""
     from .data import has_raw_caption
 
     images, labels = [], []
@@ -143,7 +143,7 @@ def random_patch_mask(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
 def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, progress: bool = True) -> dict:
     if method not in METHODS:
         raise ValueError(f"baseline must be one of {', '.join(METHODS)}, got '{method}'")
-    tc, out, t0 = cfg.train, Path(out), time.time()
+    tc, out, t0 = cfg.pretrain, Path(out), time.time()
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(cfg.seed)
@@ -167,15 +167,12 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     write_run_info(out, cfg, f"baseline-{method}", {"data": str(data), "samples": len(images),
                                                     "augmentation": "preprocess_train (as CLIP pretraining)"})
     gen = torch.Generator().manual_seed(cfg.seed)
-    order: list[int] = []
-    bs = min(tc.batch_size, len(images))
+    batches = epoch_batches(len(images), min(tc.batch_size, len(images)), gen)
     metrics = []
     params.train()
     bar = tqdm(range(tc.steps), desc=f"pretrain {method}", unit="step", disable=not progress)
     for step in bar:
-        if len(order) < bs:
-            order += torch.randperm(len(images), generator=gen).tolist()
-        idx, order = order[:bs], order[bs:]
+        idx = next(batches)
         x = augmented_batch(images, idx, bundle.preprocess_train, cfg.seed * 1_000_003 + step)
         if method == "supervised":
             loss = F.binary_cross_entropy_with_logits(head(model.visual(x)), labels[idx])

@@ -83,7 +83,7 @@ class ClipShardDataset(Dataset):
         loader worker (then the rest is decoded every time): a dataset that fits is decoded and tokenized once,
         not once per epoch (benchmarks/dataloader_throughput.py --cache-mb: one worker serves ~1.65x the
         samples in its second epoch). Batches are the same either way.
-        require_raw: drop samples without a raw alt-text caption whatever the policy (`train.require_raw_caption`)."""
+        require_raw: drop samples without a raw alt-text caption whatever the policy (`pretrain.require_raw_caption`)."""
         self.reader = ShardReader(root)
         self.policy, self.transform, self.tokenizer, self.seed = policy, transform, tokenizer, seed
         self.teacher = teacher

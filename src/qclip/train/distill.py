@@ -6,7 +6,7 @@
   texts        (T, D) of every caption of the sample (raw, reference, synthetic)
   text_keys    (T,)   those captions, so the loader finds the embedding of the caption it drew
   logit_scale  ()     the teacher's temperature
-Training with `train.distill_weight=λ > 0` uses open_clip's DistillClipLoss against them.
+Training with `pretrain.distill_weight=λ > 0` uses open_clip's DistillClipLoss against them.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ def build_loss(kind: str, rank: int, world_size: int, local_loss: bool, gather_w
                distill: bool = False) -> torch.nn.Module:
     if distill:
         if kind != "clip":
-            raise ValueError("distillation (train.distill_weight > 0) is implemented for train.loss=clip")
+            raise ValueError("distillation (pretrain.distill_weight > 0) is implemented for pretrain.loss=clip")
         # DistillClipLoss: the CLIP loss plus cross-entropy between teacher and student similarity
         # distributions in both directions, gathered over ranks like the CLIP loss
         return DistillClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=True,
@@ -21,7 +21,7 @@ def build_loss(kind: str, rank: int, world_size: int, local_loss: bool, gather_w
                         rank=rank, world_size=world_size)
     if kind == "siglip":
         return SigLipLoss(rank=rank, world_size=world_size)
-    raise ValueError(f"train.loss must be 'clip' or 'siglip', got '{kind}'")
+    raise ValueError(f"pretrain.loss must be 'clip' or 'siglip', got '{kind}'")
 
 
 def contrastive_loss(loss_fn: torch.nn.Module, image_features: torch.Tensor, text_features: torch.Tensor,

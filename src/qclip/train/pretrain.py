@@ -1,6 +1,6 @@
 """CLIP pretraining: one loop, readable top to bottom.
 
-Single process:  qclip pretrain --data DATA --out RUN train.steps=400
+Single process:  qclip pretrain --data DATA --out RUN pretrain.steps=400
 Many processes:  torchrun --nproc-per-node N -m qclip pretrain --data DATA --out RUN  (gloo on CPU, nccl on GPU)
 
 Outputs in RUN/: config.yaml, run.json, metrics.jsonl, tb/ (TensorBoard), checkpoints/ (every
@@ -61,7 +61,7 @@ RUN_KEY = "run_key.json"
 
 
 def run_key(cfg: Config, data: str | Path, world: int) -> dict:
-    return {"train": result_keys(cfg.train), "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
+    return {"train": result_keys(cfg.pretrain), "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
 
 
 def check_resume(ckpt_dir: Path, key: dict) -> None:
@@ -71,7 +71,7 @@ def check_resume(ckpt_dir: Path, key: dict) -> None:
     if not started or not f.is_file():  # nothing trained yet: nothing to mix
         return
     old = json.loads(f.read_text())
-    diff = [f"train.{k}: {old['train'].get(k)!r} -> {key['train'].get(k)!r}"
+    diff = [f"pretrain.{k}: {old['train'].get(k)!r} -> {key['train'].get(k)!r}"
             for k in sorted(set(old["train"]) | set(key["train"])) if old["train"].get(k) != key["train"].get(k)]
     diff += [f"{k}: {old.get(k)!r} -> {key.get(k)!r}" for k in ("data", "seed", "world_size") if old.get(k) != key.get(k)]
     if diff:
@@ -81,16 +81,16 @@ def check_resume(ckpt_dir: Path, key: dict) -> None:
 
 
 def _wandb_run(cfg: Config, out: Path, start: int):
-    """A Weights & Biases run beside TensorBoard when `train.wandb_project` is set (off by default); wandb's own
+    """A Weights & Biases run beside TensorBoard when `pretrain.wandb_project` is set (off by default); wandb's own
     settings apply (WANDB_MODE=offline logs to RUN/wandb without the network). Resumes with the run folder."""
-    if not cfg.train.wandb_project:
+    if not cfg.pretrain.wandb_project:
         return None
     try:
         import wandb
     except ImportError:
-        raise ConfigError("train.wandb_project is set but wandb is not installed: pip install wandb") from None
+        raise ConfigError("pretrain.wandb_project is set but wandb is not installed: pip install wandb") from None
     run_id = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]  # one W&B run per run folder
-    return wandb.init(project=cfg.train.wandb_project, name=out.name, id=run_id, resume="allow", dir=str(out),
+    return wandb.init(project=cfg.pretrain.wandb_project, name=out.name, id=run_id, resume="allow", dir=str(out),
                       config=to_dict(cfg), tags=["qclip", "pretrain"], reinit="finish_previous")
 
 
@@ -104,7 +104,7 @@ def _duration(seconds: float) -> str:
 
 def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = True) -> dict:
     t_start = time.time()
-    tc = cfg.train
+    tc = cfg.pretrain
     rank, world, device = init_distributed()
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -143,7 +143,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
         raise TrainDataError(
             f"{data}: {len(ds)} usable samples on rank {rank} (policy '{tc.caption_policy}'; "
             f"dropped: {ds.skips.summary('kept', len(ds), len(ds) + ds.skips.total)}), fewer than one batch of "
-            f"{tc.batch_size}; lower train.batch_size or use more data"
+            f"{tc.batch_size}; lower pretrain.batch_size or use more data"
         )
 
     if is_main:

@@ -21,16 +21,12 @@ class EncoderError(ValueError):
 
 
 def _timm_tower(name: str, pretrained: bool, image_size: int) -> nn.Module:
-    import difflib
-
     import timm
 
-    arch = name.split(".")[0]
-    if not name.startswith("local-dir:") and not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
-        from ..models.factory import ModelError
+    from ..models.factory import check_timm_model, parse_spec
 
-        raise ModelError(f"unknown timm model '{arch}'; close matches: {', '.join(close) or 'none'} (timm.list_models())")
+    if parse_spec(name)[0] != "local-dir":
+        check_timm_model(name)
     # the classifier/projection head stays (forward_intermediates never runs it) so exported heads load strictly
     try:
         return timm.create_model(name, pretrained=pretrained, img_size=image_size)
@@ -47,25 +43,26 @@ def load_encoder(spec: str, image_size: int, levels: int = 4) -> DenseEncoder:
     import timm
 
     from ..models import create_clip
-    from ..models.factory import ModelError
+    from ..models.factory import ModelError, parse_spec
 
-    path = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec)
+    source, name = parse_spec(spec)
+    path = Path(name if source == "local-dir" else spec)
     if (path / "model" / "open_clip_config.json").is_file():  # a pretrain run folder
         path = path / "model"
     try:
         if (path / "open_clip_config.json").is_file():
             b = create_clip(f"local-dir:{path}")
             return DenseEncoder(b.model.visual, spec, str(path), image_size, levels, *_mean_std(b.preprocess_cfg))
-        if spec.startswith("random:"):
-            arch = spec[len("random:"):]
-            if timm.is_model(arch.removeprefix("timm:")) and not arch.startswith("qclip-"):
-                tower = _timm_tower(arch.removeprefix("timm:"), False, image_size)
+        if source == "random":
+            arch = name
+            inner_source, inner = parse_spec(arch)
+            if (inner_source == "timm" or timm.is_model(inner)) and not arch.startswith("qclip-"):
+                tower = _timm_tower(inner, False, image_size)
                 return DenseEncoder(tower, spec, arch, image_size, levels,
                                     *_mean_std(tower.pretrained_cfg))
             b = create_clip(arch, image_size=image_size if image_size else 0)
             return DenseEncoder(b.model.visual, spec, arch, image_size, levels, *_mean_std(b.preprocess_cfg))
-        if spec.startswith("timm:"):
-            name = spec[len("timm:"):]
+        if source == "timm":
             tower = _timm_tower(name, True, image_size)
             return DenseEncoder(tower, spec, name, image_size, levels, *_mean_std(tower.pretrained_cfg))
         if ":" in spec and not path.exists():

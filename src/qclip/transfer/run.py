@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_json, remove_tree
 from ..config import Config
-from ..optim import adamw, load_checkpoint, lr_lambda, optimizer_step, param_groups, save_checkpoint
+from ..optim import adamw, epoch_batches, load_checkpoint, lr_lambda, optimizer_step, param_groups, save_checkpoint
 from ..provenance import write_run_info
 from .data import DenseTensors, collate, infer_num_classes, open_splits
 from .encoders import DenseEncoder, load_encoder
@@ -109,17 +110,6 @@ def _features(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, workers:
     return [torch.cat([f[0] for f, _ in parts])], torch.cat([b["target"] for _, b in parts])
 
 
-def _batches(n: int, bs: int, steps: int, gen: torch.Generator) -> list[list[int]]:
-    """`steps` batches of indices: epochs of a seeded permutation over the fraction's samples."""
-    out, order = [], []
-    for _ in range(steps):
-        if len(order) < bs:
-            order += torch.randperm(n, generator=gen).tolist()
-        out.append(order[:bs])
-        order = order[bs:]
-    return out
-
-
 def _feature_gb(encoder: DenseEncoder, n: int, size: int) -> float:
     """Memory of `n` samples' stacked probe inputs: every level at the finest level's resolution."""
     return n * sum(encoder.info.channels) * (size // min(encoder.info.reductions)) ** 2 * 4 / 1e9
@@ -190,7 +180,7 @@ def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int
     gen = torch.Generator().manual_seed(seed)
     flip_gen = torch.Generator().manual_seed(seed + 1)
     bs = min(cfg.batch_size, len(train))
-    batches = _batches(len(train), bs, cfg.steps, gen)
+    batches = list(itertools.islice(epoch_batches(len(train), bs, gen), cfg.steps))
     losses: list[float] = []
     # one module for checkpoints: the encoder only when it trains
     trained = nn.ModuleDict({"head": head, **({"encoder": encoder} if finetune else {})})
