@@ -19,7 +19,9 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
+        # tight: a legend or title wider than the axes is kept whole, not cut at the figure's edge (seen in a
+        # browser: a one-panel figure lost the ends of its legend)
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight", pad_inches=0.1)
     _plt().close(fig)
     return path
 
@@ -55,8 +57,10 @@ def data_efficiency_plot(rows: list[dict], path: Path) -> Path:
         ax.set(title=f"{enc}: {task}", xlabel="fraction of labelled data (log)",
                ylabel=f"{HEADLINE[task][0]} ({better} is better)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    ncol = min(len(labels), 3 * len(panels))
+    rows_ = -(-len(labels) // max(ncol, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 + 0.04 * rows_, 1, 1))
     return _save(fig, path)
 
 
@@ -88,8 +92,8 @@ def bar_chart(rows: list[dict], task: str, path: Path) -> Path:
     ax.set_xticklabels(methods, rotation=25, ha="right")
     better = "higher" if HEADLINE[task][1] > 0 else "lower"
     ax.set(ylabel=f"{HEADLINE[task][0]} ({better} is better)",
-           title=f"{task} at {top:g} of the labels" + (f" ({', '.join(encs)})" if len(encs) == 1 else
-                                                        f" (bars per method: {', '.join(encs)})"))
+           title=f"{task}, {top:.0%} of the labels\n" + (", ".join(encs) if len(encs) == 1 else
+                                                          f"bars per method: {', '.join(encs)}"))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -106,10 +110,10 @@ def training_curves(runs: dict[str, Path], path: Path) -> Path:
         pts = [p for p in pts if "loss" in p]
         if pts:
             first = pts[0]["loss"] or 1.0
-            ax.plot([p["step"] for p in pts], [p["loss"] / first for p in pts], label=label, lw=1,
-                    color=method_colour(label))
+            ax.plot([p["step"] for p in pts], [p["loss"] / first for p in pts], label=label.split("/")[-1],
+                    lw=1, color=method_colour(label))
     ax.set(title="pretraining loss: each method's own objective (CLIP InfoNCE, supervised BCE, MIM\nreconstruction), divided by its first step's value", xlabel="step", ylabel="loss / first loss")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, not over, the data
     fig.tight_layout()
     return _save(fig, path)
 
@@ -136,7 +140,7 @@ def probe_curves(transfer_dir: Path, path: Path) -> Path | None:
             ax.plot(range(len(loss)), loss, label=label, lw=1, color=method_colour(label))
         ax.set(title=f"{task} probe loss at the full labelled set", xlabel="logged step (subsampled)",
                ylabel="training loss")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 
