@@ -303,7 +303,7 @@ def test_transfer_config_errors(world_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_finetune_resumes_from_its_checkpoint(world_dir, tmp_path, monkeypatch):
+def test_finetune_resumes_from_its_checkpoint(world_dir, tmp_path, monkeypatch, capsys):
     """A fine-tuning run that dies after its step-2 checkpoint, re-run, ends where an uninterrupted run ends; a
     changed setting does not resume the old checkpoints."""
     import qclip.transfer.run as tr
@@ -313,6 +313,7 @@ def test_finetune_resumes_from_its_checkpoint(world_dir, tmp_path, monkeypatch):
                              "transfer.checkpoint_every=2", "transfer.batch_size=4", "transfer.decoder_width=8",
                              "transfer.depth_bins=8", "transfer.data_fractions=[1.0]", "transfer.device=cpu"])
     ref = tr.run_transfer(cfg, "random:qclip-vit-tiny", world_dir, tmp_path / "ref", progress=False)
+    assert "s/step measured; the 1 steps left need about" in capsys.readouterr().out  # the cost, told up front
 
     calls, real_loss = [], tr._loss
 

@@ -42,6 +42,13 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator):
         yield batch
 
 
+def cost_estimate(what: str, seconds_per_step: float, steps_left: int) -> str:
+    """The line a long loop prints after its first measured steps: s/step and the time the rest will take."""
+    t = seconds_per_step * steps_left
+    left = f"{t:.0f} s" if t < 120 else f"{t / 60:.0f} min" if t < 7200 else f"{t / 3600:.1f} h"
+    return f"{what}: {seconds_per_step:.2f} s/step measured; the {steps_left} steps left need about {left}"
+
+
 def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, params, grad_clip: float) -> None:
     """The end of every qclip training step, after backward: clip the gradients' global norm to `grad_clip`
     (0 = no clipping; each stage's `grad_clip` setting), step the optimiser, then the schedule."""

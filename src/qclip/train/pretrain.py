@@ -31,7 +31,16 @@ from ..config import PERFORMANCE_KEYS, Config, ConfigError, result_keys, to_dict
 from ..data.policy import CaptionPolicy
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir, unwrap
-from ..optim import adamw, load_checkpoint, lr_lambda, optimizer_step, param_groups, prune_checkpoints, save_checkpoint
+from ..optim import (
+    adamw,
+    cost_estimate,
+    load_checkpoint,
+    lr_lambda,
+    optimizer_step,
+    param_groups,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from ..provenance import write_run_info
 from .data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 from .losses import build_loss, contrastive_loss
@@ -92,10 +101,6 @@ def _wandb_run(cfg: Config, out: Path, start: int):
     run_id = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]  # one W&B run per run folder
     return wandb.init(project=cfg.pretrain.wandb_project, name=out.name, id=run_id, resume="allow", dir=str(out),
                       config=to_dict(cfg), tags=["qclip", "pretrain"], reinit="finish_previous")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,8 +235,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
             t_first = time.time()
         elif step == start + 3 and is_main and step < tc.steps:  # the first step pays for warm-up: time two after it
             per_step = (time.time() - t_first) / 2
-            tqdm.write(f"pretrain: {per_step:.2f} s/step measured; the {tc.steps - step} steps left need about "
-                       f"{_duration(per_step * (tc.steps - step))}")
+            tqdm.write(cost_estimate("pretrain", per_step, tc.steps - step))
 
         if is_main and (step % tc.log_every == 0 or step == tc.steps):
             dt = time.time() - window_t

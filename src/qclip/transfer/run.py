@@ -30,7 +30,16 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_json, remove_tree
 from ..config import Config
-from ..optim import adamw, epoch_batches, load_checkpoint, lr_lambda, optimizer_step, param_groups, save_checkpoint
+from ..optim import (
+    adamw,
+    cost_estimate,
+    epoch_batches,
+    load_checkpoint,
+    lr_lambda,
+    optimizer_step,
+    param_groups,
+    save_checkpoint,
+)
 from ..provenance import write_run_info
 from .data import DenseTensors, collate, infer_num_classes, open_splits
 from .encoders import DenseEncoder, load_encoder
@@ -204,6 +213,7 @@ def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int
         loader = DataLoader(train, batch_sampler=batches, collate_fn=collate, num_workers=cfg.workers,
                             prefetch_factor=4 if cfg.workers else None)
         data = ((b["image"], b["target"]) for b in loader)
+    t_first = time.time()
     for x, target in data:
         x = [f.to(device) for f in x] if cached is not None else x.to(device)
         target = target.to(device)
@@ -222,6 +232,10 @@ def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         step = len(losses)
+        if finetune and step == start + 1:
+            t_first = time.time()
+        elif finetune and step == start + 3 and step < cfg.steps:  # fine-tuning can take hours on a CPU: say so
+            tqdm.write(cost_estimate(desc, (time.time() - t_first) / 2, cfg.steps - step))
         if ckpt_dir is not None and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             atomic_write_json(ckpt_dir / "losses.json", losses)
             save_checkpoint(ckpt_dir, trained, opt, sched, step)
