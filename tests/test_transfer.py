@@ -155,19 +155,19 @@ def test_log_depth_head_positive_bounded_and_fits_log_linear_depth():
 def test_cached_validation_features_give_the_same_metrics(world_dir):
     from qclip.config import load_config
     from qclip.data.dense import open_dense
-    from qclip.transfer.data import DenseTensors
-    from qclip.transfer.run import _feature_batches, evaluate
+    from qclip.transfer.data import TransferDataset
+    from qclip.transfer.run import _feature_batches, evaluate_head
 
     cfg = load_config(None, ["transfer.eval_batch_size=5"]).transfer
     enc = load_encoder("random:qclip-mci-tiny", 64)
     ds = open_dense(world_dir, "qclip", "segmentation", "val")
-    val = DenseTensors(ds, list(range(len(ds))), 64, enc.info.mean, enc.info.std, train=False)
+    val = TransferDataset(ds, list(range(len(ds))), 64, enc.info.mean, enc.info.std, train=False)
     head = DenseHead(enc.info.channels, False, "segmentation", "probe", num_classes=6)
     torch.nn.init.normal_(head.decoder.conv.weight)
-    plain, ex_plain = evaluate(enc, head, val, cfg, 6, n_examples=8)
+    plain, ex_plain = evaluate_head(enc, head, val, cfg, 6, n_examples=8)
     batches = _feature_batches(enc, val, 5, 0, torch.device("cpu"))
     assert all("image" not in b for _, b in batches)  # the cache holds features and targets, not images
-    cached, ex_cached = evaluate(enc, head, val, cfg, 6, n_examples=8, cached=batches)
+    cached, ex_cached = evaluate_head(enc, head, val, cfg, 6, n_examples=8, cached=batches)
     assert cached["mIoU"] == pytest.approx(plain["mIoU"], abs=1e-6) and cached["aAcc"] == pytest.approx(plain["aAcc"])
     assert len(ex_cached) == len(ex_plain) == 8 == len(val)  # spans two batches of 5
     assert all(np.array_equal(a["image"], b["image"]) and np.array_equal(a["target"], b["target"])

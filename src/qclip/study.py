@@ -9,7 +9,6 @@ the report shows mean +- std.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -118,13 +117,13 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
                 mcfg = method_config(cfg, enc, method, cfg.seed + s)
                 tag = f"seed{mcfg.seed}/{enc}-{name}"
                 log(f"[3/5] pretrain {tag}")
-                spec, k_pre, pre_rows = _pretrain_stage(mcfg, method, enc, tag, out, world_dir, keys, cache, timed,
-                                                        progress)
+                spec, pretrain_key, pre_rows = _pretrain_stage(mcfg, method, enc, tag, out, world_dir, keys, cache,
+                                                               timed, progress)
                 rows += pre_rows
                 if method.kind != "random":
                     pretrain_dirs[f"{enc} {name}"] = Path(spec)
-                rows += _transfer_stage(mcfg, spec, k_pre, enc, name, tag, out, world_dir, cache, timed, progress,
-                                        log)
+                rows += _transfer_stage(mcfg, spec, pretrain_key, enc, name, tag, out, world_dir, cache, timed,
+                                        progress, log)
 
     log("[5/5] report")
     record = write_run_info(out, cfg, "run", {"stages_run": cache.ran, "stages_reused": cache.reused,
@@ -148,34 +147,35 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
     from .captions.train import train_captioner
     from .data.world_shards import build_world, summary_line, write_preview
 
-    st, world_dir = cfg.study, out / "world"
-    k_world = cache.key("world", asdict(cfg.world), cfg.seed)
+    study, world_dir = cfg.study, out / "world"
+    world_key = cache.key("world", asdict(cfg.world), cfg.seed)
     log("[1/5] world")
-    info = cache.run("world", k_world, None, timed("world", lambda: build_world(cfg, world_dir, progress=progress)))
+    info = cache.run("world", world_key, None, timed("world", lambda: build_world(cfg, world_dir, progress=progress)))
     log("      " + summary_line(info))
     if not (out / "world_preview.png").is_file():
         write_preview(world_dir, out / "world_preview.png")
 
     log("[2/5] captions: train the captioner on the curated split, recaption the pool")
-    k_cap = cache.key("captioner", k_world, asdict(cfg.captioner), cfg.seed)
-    cap = cache.run("captioner", k_cap, out / "captioner",
+    captioner_key = cache.key("captioner", world_key, asdict(cfg.captioner), cfg.seed)
+    cap = cache.run("captioner", captioner_key, out / "captioner",
                     timed("captioner", lambda: train_captioner(cfg, world_dir / "curated", out / "captioner", progress)))
     log(f"      captioner: {cap['steps']} steps, caption loss {cap['caption_loss']:.3f}")
-    k_rec = cache.key("recaption", k_cap, st.captions_per_image, st.caption_sampling, st.caption_beams)
+    recaption_key = cache.key("recaption", captioner_key, study.captions_per_image, study.caption_sampling,
+                              study.caption_beams)
 
     def do_recaption() -> dict:
         c = create_captioner(f"local-dir:{out / 'captioner' / 'model'}", captioner_id=CAPTIONER_ID)
-        s = recaption(world_dir / "pool", out / "pool_captioned", c, st.captions_per_image,
-                      Sampling(method=st.caption_sampling, num_beams=st.caption_beams), st.caption_batch_size,
+        s = recaption(world_dir / "pool", out / "pool_captioned", c, study.captions_per_image,
+                      Sampling(method=study.caption_sampling, num_beams=study.caption_beams), study.caption_batch_size,
                       progress, cfg.seed)
         s["quality"] = dataset_quality(out / "pool_captioned", max_samples=2000)
         return {k: v for k, v in s.items() if k != "skips"}
 
-    rec = cache.run("recaption", k_rec, out / "pool_captioned", timed("recaption", do_recaption))
+    rec = cache.run("recaption", recaption_key, out / "pool_captioned", timed("recaption", do_recaption))
     for kind, q in rec["quality"].items():
         log(f"      {kind:<16} objects named correctly {q['objects_named_correctly']:.1%}, "
             f"named objects wrong {q['named_objects_wrong']:.1%}")
-    return {"world": k_world, "recaption": k_rec}, rec["quality"]
+    return {"world": world_key, "recaption": recaption_key}, rec["quality"]
 
 
 def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: Path, world_dir: Path,
@@ -193,12 +193,12 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
     run_dir, seed = out / "pretrain" / tag, mcfg.seed
     stage = f"pretrain-{tag.replace('/', '-')}"
     if method.kind == "baseline":
-        k_pre = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain), seed)
-        cache.run(stage, k_pre, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
+        pretrain_key = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain), seed)
+        cache.run(stage, pretrain_key, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
             mcfg, method.name, world_dir / "pool", run_dir, progress)))
-        return str(run_dir), k_pre, []
+        return str(run_dir), pretrain_key, []
     data = out / "pool_captioned" if method.captioned else world_dir / "pool"
-    k_pre = cache.key("pretrain", method.name, keys["recaption" if method.captioned else "world"],
+    pretrain_key = cache.key("pretrain", method.name, keys["recaption" if method.captioned else "world"],
                       result_keys(mcfg.pretrain), seed)
 
     def do_pretrain() -> dict:
@@ -208,24 +208,23 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
         r["zeroshot"] = zero_shot_classification(b, world_dir / "val")
         return r
 
-    r = cache.run(stage, k_pre, run_dir, timed(f"pretrain {tag}", do_pretrain))
+    r = cache.run(stage, pretrain_key, run_dir, timed(f"pretrain {tag}", do_pretrain))
     rows = [{"method": method.name, "encoder": enc, "task": task, "data_fraction": 1.0, "seed": seed,
              "metrics": r[task]} for task in ("retrieval", "zeroshot")]
-    return str(run_dir), k_pre, rows
+    return str(run_dir), pretrain_key, rows
 
 
-def _transfer_stage(mcfg: Config, spec: str, k_pre: str, enc: str, method: str, tag: str, out: Path,
+def _transfer_stage(mcfg: Config, spec: str, pretrain_key: str, enc: str, method: str, tag: str, out: Path,
                     world_dir: Path, cache: StageCache, timed, progress: bool, log) -> list[dict]:
     """4. transfer one encoder to every task at every labelled fraction; the tasks share its frozen features."""
     from .transfer.run import FeatureMemo, run_transfer
 
     memo, rows = FeatureMemo(), []
     for task in mcfg.study.tasks:
-        tcfg = copy.deepcopy(mcfg)
-        tcfg.transfer.task = task
+        tcfg = dataclasses.replace(mcfg, transfer=dataclasses.replace(mcfg.transfer, task=task))
         t_dir = out / "transfer" / f"{tag}-{task}"
-        k_tr = cache.key("transfer", k_pre, asdict(tcfg.transfer), mcfg.seed)
-        r = cache.run(f"transfer-{tag.replace('/', '-')}-{task}", k_tr, t_dir,
+        transfer_key = cache.key("transfer", pretrain_key, asdict(tcfg.transfer), mcfg.seed)
+        r = cache.run(f"transfer-{tag.replace('/', '-')}-{task}", transfer_key, t_dir,
                       timed(f"transfer {tag} {task}",
                             lambda: run_transfer(tcfg, spec, world_dir, t_dir, progress, memo)))
         for x in r["results"]:

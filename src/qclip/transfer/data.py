@@ -52,7 +52,7 @@ def infer_num_classes(ds: DenseDataset) -> int:
     return top + 1
 
 
-class DenseTensors(Dataset):
+class TransferDataset(Dataset):
     """Image resized to `size`x`size` and normalised; training targets resized (nearest) to the same size,
     evaluation targets kept at their own resolution (metrics are computed there).
 

@@ -41,7 +41,7 @@ from ..optim import (
     save_checkpoint,
 )
 from ..provenance import write_run_info
-from .data import DenseTensors, collate, infer_num_classes, open_splits
+from .data import TransferDataset, collate, infer_num_classes, open_splits
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
 from .heads import DenseHead, LinearProbeHead
@@ -88,7 +88,7 @@ class FeatureMemo:
 
 
 @torch.no_grad()
-def _feature_batches(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, workers: int,
+def _feature_batches(encoder: DenseEncoder, ds: TransferDataset, batch_size: int, workers: int,
                      device: torch.device, memo: FeatureMemo | None = None) -> list[tuple[list[torch.Tensor], dict]]:
     """Frozen probe inputs (the levels stacked as `LinearProbeHead.stack` does, on the CPU) of every batch of
     `ds` in order, each beside its batch without the images (the memory bound counts features only; `evaluate`
@@ -112,7 +112,7 @@ def _feature_batches(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, w
     return out
 
 
-def _features(encoder: DenseEncoder, ds: DenseTensors, batch_size: int, workers: int,
+def _features(encoder: DenseEncoder, ds: TransferDataset, batch_size: int, workers: int,
               device: torch.device, memo: FeatureMemo | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Frozen probe inputs of every sample and the training targets beside them."""
     parts = _feature_batches(encoder, ds, batch_size, workers, device, memo)
@@ -131,7 +131,7 @@ def _loss(cfg, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(encoder: DenseEncoder, head: DenseHead, val: DenseTensors, cfg, num_classes: int,
+def evaluate_head(encoder: DenseEncoder, head: DenseHead, val: TransferDataset, cfg, num_classes: int,
              n_examples: int = 4, cached: list[tuple[list[torch.Tensor], dict]] | None = None
              ) -> tuple[dict, list[dict]]:
     """Metrics on the whole validation split, predictions resized to each target's own resolution.
@@ -167,7 +167,7 @@ def evaluate(encoder: DenseEncoder, head: DenseHead, val: DenseTensors, cfg, num
     return metric.compute(), examples
 
 
-def train_head(encoder: DenseEncoder, train: DenseTensors, cfg, num_classes: int, seed: int,
+def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: int, seed: int,
                cached: tuple[list[torch.Tensor], torch.Tensor] | None, progress: bool,
                desc: str, ckpt_dir: Path | None = None) -> tuple[DenseHead, list[float]]:
     """Train a fresh head (and, fine-tuning, the encoder) for `cfg.steps` iterations. With `ckpt_dir` and
@@ -276,8 +276,8 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     write_run_info(out, cfg, "transfer", {"encoder": encoder_spec, "data": str(data), "layout": layout,
                                           "device": str(device),
                                           "train": train_ds.summary(), "val": val_ds.summary()})
-    val = DenseTensors(val_ds, list(range(len(val_ds))), t.image_size, info.mean, info.std, train=False)
-    full = DenseTensors(train_ds, list(range(len(train_ds))), t.image_size, info.mean, info.std, train=True)
+    val = TransferDataset(val_ds, list(range(len(val_ds))), t.image_size, info.mean, info.std, train=False)
+    full = TransferDataset(train_ds, list(range(len(train_ds))), t.image_size, info.mean, info.std, train=True)
     scales = tuple(t.scale_range)
     cached, cached_val = None, None
     if t.mode == "probe" and scales == (1.0, 1.0) and _feature_gb(encoder, len(full), t.image_size) <= t.max_cached_feature_gb:
@@ -290,7 +290,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         name = f"{t.task}-{t.mode}-f{frac:g}"
         if init_state is not None:
             encoder.load_state_dict(init_state)
-        sub = DenseTensors(train_ds, idx, t.image_size, info.mean, info.std, train=True, scale_range=scales)
+        sub = TransferDataset(train_ds, idx, t.image_size, info.mean, info.std, train=True, scale_range=scales)
         ckpt_dir = out / name / "checkpoints"
         run_key = {"encoder": encoder_spec, "data": str(data), "seed": cfg.seed, "transfer": asdict(t)}
         if (ckpt_dir / "run_key.json").is_file() and json.loads((ckpt_dir / "run_key.json").read_text()) != run_key:
@@ -302,7 +302,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         head, losses = train_head(encoder, sub, t, num_classes, cfg.seed,
                                   ([c[idx] for c in cached[0]], cached[1][idx]) if cached else None,
                                   progress, f"{name} ({len(idx)} imgs)", ckpt_dir)
-        metrics, examples = evaluate(encoder, head, val, t, num_classes, cached=cached_val)
+        metrics, examples = evaluate_head(encoder, head, val, t, num_classes, cached=cached_val)
         run = {"encoder": encoder_spec, "task": t.task, "mode": t.mode, "data_fraction": frac,
                "train_samples": len(idx), "val_samples": len(val_ds), "final_train_loss": losses[-1],
                **convergence(losses),
