@@ -91,3 +91,18 @@ def test_data_efficiency_is_interpolated_from_the_curve():
     (e2,) = data_efficiency(rows2)
     assert e2["lower_bound"] and e2["ratio"] == pytest.approx(10.0)
     assert "at least 10.0x" in " ".join(finding_lines(findings(rows2)))
+
+
+def test_the_box_supervision_confound_is_reported():
+    from qclip.report.findings import finding_lines, findings
+
+    def row(m, v, seed):
+        return {"method": m, "encoder": "e", "task": "segmentation", "data_fraction": 1.0, "seed": seed,
+                "metrics": {"mIoU": v}}
+
+    rows = [row(m, v + 0.001 * s, s) for s in range(3) for m, v in
+            (("clip-raw", 0.40), ("clip-synthetic", 0.50), ("clip-synthetic-captions-only", 0.43))]
+    f = findings(rows)
+    (c,) = f["without_boxes"]
+    assert c["gain"] == pytest.approx(0.10) and c["kept"] == pytest.approx(0.03)
+    assert any("captions-only captioner: 30% of it survives" in line for line in finding_lines(f))

@@ -225,12 +225,19 @@ class StudyMethod:
     kind: str  # clip | baseline | random
     policy: str = ""  # clip: pretrain.caption_policy, with {captioner} and {mix_p} filled in by the study
     captioned: bool = False  # clip: reads the recaptioned pool (its cache key then depends on the captions)
+    captioner: str = "main"  # captioned: which of STUDY_CAPTIONERS recaptioned the pool it reads
 
+
+# the captioners a study can train on the curated split: name -> captioner.* overrides. "captions-only" drops the
+# region supervision (object boxes), to measure how much of clip-synthetic's gain comes through the boxes
+STUDY_CAPTIONERS: dict[str, dict[str, Any]] = {"main": {}, "captions-only": {"region_loss_weight": 0.0}}
 
 STUDY_METHODS: dict[str, StudyMethod] = {m.name: m for m in (
     StudyMethod("clip-raw", "clip", "raw"),
     StudyMethod("clip-synthetic", "clip", "synthetic:{captioner}", captioned=True),
     StudyMethod("clip-mix", "clip", "mix:{mix_p}:{captioner}", captioned=True),
+    StudyMethod("clip-synthetic-captions-only", "clip", "synthetic:{captioner}", captioned=True,
+                captioner="captions-only"),
     StudyMethod("clip-reference", "clip", "reference"),
     StudyMethod("random", "random"),
     StudyMethod("supervised", "baseline"),

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import atomic_write_json, remove_tree
-from .config import STUDY_METHODS, Config, ConfigError, StudyMethod, encoder_train, result_keys, to_dict
+from .config import (
+    STUDY_CAPTIONERS,
+    STUDY_METHODS,
+    Config,
+    ConfigError,
+    StudyMethod,
+    encoder_train,
+    result_keys,
+    to_dict,
+)
 
 CAPTIONER_ID = "tiny"
 
@@ -140,7 +149,9 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
 
 def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: bool, log) -> tuple[dict, dict]:
     """1. the world; 2. the captioner on the curated split, the recaptioned pool and its caption quality.
-    Returns the cache keys later stages depend on ({"world", "recaption"}) and the caption quality."""
+    With a method that reads another captioner's captions (STUDY_CAPTIONERS, e.g. captions-only), that captioner
+    is trained and recaptions the pool too. Returns the cache keys later stages depend on ({"world", "recaption":
+    {captioner: key}}) and the caption quality of every caption kind."""
     from .captions.captioners import Sampling, create_captioner
     from .captions.quality import dataset_quality
     from .captions.recaption import recaption
@@ -156,26 +167,42 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
         write_preview(world_dir, out / "world_preview.png")
 
     log("[2/5] captions: train the captioner on the curated split, recaption the pool")
-    captioner_key = cache.key("captioner", world_key, asdict(cfg.captioner), cfg.seed)
-    cap = cache.run("captioner", captioner_key, out / "captioner",
-                    timed("captioner", lambda: train_captioner(cfg, world_dir / "curated", out / "captioner", progress)))
-    log(f"      captioner: {cap['steps']} steps, caption loss {cap['caption_loss']:.3f}")
-    recaption_key = cache.key("recaption", captioner_key, study.captions_per_image, study.caption_sampling,
-                              study.caption_beams)
+    variants = ["main"] + sorted({STUDY_METHODS[m].captioner for m in study.methods} - {"main"})
+    recaption_keys, quality = {}, {}
+    for variant in variants:
+        ccfg = dataclasses.replace(cfg, captioner=dataclasses.replace(cfg.captioner, **STUDY_CAPTIONERS[variant]))
+        suffix = "" if variant == "main" else f"-{variant}"
+        cap_dir, pool_dir = out / f"captioner{suffix}", out / captioned_pool(variant)
+        captioner_key = cache.key("captioner", world_key, asdict(ccfg.captioner), cfg.seed)
+        cap = cache.run(f"captioner{suffix}", captioner_key, cap_dir, timed(
+            f"captioner{suffix}", lambda: train_captioner(ccfg, world_dir / "curated", cap_dir, progress)))
+        log(f"      captioner{suffix}: {cap['steps']} steps, caption loss {cap['caption_loss']:.3f}")
+        recaption_keys[variant] = cache.key("recaption", captioner_key, study.captions_per_image,
+                                            study.caption_sampling, study.caption_beams)
 
-    def do_recaption() -> dict:
-        c = create_captioner(f"local-dir:{out / 'captioner' / 'model'}", captioner_id=CAPTIONER_ID)
-        s = recaption(world_dir / "pool", out / "pool_captioned", c, study.captions_per_image,
-                      Sampling(method=study.caption_sampling, num_beams=study.caption_beams), study.caption_batch_size,
-                      progress, cfg.seed)
-        s["quality"] = dataset_quality(out / "pool_captioned", max_samples=2000)
-        return {k: v for k, v in s.items() if k != "skips"}
+        def do_recaption() -> dict:
+            c = create_captioner(f"local-dir:{cap_dir / 'model'}", captioner_id=CAPTIONER_ID)
+            s = recaption(world_dir / "pool", pool_dir, c, study.captions_per_image,
+                          Sampling(method=study.caption_sampling, num_beams=study.caption_beams),
+                          study.caption_batch_size, progress, cfg.seed)
+            s["quality"] = dataset_quality(pool_dir, max_samples=2000)
+            return {k: v for k, v in s.items() if k != "skips"}
 
-    rec = cache.run("recaption", recaption_key, out / "pool_captioned", timed("recaption", do_recaption))
-    for kind, q in rec["quality"].items():
+        rec = cache.run(f"recaption{suffix}", recaption_keys[variant], pool_dir, timed(f"recaption{suffix}",
+                                                                                      do_recaption))
+        for kind, q in rec["quality"].items():
+            if variant != "main" and not kind.startswith("synthetic"):
+                continue  # raw and reference are the same pool's
+            quality[kind + suffix] = q
+    for kind, q in quality.items():
         log(f"      {kind:<16} objects named correctly {q['objects_named_correctly']:.1%}, "
             f"named objects wrong {q['named_objects_wrong']:.1%}")
-    return {"world": world_key, "recaption": recaption_key}, rec["quality"]
+    return {"world": world_key, "recaption": recaption_keys}, quality
+
+
+def captioned_pool(variant: str) -> str:
+    """The folder (under the study's output) of the pool recaptioned by captioner `variant`."""
+    return "pool_captioned" if variant == "main" else f"pool_captioned_{variant.replace('-', '_')}"
 
 
 def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: Path, world_dir: Path,
@@ -197,9 +224,10 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
         cache.run(stage, pretrain_key, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
             mcfg, method.name, world_dir / "pool", run_dir, progress)))
         return str(run_dir), pretrain_key, []
-    data = out / "pool_captioned" if method.captioned else world_dir / "pool"
-    pretrain_key = cache.key("pretrain", method.name, keys["recaption" if method.captioned else "world"],
-                      result_keys(mcfg.pretrain), seed)
+    data = out / captioned_pool(method.captioner) if method.captioned else world_dir / "pool"
+    pretrain_key = cache.key("pretrain", method.name,
+                             keys["recaption"][method.captioner] if method.captioned else keys["world"],
+                             result_keys(mcfg.pretrain), seed)
 
     def do_pretrain() -> dict:
         r = pretrain(mcfg, data, run_dir, progress=progress)
