@@ -42,3 +42,28 @@ def test_mim_baseline_picks_its_objective_and_writes_a_model(world_dir, tmp_path
     assert s["objective"] == objective and np.isfinite(s["final_loss"])
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["objective"] == objective
     assert (tmp_path / "run" / "model" / "open_clip_config.json").is_file()
+
+
+def test_box_targets_label_the_cells_a_box_covers():
+    from qclip.train.baselines import box_targets
+
+    scene = {"objects": [
+        {"shape": "cube", "visible": True, "bbox": [0, 0, 64, 64]},  # covers everything, drawn first (largest)
+        {"shape": "cone", "visible": True, "bbox": [16, 16, 33, 41]},  # rows with centres 24, 40; column 24
+        {"shape": "sphere", "visible": False, "bbox": [40, 40, 64, 64]},  # hidden: no label
+    ]}
+    y = box_targets(scene, 64)
+    assert y.shape == (4, 4) and y.dtype == np.int64
+    cone, cube = 1 + 3, 1 + 0
+    assert y[1, 1] == cone and y[2, 1] == cone  # centres (24, 24) and (24, 40) lie in the cone's box
+    assert y[1, 2] == cube and y[3, 3] == cube  # centre x 40 is outside [16, 33); the hidden sphere labels nothing
+    assert (box_targets({"objects": []}, 64) == 0).all()
+
+
+def test_boxes_baseline_trains_on_the_curated_boxes(world_dir, tmp_path):
+    cfg = load_config(None, ["pretrain.model=qclip-mci-tiny", "pretrain.steps=3", "pretrain.batch_size=8",
+                             "pretrain.warmup_steps=1", "pretrain.require_raw_caption=true"])
+    s = train_baseline(cfg, "boxes", world_dir / "curated", tmp_path / "run", progress=False)
+    assert s["objective"] == "boxes" and np.isfinite(s["final_loss"]) and s["first_loss"] > 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "none (box targets)" in json.dumps(run)

@@ -217,16 +217,16 @@ def test_every_method_can_be_given_the_images_that_have_alt_text(world):
     ref_same = ClipShardDataset(world / "curated", CaptionPolicy.parse("reference"), *args, require_raw=True)
     assert len(ref_same) < len(ref_all)  # the curated split has images without alt-text too
     assert ref_same.skips.as_dict().get("no raw caption", 0) == len(ref_all) - len(ref_same)
-    images, _ = _load_pool(world / "pool", False, True)
+    images, _ = _load_pool(world / "pool", "", True)
     assert len(images) == len(raw)
-    assert len(_load_pool(world / "pool", False, False)[0]) > len(raw)
+    assert len(_load_pool(world / "pool", "", False)[0]) > len(raw)
 
 
 def test_baselines_get_the_clip_train_augmentation_deterministically(world):
     from qclip.train.baselines import _load_pool, augmented_batch
 
     bundle = create_clip("qclip-vit-tiny")
-    images, _ = _load_pool(world / "pool", False, False)
+    images, _ = _load_pool(world / "pool", "", False)
     a = augmented_batch(images, [0, 1, 2], bundle.preprocess_train, 7)
     assert torch.equal(a, augmented_batch(images, [0, 1, 2], bundle.preprocess_train, 7))
     assert not torch.equal(a, augmented_batch(images, [0, 1, 2], bundle.preprocess_val, 7))  # random crops

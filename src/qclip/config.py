@@ -226,6 +226,7 @@ class StudyMethod:
     policy: str = ""  # clip: pretrain.caption_policy, with {captioner} and {mix_p} filled in by the study
     captioned: bool = False  # clip: reads the recaptioned pool (its cache key then depends on the captions)
     captioner: str = "main"  # captioned: which of STUDY_CAPTIONERS recaptioned the pool it reads
+    split: str = "pool"  # baseline: the world split it trains on
 
 
 # the captioners a study can train on the curated split: name -> captioner.* overrides. "captions-only" drops the
@@ -242,6 +243,8 @@ STUDY_METHODS: dict[str, StudyMethod] = {m.name: m for m in (
     StudyMethod("random", "random"),
     StudyMethod("supervised", "baseline"),
     StudyMethod("mim", "baseline"),
+    # the captioner's box supervision given to the image tower directly: the confound's other arm
+    StudyMethod("boxes", "baseline", split="curated"),
 )}
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 

@@ -222,7 +222,7 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
     if method.kind == "baseline":
         pretrain_key = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain), seed)
         cache.run(stage, pretrain_key, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
-            mcfg, method.name, world_dir / "pool", run_dir, progress)))
+            mcfg, method.name, world_dir / method.split, run_dir, progress)))
         return str(run_dir), pretrain_key, []
     data = out / captioned_pool(method.captioner) if method.captioned else world_dir / "pool"
     pretrain_key = cache.key("pretrain", method.name,

@@ -15,8 +15,10 @@ random-resized-crop train transform, for the baselines too), and the pretraining
 per encoder: study.encoder_train). Methods differ only in the training signal: clip-synthetic uses the in-repo
 captioner's captions (trained on the curated split's reference descriptions, with object boxes as region supervision
 when captioner.region_loss_weight > 0), clip-raw the pool's alt-text, clip-mix a synthetic caption with probability
-study.mix_p; random is the untrained tower, supervised a multi-label classifier of the scene's objects, mim masked
-image modeling (MAE for ViTs, SimMIM for hierarchical towers). Transfer trains a fresh head per labelled fraction
+study.mix_p, clip-synthetic-captions-only the captions of a second captioner trained without the boxes; random is the
+untrained tower, supervised a multi-label classifier of the scene's objects, mim masked image modeling (MAE for ViTs,
+SimMIM for hierarchical towers), boxes a per-cell classifier of the curated split's object boxes (the captioner's
+region supervision given to the tower directly; curated images, no crops: the exceptions to the above). Transfer trains a fresh head per labelled fraction
 (nested subsets, the same for every method at a given seed) for the same iterations and evaluates on
 transfer.val_split. Seed s gives every method the same initialisation and labelled subset, which is what makes
 the checks paired."""

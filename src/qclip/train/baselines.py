@@ -3,6 +3,10 @@ CLIP pretraining (`pretrain.*`), so methods differ only in their training signal
 
 - `supervised`: the image tower + a linear classifier, multi-label BCE on the objects (colour x shape) that are
   visible in each image, read from the world's scene graph — the analogue of ImageNet-supervised pretraining.
+- `boxes`: the image tower + a 1x1 conv on its deepest map, per-cell cross-entropy on a grid of 16-px cells
+  labelled with the shape of the object box that covers the cell's centre (else background), on the curated
+  split's boxes: the object boxes the captioner's region head learns from, given to the encoder directly. No
+  crop augmentation (the targets must stay aligned with the pixels).
 - `mim`: masked image modeling. For ViTs (open_clip's VisionTransformer) it is MAE (He et al., 2022): 75% of
   the patch tokens are dropped, the encoder sees the rest, a one-block decoder with mask tokens predicts every
   patch's pixels (normalised per patch), MSE on the dropped patches. Hierarchical towers (MCi/FastViT) cannot
@@ -53,8 +57,27 @@ def object_labels(scene: dict) -> np.ndarray:
     return y
 
 
-def _load_pool(data: str | Path, need_labels: bool, require_raw: bool) -> tuple[list, torch.Tensor | None]:
-    """Every pool image, decoded once (the world is small: 10k RGB 64x64 images = 120 MB), and its labels.
+BOX_CELL = 16  # px: the `boxes` baseline's grid cell
+
+
+def box_targets(scene: dict, size: int) -> np.ndarray:
+    """(size/16)^2 grid of class ids: 1 + the shape index of the visible object whose box covers the cell's
+    centre (the smaller box where boxes overlap: it is the one in front more often), 0 for background."""
+    g = size // BOX_CELL
+    y = np.zeros((g, g), np.int64)
+    centres = np.arange(g) * BOX_CELL + BOX_CELL / 2
+    objs = [o for o in scene["objects"] if o["visible"] and o.get("bbox")]
+    for o in sorted(objs, key=lambda o: -(o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1])):
+        x0, y0, x1, y1 = o["bbox"]
+        rows = (centres >= y0) & (centres < y1)
+        cols = (centres >= x0) & (centres < x1)
+        y[np.ix_(rows, cols)] = 1 + SHAPES.index(o["shape"])
+    return y
+
+
+def _load_pool(data: str | Path, labels_of: str, require_raw: bool, size: int = 64) -> tuple[list, torch.Tensor | None]:
+    """Every image of a split, decoded once (the world is small: 10k RGB 64x64 images = 120 MB), and its labels:
+    `labels_of` "objects" (multi-label), "boxes" (a grid of class ids) or "" (none).
     require_raw: only images with raw alt-text, as `pretrain.require_raw_caption` makes CLIP pretraining do."""
     from .data import has_raw_caption
 
@@ -63,12 +86,13 @@ def _load_pool(data: str | Path, need_labels: bool, require_raw: bool) -> tuple[
         if require_raw and not has_raw_caption(s.meta):
             continue
         images.append(s.pil().convert("RGB"))
-        if need_labels:
+        if labels_of:
             scene = s.meta.get("scene")
             if scene is None:
-                raise ValueError(f"{data}: sample {s.key} has no scene graph; the supervised baseline needs world data")
-            labels.append(object_labels(scene))
-    return images, (torch.from_numpy(np.stack(labels)) if need_labels else None)
+                raise ValueError(f"{data}: sample {s.key} has no scene graph; the {labels_of} baseline needs world "
+                                 f"data")
+            labels.append(object_labels(scene) if labels_of == "objects" else box_targets(scene, size))
+    return images, (torch.from_numpy(np.stack(labels)) if labels_of else None)
 
 
 def augmented_batch(images: list, idx: list[int], transform, seed: int) -> torch.Tensor:
@@ -154,18 +178,24 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     objective = method
     if method == "supervised":
         head: nn.Module = nn.Linear(bundle.model_cfg["embed_dim"], len(LABELS))
+    elif method == "boxes":
+        head = nn.Conv2d(encoder.info.channels[-1], 1 + len(SHAPES), 1)
     elif is_open_clip_vit(model.visual):
         objective, patch = "mae", bundle.model_cfg["vision_cfg"]["patch_size"]
         head = MAEDecoder(model.visual.transformer.width, patch, size // patch)
     else:
         objective = "simmim"
         head = SimMIMDecoder(encoder.info.channels[-1], encoder.info.reductions[-1])
-    images, labels = _load_pool(data, method == "supervised", tc.require_raw_caption)
+    labels_of = {"supervised": "objects", "boxes": "boxes"}.get(method, "")
+    # the curated split has no alt-text to require; box targets must stay aligned with the pixels: no crops
+    images, labels = _load_pool(data, labels_of, tc.require_raw_caption and method != "boxes", size)
+    transform = bundle.preprocess_val if method == "boxes" else bundle.preprocess_train
     params = nn.ModuleList([model.visual, head])
     opt = adamw(param_groups(params, tc.weight_decay), tc.lr, (tc.beta1, tc.beta2), tc.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
     write_run_info(out, cfg, f"baseline-{method}", {"data": str(data), "samples": len(images),
-                                                    "augmentation": "preprocess_train (as CLIP pretraining)"})
+                                                    "augmentation": "none (box targets)" if method == "boxes" else
+                                                    "preprocess_train (as CLIP pretraining)"})
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = epoch_batches(len(images), min(tc.batch_size, len(images)), gen)
     metrics = []
@@ -173,9 +203,13 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     bar = tqdm(range(tc.steps), desc=f"pretrain {method}", unit="step", disable=not progress)
     for step in bar:
         idx = next(batches)
-        x = augmented_batch(images, idx, bundle.preprocess_train, cfg.seed * 1_000_003 + step)
+        x = augmented_batch(images, idx, transform, cfg.seed * 1_000_003 + step)
         if method == "supervised":
             loss = F.binary_cross_entropy_with_logits(head(model.visual(x)), labels[idx])
+        elif method == "boxes":
+            target = labels[idx]
+            logits = F.interpolate(head(encoder(x)[-1]), size=target.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(logits, target)
         elif objective == "mae":
             visible, keep = mae_encode(model.visual, x, MAE_MASK_RATIO, gen)
             target = patchify(x, patch)
