@@ -25,13 +25,13 @@ from qclip.transfer.run import format_summary, run_transfer
 
 TINY = ["world.n_pool=64", "world.n_curated=32", "world.n_dense=16", "world.n_dev=8", "world.n_val=16",
         "world.shard_size=32", "world.workers=1", "captioner.steps=3", "captioner.batch_size=8",
-        "captioner.warmup_steps=1", "captioner.workers=0", "train.steps=3", "train.batch_size=8",
-        "train.warmup_steps=1", "train.workers=0", "transfer.steps=3", "transfer.batch_size=4",
+        "captioner.warmup_steps=1", "captioner.workers=0", "pretrain.steps=3", "pretrain.batch_size=8",
+        "pretrain.warmup_steps=1", "pretrain.workers=0", "transfer.steps=3", "transfer.batch_size=4",
         "transfer.warmup_steps=1", "transfer.data_fractions=[0.5,1.0]", "transfer.workers=0"]
 
 
 def main(out: Path, overrides: list[str]) -> dict:
-    cfg = load_config("configs/demo.yaml", ["train.model=qclip-mci-tiny", *overrides])
+    cfg = load_config("configs/demo.yaml", ["pretrain.model=qclip-mci-tiny", *overrides])
 
     # 1. data: the embedded world (for your own image-text pairs: qclip.data.importers, or `qclip ingest`)
     build_world(cfg, out / "world")
@@ -45,7 +45,7 @@ def main(out: Path, overrides: list[str]) -> dict:
     # 3. pretraining: the same images, raw alt-text vs synthetic captions
     results = {}
     for policy in ("raw", "synthetic:tiny"):
-        cfg.train.caption_policy, cfg.train.require_raw_caption = policy, True
+        cfg.pretrain.caption_policy, cfg.pretrain.require_raw_caption = policy, True
         name = policy.split(":")[0]
         run = pretrain(cfg, out / "pool_captioned", out / f"clip-{name}")
 

@@ -70,6 +70,7 @@ RUN_KEY = "run_key.json"
 
 
 def run_key(cfg: Config, data: str | Path, world: int) -> dict:
+    # "train": the key older run folders were written with (kept, so they resume)
     return {"train": result_keys(cfg.pretrain), "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
 
 
@@ -86,7 +87,7 @@ def check_resume(ckpt_dir: Path, key: dict) -> None:
     if diff:
         raise ConfigError(f"{ckpt_dir.parent} holds a run started with other settings ({'; '.join(diff)}); "
                           f"resuming would mix the two. Pass a new --out, or delete {ckpt_dir} to start afresh "
-                          f"(performance-only keys may change: {', '.join('train.' + k for k in PERFORMANCE_KEYS)})")
+                          f"(performance-only keys may change: {', '.join('pretrain.' + k for k in PERFORMANCE_KEYS)})")
 
 
 def _wandb_run(cfg: Config, out: Path, start: int):
