@@ -32,8 +32,8 @@ def test_wrong_type_is_an_error():
         load_config(None, ["pretrain.batch_size=abc"])
     with pytest.raises(ConfigError, match="expects int"):
         load_config(None, ["pretrain.batch_size=true"])  # bools are not ints here
-    with pytest.raises(ConfigError, match="is a section"):
-        load_config(None, ["train=3"])
+    with pytest.raises(ConfigError, match="is a section"), pytest.warns(DeprecationWarning):
+        load_config(None, ["train=3"])  # the old section name, read as pretrain
     with pytest.raises(ConfigError, match="is a value, not a section"):
         load_config(None, ["seed.x=3"])
 

@@ -17,9 +17,7 @@ def mask_cmap(n: int):
     """A matplotlib colormap for class ids 0..n-1 (draw with vmin=-0.5, vmax=n-0.5); masked pixels black."""
     from matplotlib.colors import ListedColormap
 
-    cmap = ListedColormap(class_colours(max(n, 1)))
-    cmap.set_bad(IGNORE_COLOUR)
-    return cmap
+    return ListedColormap(class_colours(max(n, 1))).with_extremes(bad=IGNORE_COLOUR)
 
 
 def class_legend(fig, names: list[str], y: float = 0.0) -> None:

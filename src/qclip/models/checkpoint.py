@@ -81,8 +81,8 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
     h = hashlib.sha256()
     for name, t in sorted(unwrap(model).state_dict().items()):
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        t = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (a logit scale) cannot be viewed as bytes
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
