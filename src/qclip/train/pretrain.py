@@ -65,7 +65,6 @@ def init_distributed() -> tuple[int, int, torch.device]:
 # ---------------------------------------------------------------------------------------------------
 # what a run folder was started with: a resume must continue the same run
 
-# keys that change how fast a run goes, not what it computes: a resume may change them
 RUN_KEY = "run_key.json"
 
 
@@ -90,7 +89,7 @@ def check_resume(ckpt_dir: Path, key: dict) -> None:
                           f"(performance-only keys may change: {', '.join('pretrain.' + k for k in PERFORMANCE_KEYS)})")
 
 
-def _wandb_run(cfg: Config, out: Path, start: int):
+def _wandb_run(cfg: Config, out: Path):
     """A Weights & Biases run beside TensorBoard when `pretrain.wandb_project` is set (off by default); wandb's own
     settings apply (WANDB_MODE=offline logs to RUN/wandb without the network). Resumes with the run folder."""
     if not cfg.pretrain.wandb_project:
@@ -175,7 +174,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
                                               "usable_samples_rank0": len(ds), "dropped_rank0": ds.skips.as_dict(),
                                               "steps_per_epoch": spe})
         tb = SummaryWriter(str(out / "tb"))
-        wandb_run = _wandb_run(cfg, out, start)
+        wandb_run = _wandb_run(cfg, out)
         metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8")
         print(f"pretrain: {tc.model}, policy {tc.caption_policy}, {len(ds):,} samples on rank 0 "
               f"({ds.skips.summary('usable', len(ds), len(ds) + ds.skips.total)}), {world} rank(s) x batch "
