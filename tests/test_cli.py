@@ -128,8 +128,11 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
         summary = json.loads((out / "pretrain" / "seed0" / f"qclip-mci-tiny-{method}" / "summary.json").read_text())
         assert summary["steps"] == 3, method
     for f in ("report.html", "report.md", "data_efficiency.png", "bar_segmentation.png", "bar_depth.png",
-              "training_curves.png", "caption_examples.png", "probe_curves.png", "config.yaml", "run.json"):
+              "training_curves.png", "caption_examples.png", "probe_curves.png", "config.yaml", "run.json",
+              "qualitative_segmentation.png", "qualitative_depth.png"):
         assert (out / f).is_file(), f
+    from PIL import Image  # every method's predictions side by side: one column each beside image and truth
+    assert Image.open(out / "qualitative_segmentation.png").width >= 220 * (2 + len({r["method"] for r in dense}))
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "clip-synthetic beats clip-raw" in html and "<img src=\"http" not in html
     assert "Object-class mIoU" in html and "IoU per class" in html and "Zero-shot classification" in html

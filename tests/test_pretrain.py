@@ -255,6 +255,13 @@ def test_a_run_folder_resumes_only_what_it_was_started_with(world, tmp_path, cap
         with pytest.raises(ConfigError, match="started with other settings") as e:
             pretrain(train_cfg("pretrain.steps=3", "pretrain.batch_size=16", *changed), world / "curated", run, progress=False)
         assert msg.split(" -> ")[0] in str(e.value) and "Pass a new --out" in str(e.value)
+    # --fresh: the same folder restarts with the new settings, removing only what pretraining wrote there
+    (run / "notes.txt").write_text("mine")
+    new = train_cfg("pretrain.steps=2", "pretrain.batch_size=16")
+    assert pretrain(new, world / "curated", run, progress=False, start_mode="fresh")["steps"] == 2
+    assert (run / "notes.txt").read_text() == "mine" and "removed the previous run" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="no pretraining checkpoint to resume"):  # --resume needs something to resume
+        pretrain(new, world / "curated", tmp_path / "empty", progress=False, start_mode="resume")
 
 
 @pytest.mark.parametrize("damage", ["member_boundary", "mid_member", "header"])

@@ -242,6 +242,9 @@ def test_transfer_cli_world_and_layouts(world_dir, tmp_path, capsys):
         key = "mIoU" if task == "segmentation" else "RMSE"
         assert all(np.isfinite(r["metrics"][key]) for r in s["results"])
         assert (out / f"{task}-{mode}-f0.25" / "predictions.png").stat().st_size > 3000
+        from qclip.transfer.visualize import load_examples  # the grid's arrays, for the report's comparison
+        ex = load_examples(out / f"{task}-{mode}-f0.25" / "predictions.npz")
+        assert ex and ex[0]["pred"].shape == ex[0]["target"].shape
         assert (out / "config.yaml").is_file() and (out / "run.json").is_file()
 
 

@@ -154,7 +154,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if not Path(args.data).exists():
         raise ConfigError(f"--data '{args.data}' does not exist (a qclip dataset: qclip world / qclip ingest)")
-    pretrain(cfg, args.data, args.out, progress=not args.quiet)
+    pretrain(cfg, args.data, args.out, progress=not args.quiet,
+             start_mode="fresh" if args.fresh else "resume" if args.resume else "auto")
     return 0
 
 
@@ -397,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "pretrain.caption_policy=mix:0.8 pretrain.batch_size=256 pretrain.steps=2000")
     p.add_argument("--data", required=True, help="qclip dataset directory (manifest.json + shards/)")
     p.add_argument("--out", required=True, help="run directory; re-running the same command resumes it")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true",
+                     help="require a checkpoint in --out to resume (default: resume one when its settings match)")
+    how.add_argument("--fresh", action="store_true",
+                     help="start over: remove the previous run's outputs (checkpoints, model, logs) from --out first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p, CONFIG_SECTIONS["pretrain"])
     p.set_defaults(func=cmd_pretrain)

@@ -224,8 +224,9 @@ class StudyMethod:
     name: str
     kind: str  # clip | baseline | random
     policy: str = ""  # clip: pretrain.caption_policy, with {captioner} and {mix_p} filled in by the study
-    captioned: bool = False  # clip: reads the recaptioned pool (its cache key then depends on the captions)
-    captioner: str = "main"  # captioned: which of STUDY_CAPTIONERS recaptioned the pool it reads
+    # clip: which of STUDY_CAPTIONERS recaptioned the pool it reads (its cache key then depends on those
+    # captions); empty: the pool as the world wrote it
+    captioner: str = ""
     split: str = "pool"  # baseline: the world split it trains on
 
 
@@ -235,10 +236,9 @@ STUDY_CAPTIONERS: dict[str, dict[str, Any]] = {"main": {}, "captions-only": {"re
 
 STUDY_METHODS: dict[str, StudyMethod] = {m.name: m for m in (
     StudyMethod("clip-raw", "clip", "raw"),
-    StudyMethod("clip-synthetic", "clip", "synthetic:{captioner}", captioned=True),
-    StudyMethod("clip-mix", "clip", "mix:{mix_p}:{captioner}", captioned=True),
-    StudyMethod("clip-synthetic-captions-only", "clip", "synthetic:{captioner}", captioned=True,
-                captioner="captions-only"),
+    StudyMethod("clip-synthetic", "clip", "synthetic:{captioner}", captioner="main"),
+    StudyMethod("clip-mix", "clip", "mix:{mix_p}:{captioner}", captioner="main"),
+    StudyMethod("clip-synthetic-captions-only", "clip", "synthetic:{captioner}", captioner="captions-only"),
     StudyMethod("clip-reference", "clip", "reference"),
     StudyMethod("random", "random"),
     StudyMethod("supervised", "baseline"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,21 @@ def cost_estimate(what: str, seconds_per_step: float, steps_left: int) -> str:
     t = seconds_per_step * steps_left
     left = f"{t:.0f} s" if t < 120 else f"{t / 60:.0f} min" if t < 7200 else f"{t / 3600:.1f} h"
     return f"{what}: {seconds_per_step:.2f} s/step measured; the {steps_left} steps left need about {left}"
+
+
+class StepTimer:
+    """Times two steps after the first (which pays for warm-up) and returns the cost line once, at the third
+    step after `start`; call `after_step(step)` with the number of steps done."""
+
+    def __init__(self, what: str, start: int, total: int) -> None:
+        self.what, self.start, self.total, self.t = what, start, total, time.time()
+
+    def after_step(self, step: int) -> str | None:
+        if step == self.start + 1:
+            self.t = time.time()
+        elif step == self.start + 3 and step < self.total:
+            return cost_estimate(self.what, (time.time() - self.t) / 2, self.total - step)
+        return None
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scheduler, params, grad_clip: float) -> None:

@@ -167,7 +167,7 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
         write_preview(world_dir, out / "world_preview.png")
 
     log("[2/5] captions: train the captioner on the curated split, recaption the pool")
-    variants = ["main"] + sorted({STUDY_METHODS[m].captioner for m in study.methods} - {"main"})
+    variants = ["main"] + sorted({STUDY_METHODS[m].captioner for m in study.methods} - {"main", ""})
     recaption_keys, quality = {}, {}
     for variant in variants:
         ccfg = dataclasses.replace(cfg, captioner=dataclasses.replace(cfg.captioner, **STUDY_CAPTIONERS[variant]))
@@ -224,9 +224,9 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
         cache.run(stage, pretrain_key, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
             mcfg, method.name, world_dir / method.split, run_dir, progress)))
         return str(run_dir), pretrain_key, []
-    data = out / captioned_pool(method.captioner) if method.captioned else world_dir / "pool"
+    data = out / captioned_pool(method.captioner) if method.captioner else world_dir / "pool"
     pretrain_key = cache.key("pretrain", method.name,
-                             keys["recaption"][method.captioner] if method.captioned else keys["world"],
+                             keys["recaption"][method.captioner] if method.captioner else keys["world"],
                              result_keys(mcfg.pretrain), seed)
 
     def do_pretrain() -> dict:

@@ -3,7 +3,6 @@ headline table on the console."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from .findings import finding_lines, findings, format_table, headline_table
@@ -44,6 +43,31 @@ def caption_examples(data: Path, n: int = 6) -> list[dict]:
     return out
 
 
+def qualitative_grid(out: Path, rows: list[dict], task: str, path: Path) -> Path | None:
+    """Every method's prediction of the same validation images (first encoder, first seed, the largest labelled
+    fraction) side by side, from the arrays each transfer run keeps (predictions.npz)."""
+    from ..transfer.visualize import load_examples, save_comparison_grid
+
+    rs = [r for r in rows if r["task"] == task]
+    if not rs:
+        return None
+    enc, seed, frac = rs[0]["encoder"], min(r["seed"] for r in rs), max(r["data_fraction"] for r in rs)
+    methods = list(dict.fromkeys(r["method"] for r in rs if r["encoder"] == enc))
+    examples: dict[str, list[dict]] = {}
+    for m in methods:
+        found = sorted((out / "transfer" / f"seed{seed}").glob(f"{enc}-{m}-{task}/{task}-*-f{frac:g}/predictions.npz"))
+        if found:
+            examples[m] = load_examples(found[0])
+    if not examples:
+        return None
+    first = next(iter(examples.values()))
+    n = min(len(v) for v in examples.values())
+    names = next((r["metrics"].get("class_names") for r in rs if r["metrics"].get("class_names")), None)
+    save_comparison_grid(first[:n], {m: [e["pred"] for e in ex[:n]] for m, ex in examples.items()}, task, path,
+                         f"{enc}, seed {seed}, {frac:.0%} of the labels", len(names or []), names)
+    return path
+
+
 def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: dict[str, Path] | None = None,
                  log=print) -> Path:
     out = Path(out)
@@ -67,14 +91,12 @@ def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: di
             figs["probe training curves"] = probes
     if pretrain_dirs:
         figs["training curves"] = training_curves(pretrain_dirs, out / "training_curves.png")
-    for name, src in (("qualitative predictions", next(iter(sorted((out / "transfer").glob(
-            "*/*clip-synthetic-segmentation/segmentation-*-f1/predictions.png"))), None)),
-                      ("world", out / "world_preview.png")):
-        if src is not None and Path(src).is_file():
-            dst = out / ("qualitative.png" if name.startswith("qual") else Path(src).name)
-            if Path(src) != dst:
-                shutil.copyfile(src, dst)
-            figs[name] = dst
+    for task in ("segmentation", "depth"):
+        grid = qualitative_grid(out, rows, task, out / f"qualitative_{task}.png")
+        if grid is not None:
+            figs[f"qualitative {task}: every method on the same images"] = grid
+    if (out / "world_preview.png").is_file():
+        figs["world"] = out / "world_preview.png"
     examples = caption_examples(out / "pool_captioned")
     if examples:
         figs["caption examples"] = caption_examples_figure(examples, out / "caption_examples.png")

@@ -94,14 +94,15 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
     std = " ± std over seeds" if seeds > 1 else " (one seed: no spread)"
     f = findings(rows)
     lines = finding_lines(f)
+    over = " (mean over seeds)" if seeds > 1 else " (one seed)"
     sections: list[tuple[str, str, list[list[str]]]] = [  # (title, text before the table, table)
         ("Checks", f"Every comparison of this run as a {TEST}; A beats B where the change is positive.",
          check_table(f) if f["checks"] else []),
         (f"Results (mean{std})", "", headline_table(rows)),
         (f"Object-class mIoU (mean{std})", "Mean IoU over the object classes, background (floor, wall) left out: "
          "what the encoders must tell apart.", headline_table(rows, "object_mIoU")),
-        ("IoU per class at the full labelled set (mean over seeds)", "", per_class_table(rows)),
-        ("Zero-shot classification and retrieval of the CLIP runs (mean over seeds)",
+        (f"IoU per class at the full labelled set{over}", "", per_class_table(rows)),
+        (f"Zero-shot classification and retrieval of the CLIP runs{over}",
          "top1: zero-shot accuracy on the validation split's largest object; chance_top1: always guessing the "
          "most frequent class.", pretraining_table(rows)),
     ]

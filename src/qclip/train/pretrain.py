@@ -26,14 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from ..atomic import atomic_write_json
+from ..atomic import atomic_write_json, remove_tree
 from ..config import PERFORMANCE_KEYS, Config, ConfigError, result_keys, to_dict
 from ..data.policy import CaptionPolicy
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir, unwrap
 from ..optim import (
+    StepTimer,
     adamw,
-    cost_estimate,
     load_checkpoint,
     lr_lambda,
     optimizer_step,
@@ -85,7 +85,7 @@ def check_resume(ckpt_dir: Path, key: dict) -> None:
     diff += [f"{k}: {old.get(k)!r} -> {key.get(k)!r}" for k in ("data", "seed", "world_size") if old.get(k) != key.get(k)]
     if diff:
         raise ConfigError(f"{ckpt_dir.parent} holds a run started with other settings ({'; '.join(diff)}); "
-                          f"resuming would mix the two. Pass a new --out, or delete {ckpt_dir} to start afresh "
+                          f"resuming would mix the two. Pass a new --out, or --fresh to start this one afresh "
                           f"(performance-only keys may change: {', '.join('pretrain.' + k for k in PERFORMANCE_KEYS)})")
 
 
@@ -103,11 +103,36 @@ def _wandb_run(cfg: Config, out: Path):
                       config=to_dict(cfg), tags=["qclip", "pretrain"], reinit="finish_previous")
 
 
+# what `qclip pretrain` writes into a run folder: all that --fresh removes (nothing else in the folder is touched)
+RUN_OUTPUTS = ("checkpoints", "model", "tb", "wandb", "summary.json", "metrics.jsonl", "config.yaml", "run.json")
+
+
+def start_fresh(out: Path) -> list[str]:
+    """Remove a previous run's outputs from `out` (only the names pretraining writes); returns what was removed."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            remove_tree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def has_run(out: Path) -> bool:
+    return (out / "checkpoints" / "latest.json").is_file() or (out / "summary.json").is_file()
+
+
 # ---------------------------------------------------------------------------------------------------
 # the loop
 
 
-def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = True) -> dict:
+def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = True, start_mode: str = "auto") -> dict:
+    """start_mode: "auto" resumes a run folder started with the same settings (else starts); "resume" fails when
+    there is nothing to resume; "fresh" first removes a previous run's outputs (`RUN_OUTPUTS`) from `out`."""
     t_start = time.time()
     tc = cfg.pretrain
     rank, world, device = init_distributed()
@@ -115,6 +140,13 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
         torch.set_num_threads(tc.threads)
     out = Path(out)
     is_main = rank == 0
+    if start_mode == "resume" and not has_run(out):
+        raise ConfigError(f"--resume: {out} holds no pretraining checkpoint to resume (drop --resume to start it)")
+    if start_mode == "fresh":
+        if is_main and start_fresh(out):
+            print(f"pretrain: --fresh: removed the previous run's outputs from {out}")
+        if world > 1:
+            dist.barrier()
     # settled before anything is built: a finished run returns at once, a changed one fails at once
     key = run_key(cfg, data, world)
     check_resume(out / "checkpoints", key)
@@ -194,7 +226,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     bar = tqdm(total=tc.steps, initial=start, desc="pretrain", unit="step", disable=not (progress and is_main))
     model.train()
     step, window_t, window_n, last_loss = start, time.time(), 0, float("nan")
-    t_first = time.time()
+    timer = StepTimer("pretrain", start, tc.steps)  # the first step pays for warm-up: it times two after it
     batches = iter(loader)
     while step < tc.steps:
         t0 = time.time()
@@ -231,11 +263,9 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
         window_n += tc.batch_size * world
         last_loss = loss.item()
         bar.update(1)
-        if step == start + 1:
-            t_first = time.time()
-        elif step == start + 3 and is_main and step < tc.steps:  # the first step pays for warm-up: time two after it
-            per_step = (time.time() - t_first) / 2
-            tqdm.write(cost_estimate("pretrain", per_step, tc.steps - step))
+        cost = timer.after_step(step)
+        if cost and is_main:
+            tqdm.write(cost)
 
         if is_main and (step % tc.log_every == 0 or step == tc.steps):
             dt = time.time() - window_t

@@ -8,7 +8,7 @@ run, already stacked as the probe head's first (parameter-free) step, and cached
 `FeatureMemo` (the study passes one per encoder) the next task on the same encoder and images reuses them.
 Runs on a GPU when there is one (`transfer.device`, bf16 autocast); with `transfer.checkpoint_every` a fraction
 resumes from its latest checkpoint (OUT/<task>-<mode>-f<fraction>/checkpoints).
-Writes OUT/metrics.json (all fractions), OUT/<task>-<mode>-f<fraction>/{metrics.json,predictions.png},
+Writes OUT/metrics.json (all fractions), OUT/<task>-<mode>-f<fraction>/{metrics.json,predictions.png,predictions.npz},
 and the resolved config + versions (config.yaml, run.json).
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ from tqdm import tqdm
 from ..atomic import atomic_write_json, remove_tree
 from ..config import Config
 from ..optim import (
+    StepTimer,
     adamw,
-    cost_estimate,
     epoch_batches,
     load_checkpoint,
     lr_lambda,
@@ -47,7 +47,7 @@ from .fractions import nested_subset
 from .heads import DenseHead, LinearProbeHead
 from .losses import depth_loss, segmentation_loss
 from .metrics import HEADLINE, DepthMetric, SegmentationMetric
-from .visualize import save_prediction_grid
+from .visualize import save_examples, save_prediction_grid
 
 
 def resolve_device(name: str) -> torch.device:
@@ -213,7 +213,7 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
         loader = DataLoader(train, batch_sampler=batches, collate_fn=collate, num_workers=cfg.workers,
                             prefetch_factor=4 if cfg.workers else None)
         data = ((b["image"], b["target"]) for b in loader)
-    t_first = time.time()
+    timer = StepTimer(desc, start, cfg.steps)
     for x, target in data:
         x = [f.to(device) for f in x] if cached is not None else x.to(device)
         target = target.to(device)
@@ -232,10 +232,9 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         step = len(losses)
-        if finetune and step == start + 1:
-            t_first = time.time()
-        elif finetune and step == start + 3 and step < cfg.steps:  # fine-tuning can take hours on a CPU: say so
-            tqdm.write(cost_estimate(desc, (time.time() - t_first) / 2, cfg.steps - step))
+        cost = timer.after_step(step)
+        if cost and finetune:  # fine-tuning can take hours on a CPU: say so
+            tqdm.write(cost)
         if ckpt_dir is not None and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             atomic_write_json(ckpt_dir / "losses.json", losses)
             save_checkpoint(ckpt_dir, trained, opt, sched, step)
@@ -312,6 +311,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         save_prediction_grid(examples, t.task, out / name / "predictions.png",
                              f"{encoder_spec} | {name} | {HEADLINE[t.task][0]} {metrics.get(HEADLINE[t.task][0], 0):.3f}",
                              num_classes, getattr(val.ds, "class_names", None))
+        save_examples(examples, out / name / "predictions.npz")
         results.append(run)
     summary = {"encoder": encoder_spec, "encoder_info": info.__dict__, "task": t.task, "mode": t.mode,
                "layout": layout, "num_classes": num_classes, "results": results,
