@@ -25,7 +25,7 @@ from qclip_cli import ROOT, qclip  # benchmarks/qclip_cli.py, beside this script
 
 
 def loader_rate(ds, batch_size: int, steps: int, workers: int, skip: int = 2) -> float:
-    from qclip.train.data import make_loader, steps_per_epoch
+    from qclip.train.shard_dataset import make_loader, steps_per_epoch
 
     loader = make_loader(ds, batch_size, steps_per_epoch(len(ds), batch_size, 1), steps, 0, 0, 0, workers)
     t = None
@@ -71,7 +71,7 @@ def main() -> None:
 
     from qclip.data.policy import CaptionPolicy
     from qclip.models import create_clip
-    from qclip.train.data import ClipShardDataset, make_loader, steps_per_epoch
+    from qclip.train.shard_dataset import ClipShardDataset, make_loader, steps_per_epoch
 
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="qclip-bench-")) / "world"
     if not args.data:

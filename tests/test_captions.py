@@ -243,7 +243,7 @@ def test_pixel_cache_gives_the_same_items(world_dir, coca_dir):
     from qclip.data.policy import CaptionPolicy
     from qclip.models import create_clip
     from qclip.models.vocab import WordTokenizer
-    from qclip.train.data import ClipShardDataset
+    from qclip.train.shard_dataset import ClipShardDataset
 
     transform = create_clip(f"local-dir:{coca_dir}").preprocess_val
     policy = CaptionPolicy.parse("reference")

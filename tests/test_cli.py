@@ -147,6 +147,7 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["stages_run"] and all(s.startswith("transfer-") for s in run["stages_run"])
     assert "world" in run["stages_reused"] and "captioner" in run["stages_reused"]
+    assert f"in {out / 'world'}, from the stage cache" in res2.stdout  # not the first run's "generated ... in"
     assert any(s.startswith("pretrain-") for s in run["stages_reused"])
 
     (out / "report.html").unlink()

@@ -184,7 +184,7 @@ def test_decoded_cache_gives_the_same_items_and_keeps_to_its_budget(world):
     """Decoded images and tokens are kept after first use; the random crop and the caption draw must not change,
     and a budget smaller than the data keeps only what fits."""
     from qclip.data.policy import CaptionPolicy
-    from qclip.train.data import ClipShardDataset
+    from qclip.train.shard_dataset import ClipShardDataset
 
     bundle = create_clip("qclip-vit-tiny")
     policy = CaptionPolicy.parse("raw")
@@ -208,7 +208,7 @@ def test_every_method_can_be_given_the_images_that_have_alt_text(world):
     """`pretrain.require_raw_caption`: the synthetic policy and the baselines see exactly the images clip-raw sees."""
     from qclip.data.policy import CaptionPolicy
     from qclip.train.baselines import _load_pool
-    from qclip.train.data import ClipShardDataset
+    from qclip.train.shard_dataset import ClipShardDataset
 
     bundle = create_clip("qclip-vit-tiny")
     args = (bundle.preprocess_train, bundle.tokenizer, 3)
@@ -269,7 +269,7 @@ def test_pretraining_refuses_a_damaged_shard_and_names_it(world, tmp_path, damag
     import shutil
 
     from qclip.data.policy import CaptionPolicy
-    from qclip.train.data import ClipShardDataset, TrainDataError
+    from qclip.train.shard_dataset import ClipShardDataset, TrainDataError
 
     data = tmp_path / "pool"
     shutil.copytree(world / "pool", data)

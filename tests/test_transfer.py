@@ -155,7 +155,7 @@ def test_log_depth_head_positive_bounded_and_fits_log_linear_depth():
 def test_cached_validation_features_give_the_same_metrics(world_dir):
     from qclip.config import load_config
     from qclip.data.dense import open_dense
-    from qclip.transfer.data import TransferDataset
+    from qclip.transfer.dataset import TransferDataset
     from qclip.transfer.run import _feature_batches, evaluate_head
 
     cfg = load_config(None, ["transfer.eval_batch_size=5"]).transfer

@@ -535,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .models.checkpoint import UnsafeCheckpoint
     from .models.factory import ModelError
     from .models.hub import HubError
-    from .train.data import TrainDataError
+    from .train.shard_dataset import TrainDataError
     from .transfer.encoders import EncoderError
 
     parser = build_parser()

@@ -162,7 +162,7 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
     world_key = cache.key("world", asdict(cfg.world), cfg.seed)
     log("[1/5] world")
     info = cache.run("world", world_key, None, timed("world", lambda: build_world(cfg, world_dir, progress=progress)))
-    log("      " + summary_line(info))
+    log("      " + summary_line(info, None if "world" in cache.ran else world_dir))
     if not (out / "world_preview.png").is_file():
         write_preview(world_dir, out / "world_preview.png")
 

@@ -29,7 +29,7 @@ from ..models.checkpoint import MODEL_CONFIG, MODEL_VOCAB, save_model_dir
 from ..models.vocab import WordTokenizer
 from ..optim import adamw, load_checkpoint, lr_lambda, optimizer_step, param_groups, save_checkpoint
 from ..provenance import write_run_info
-from ..train.data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
+from ..train.shard_dataset import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 from .regions import RegionHead, box_in_input, object_boxes
 
 

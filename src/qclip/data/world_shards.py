@@ -105,8 +105,11 @@ def build_world(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     return {"out": str(out), "splits": counts, "generated": todo, "reused": reused, "seconds": round(seconds, 2)}
 
 
-def summary_line(info: dict) -> str:
+def summary_line(info: dict, out: str | Path | None = None) -> str:
+    """The world stage's one line; with `out`, a world the study's stage cache reused, now in `out`."""
     parts = ", ".join(f"{k} {v:,}" for k, v in info["splits"].items())
+    if out is not None:
+        return f"world: {sum(info['splits'].values()):,} samples ({parts}) in {out}, from the stage cache"
     reused = f"; reused {', '.join(info['reused'])}" if info["reused"] else ""
     return f"world: {sum(info['splits'].values()):,} samples ({parts}) in {info['out']}, " \
            f"generated {info['generated']:,} in {info['seconds']:.1f}s{reused}"

@@ -41,7 +41,7 @@ from ..models.checkpoint import save_model_dir
 from ..models.dense_encoder import DenseEncoder
 from ..optim import adamw, epoch_batches, lr_lambda, optimizer_step, param_groups
 from ..provenance import write_run_info
-from .data import seeded_cpu_rng
+from .shard_dataset import seeded_cpu_rng
 
 METHODS = tuple(m.name for m in STUDY_METHODS.values() if m.kind == "baseline")
 LABELS = [(c, s) for c in COLOURS for s in SHAPES]  # 32 object classes
@@ -79,7 +79,7 @@ def _load_pool(data: str | Path, labels_of: str, require_raw: bool, size: int = 
     """Every image of a split, decoded once (the world is small: 10k RGB 64x64 images = 120 MB), and its labels:
     `labels_of` "objects" (multi-label), "boxes" (a grid of class ids) or "" (none).
     require_raw: only images with raw alt-text, as `pretrain.require_raw_caption` makes CLIP pretraining do."""
-    from .data import has_raw_caption
+    from .shard_dataset import has_raw_caption
 
     images, labels = [], []
     for s in ShardReader(data):

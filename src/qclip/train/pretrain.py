@@ -42,8 +42,8 @@ from ..optim import (
     save_checkpoint,
 )
 from ..provenance import write_run_info
-from .data import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 from .losses import build_loss, contrastive_loss
+from .shard_dataset import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 
 # ---------------------------------------------------------------------------------------------------
 # distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)

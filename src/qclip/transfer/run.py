@@ -41,7 +41,7 @@ from ..optim import (
     save_checkpoint,
 )
 from ..provenance import write_run_info
-from .data import TransferDataset, collate, infer_num_classes, open_splits
+from .dataset import TransferDataset, collate, infer_num_classes, open_splits
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
 from .heads import DenseHead, LinearProbeHead
