@@ -100,3 +100,23 @@ def test_config_errors_stop_before_any_work(world_dir, tmp_path, capsys, args, m
     err = capsys.readouterr().err
     assert message in err and "error:" in err, err
     assert not (tmp_path / "o").exists(), "work started before the error"
+
+
+@pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES, errno.ENOSPC])
+def test_an_output_disk_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys, err):
+    """A read-only, forbidden or full output disk: `qclip CMD: error: cannot write PATH ...`, exit 2, no traceback
+    (simulated: this machine runs tests as root, which a chmod does not stop)."""
+    import pathlib
+
+    real_mkdir = pathlib.Path.mkdir
+
+    def refuse(self, *a, **k):
+        if str(self).startswith(str(tmp_path / "out")):
+            raise OSError(err, errno.errorcode[err], str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
+    assert main(["world", "--out", str(tmp_path / "out"), "--n", "8", "world.n_curated=8", "world.n_dense=8",
+                 "world.n_dev=8", "world.n_val=8", "--quiet"]) == 2
+    err_text = capsys.readouterr().err
+    assert err_text.count("\n") == 1 and "error: cannot write" in err_text and str(tmp_path / "out") in err_text
