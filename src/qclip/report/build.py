@@ -63,8 +63,11 @@ def qualitative_grid(out: Path, rows: list[dict], task: str, path: Path) -> Path
     first = next(iter(examples.values()))
     n = min(len(v) for v in examples.values())
     names = next((r["metrics"].get("class_names") for r in rs if r["metrics"].get("class_names")), None)
+    missing = [m for m in methods if m not in examples]  # runs from before predictions.npz was kept
+    title = f"{enc}, seed {seed}, {frac:.0%} of the labels" + (
+        f" (no stored predictions: {', '.join(missing)})" if missing else "")
     save_comparison_grid(first[:n], {m: [e["pred"] for e in ex[:n]] for m, ex in examples.items()}, task, path,
-                         f"{enc}, seed {seed}, {frac:.0%} of the labels", len(names or []), names)
+                         title, len(names or []), names)
     return path
 
 
