@@ -76,8 +76,7 @@ def run_key(cfg: Config, data: str | Path, world: int) -> dict:
 def check_resume(ckpt_dir: Path, key: dict) -> None:
     """Refuse to resume a run folder started with other settings, naming the keys that differ."""
     f = ckpt_dir / RUN_KEY
-    started = (ckpt_dir / "latest.json").is_file() or (ckpt_dir.parent / "summary.json").is_file()
-    if not started or not f.is_file():  # nothing trained yet: nothing to mix
+    if not has_run(ckpt_dir.parent) or not f.is_file():  # nothing trained yet: nothing to mix
         return
     old = json.loads(f.read_text())
     diff = [f"pretrain.{k}: {old['train'].get(k)!r} -> {key['train'].get(k)!r}"
