@@ -120,3 +120,36 @@ def test_the_study_ties_every_image_size_to_the_worlds():
         check_image_sizes(load_config(ROOT / "configs" / "demo.yaml", ["world.image_size=96",
                                                                        "captioner.image_size=96",
                                                                        "transfer.image_size=96"]))
+
+
+def test_a_preset_edited_in_place_does_not_reuse_its_old_stages(tmp_path, monkeypatch):
+    """The stage cache keys a model by its config's content, not its name: a changed preset retrains."""
+    import copy
+
+    import open_clip
+    from qclip.study import StageCache, _pretrain_stage, method_config, study_method
+
+    class Recorder(StageCache):
+        def run(self, name, key, out_dir, fn):  # records nothing, trains nothing
+            return {"retrieval": {}, "zeroshot": {}}
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+
+    def keys() -> list[str]:
+        cache, out = Recorder(tmp_path, fresh=False), []
+        for name in ("random", "clip-raw", "mim"):
+            m = study_method(name, cfg.study.mix_p)
+            mcfg = method_config(cfg, "qclip-mci-tiny", m, 0)
+            k = _pretrain_stage(mcfg, m, "qclip-mci-tiny", f"seed0/{name}", tmp_path, tmp_path / "world",
+                                {"world": "w", "recaption": {}}, cache, lambda _n, f: f, False)[1]
+            out.append(k)
+        return out
+
+    before = keys()
+    assert before == keys()  # the same config: the same keys
+    edited = copy.deepcopy(open_clip.get_model_config("qclip-mci-tiny"))
+    edited["text_cfg"]["layers"] += 1
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "qclip-mci-tiny", edited)
+    after = keys()
+    assert after[0] == before[0]  # random init uses the image tower only
+    assert after[1] != before[1] and after[2] != before[2]

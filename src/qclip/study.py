@@ -212,22 +212,26 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
     from .evaluate.retrieval import retrieval_metrics
     from .evaluate.zeroshot import zero_shot_classification
     from .models import create_clip
+    from .models.factory import resolve_model_cfg
     from .train.baselines import train_baseline
     from .train.pretrain import pretrain
 
+    # the model by content, not by name: a preset edited in place (e.g. its text tower) must not reuse old stages
+    model_cfg = resolve_model_cfg(mcfg.pretrain.model, mcfg.pretrain.text_tower, mcfg.pretrain.image_size)[1]
     if method.kind == "random":
-        return f"random:{enc}", cache.key("random", enc), []
+        return f"random:{enc}", cache.key("random", enc, model_cfg["vision_cfg"]), []
     run_dir, seed = out / "pretrain" / tag, mcfg.seed
     stage = f"pretrain-{tag.replace('/', '-')}"
     if method.kind == "baseline":
-        pretrain_key = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain), seed)
+        pretrain_key = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain), model_cfg,
+                                 seed)
         cache.run(stage, pretrain_key, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
             mcfg, method.name, world_dir / method.split, run_dir, progress)))
         return str(run_dir), pretrain_key, []
     data = out / captioned_pool(method.captioner) if method.captioner else world_dir / "pool"
     pretrain_key = cache.key("pretrain", method.name,
                              keys["recaption"][method.captioner] if method.captioner else keys["world"],
-                             result_keys(mcfg.pretrain), seed)
+                             result_keys(mcfg.pretrain), model_cfg, seed)
 
     def do_pretrain() -> dict:
         r = pretrain(mcfg, data, run_dir, progress=progress)
