@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -152,6 +153,13 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
 
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+    # as benchmarks/headline is committed: results, report and figures, no pool, no run folders
+    kept = tmp_path / "committed"
+    kept.mkdir()
+    for f in ("results.json", "caption_examples.json", "caption_examples.png"):
+        shutil.copy(out / f, kept / f)
+    assert main(["report", str(kept)]) == 0
+    assert "objects named" in (kept / "report.html").read_text()  # the caption examples survive the re-render
 
 
 def test_parser_builds():

@@ -127,6 +127,7 @@ def test_a_preset_edited_in_place_does_not_reuse_its_old_stages(tmp_path, monkey
     import copy
 
     import open_clip
+
     from qclip.study import StageCache, _pretrain_stage, method_config, study_method
 
     class Recorder(StageCache):

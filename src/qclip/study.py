@@ -28,6 +28,7 @@ from .config import (
     result_keys,
     to_dict,
 )
+from .report.build import study_run_dir
 
 CAPTIONER_ID = "tiny"
 
@@ -220,7 +221,7 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
     model_cfg = resolve_model_cfg(mcfg.pretrain.model, mcfg.pretrain.text_tower, mcfg.pretrain.image_size)[1]
     if method.kind == "random":
         return f"random:{enc}", cache.key("random", enc, model_cfg["vision_cfg"]), []
-    run_dir, seed = out / "pretrain" / tag, mcfg.seed
+    run_dir, seed = study_run_dir(out, "pretrain", mcfg.seed, enc, method.name), mcfg.seed
     stage = f"pretrain-{tag.replace('/', '-')}"
     if method.kind == "baseline":
         pretrain_key = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain), model_cfg,
@@ -254,7 +255,7 @@ def _transfer_stage(mcfg: Config, spec: str, pretrain_key: str, enc: str, method
     memo, rows = FeatureMemo(), []
     for task in mcfg.study.tasks:
         tcfg = dataclasses.replace(mcfg, transfer=dataclasses.replace(mcfg.transfer, task=task))
-        t_dir = out / "transfer" / f"{tag}-{task}"
+        t_dir = study_run_dir(out, "transfer", mcfg.seed, enc, method, task)
         transfer_key = cache.key("transfer", pretrain_key, asdict(tcfg.transfer), mcfg.seed)
         r = cache.run(f"transfer-{tag.replace('/', '-')}-{task}", transfer_key, t_dir,
                       timed(f"transfer {tag} {task}",

@@ -5,9 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..atomic import atomic_write_json
 from .findings import finding_lines, findings, format_table, headline_table
 from .page import write_report
 from .plots import bar_chart, caption_examples_figure, data_efficiency_plot, probe_curves, training_curves
+
+
+def study_run_dir(out: Path, stage: str, seed: int, encoder: str, method: str, task: str = "") -> Path:
+    """Where a study keeps one run: OUT/{pretrain,transfer}/seed{S}/{encoder}-{method}[-{task}]. The study writes
+    there and the report reads from there; this is the one place the layout is spelled."""
+    return out / stage / f"seed{seed}" / "-".join(x for x in (encoder, method, task) if x)
+
+
+CAPTION_EXAMPLES = "caption_examples.json"  # their texts and scores, so a report re-renders without the pool
 
 
 def caption_examples(data: Path, n: int = 6) -> list[dict]:
@@ -55,7 +65,7 @@ def qualitative_grid(out: Path, rows: list[dict], task: str, path: Path) -> Path
     methods = list(dict.fromkeys(r["method"] for r in rs if r["encoder"] == enc))
     examples: dict[str, list[dict]] = {}
     for m in methods:
-        found = sorted((out / "transfer" / f"seed{seed}").glob(f"{enc}-{m}-{task}/{task}-*-f{frac:g}/predictions.npz"))
+        found = sorted(study_run_dir(out, "transfer", seed, enc, m, task).glob(f"{task}-*-f{frac:g}/predictions.npz"))
         if found:
             examples[m] = load_examples(found[0])
     if not examples:
@@ -103,6 +113,11 @@ def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: di
     examples = caption_examples(out / "pool_captioned")
     if examples:
         figs["caption examples"] = caption_examples_figure(examples, out / "caption_examples.png")
+        atomic_write_json(out / CAPTION_EXAMPLES, [{k: v for k, v in e.items() if k != "image"} for e in examples])
+    elif (out / CAPTION_EXAMPLES).is_file():  # a re-render without the pool (committed results): the kept copy
+        examples = json.loads((out / CAPTION_EXAMPLES).read_text())
+        if (out / "caption_examples.png").is_file():
+            figs["caption examples"] = out / "caption_examples.png"
     md, html = write_report(out, results, figs, examples, results.get("caption_quality"))
     log(format_table(headline_table(rows)))
     for line in finding_lines(findings(rows)):
