@@ -348,7 +348,7 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from None
+            raise ConfigError(f"override '{item}': value is not valid YAML ({' '.join(str(e).split())})") from None
         out.append((key.strip(), value))
     return out
 
@@ -363,7 +363,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), c
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
+            raise ConfigError(f"config file '{p}' is not valid YAML: {' '.join(str(e).split())}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

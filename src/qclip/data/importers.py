@@ -222,6 +222,9 @@ def table_candidates(images: str | Path, table: str | Path, path_column: str = "
 # COCO captions
 
 
+_NO_ID = object()  # an annotation's or image's id that is not a COCO id
+
+
 def coco_candidates(images: str | Path, annotations: str | Path) -> tuple[list[Candidate], int]:
     images, annotations = Path(images), Path(annotations)
     if not annotations.is_file():
@@ -233,18 +236,21 @@ def coco_candidates(images: str | Path, annotations: str | Path) -> tuple[list[C
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise IngestError(f"{annotations}: a COCO captions file needs 'images' and 'annotations' lists")
+    def image_id(x: Any) -> Any:  # COCO ids are numbers or strings; a list or dict names no image
+        return x if isinstance(x, (int, float, str)) and not isinstance(x, bool) else _NO_ID
+
     caps: dict[Any, list[str]] = defaultdict(list)
     for ann in data["annotations"]:
         if isinstance(ann, dict):
-            caps[ann.get("image_id")].append(ann.get("caption"))
+            caps[image_id(ann.get("image_id"))].append(ann.get("caption"))
     out = []
-    image_ids = {im.get("id") for im in data["images"] if isinstance(im, dict)}
+    image_ids = {image_id(im.get("id")) for im in data["images"] if isinstance(im, dict)} - {_NO_ID}
     orphans = sum(len(v) for k, v in caps.items() if k not in image_ids)
     if orphans:  # captions of an image the file does not list: counted, as every other drop
         out.append(Candidate(f"{annotations.name}: {orphans} caption(s) of image ids not in 'images'", bytes, [],
                              bad="caption of an absent image"))
     for im in data["images"]:
-        if not isinstance(im, dict):
+        if not isinstance(im, dict) or image_id(im.get("id")) is _NO_ID:
             out.append(Candidate(f"{annotations.name}: image entry {im!r:.40}", bytes, [], bad="malformed image entry"))
             continue
         name = str(im.get("file_name", ""))
