@@ -106,3 +106,16 @@ def test_the_box_supervision_confound_is_reported():
     (c,) = f["without_boxes"]
     assert c["gain"] == pytest.approx(0.10) and c["kept"] == pytest.approx(0.03)
     assert any("captions-only captioner: 30% of it survives" in line for line in finding_lines(f))
+
+
+def test_report_notes_are_written_from_the_runs_config():
+    from qclip.config import STUDY_METHODS
+    from qclip.report.page import notes
+
+    assert all(m.about for m in STUDY_METHODS.values())  # every method can be explained in the report
+    results = {"config": {"study": {"methods": ["clip-raw", "mim"]},
+                          "transfer": {"mode": "probe", "steps": 7, "data_fractions": [0.1, 1.0], "val_split": "dev"}}}
+    text = notes(results)
+    assert "clip-raw, CLIP on the pool's raw alt-text" in text and "SimMIM" in text
+    assert "clip-synthetic" not in text and "boxes" not in text  # only the methods this run has
+    assert "probe head per labelled fraction (0.1, 1;" in text and "for 7 steps" in text and "'s dev split" in text

@@ -228,6 +228,7 @@ class StudyMethod:
     # captions); empty: the pool as the world wrote it
     captioner: str = ""
     split: str = "pool"  # baseline: the world split it trains on
+    about: str = ""  # one sentence for the report's notes: what the method's training signal is
 
 
 # the captioners a study can train on the curated split: name -> captioner.* overrides. "captions-only" drops the
@@ -235,16 +236,22 @@ class StudyMethod:
 STUDY_CAPTIONERS: dict[str, dict[str, Any]] = {"main": {}, "captions-only": {"region_loss_weight": 0.0}}
 
 STUDY_METHODS: dict[str, StudyMethod] = {m.name: m for m in (
-    StudyMethod("clip-raw", "clip", "raw"),
-    StudyMethod("clip-synthetic", "clip", "synthetic:{captioner}", captioner="main"),
-    StudyMethod("clip-mix", "clip", "mix:{mix_p}:{captioner}", captioner="main"),
-    StudyMethod("clip-synthetic-captions-only", "clip", "synthetic:{captioner}", captioner="captions-only"),
-    StudyMethod("clip-reference", "clip", "reference"),
-    StudyMethod("random", "random"),
-    StudyMethod("supervised", "baseline"),
-    StudyMethod("mim", "baseline"),
+    StudyMethod("clip-raw", "clip", "raw", about="CLIP on the pool's raw alt-text"),
+    StudyMethod("clip-synthetic", "clip", "synthetic:{captioner}", captioner="main",
+                about="CLIP on the in-repo captioner's captions (trained on the curated split's reference "
+                      "descriptions, with object boxes as region supervision when captioner.region_loss_weight > 0)"),
+    StudyMethod("clip-mix", "clip", "mix:{mix_p}:{captioner}", captioner="main",
+                about="CLIP on a synthetic caption with probability study.mix_p, else the alt-text"),
+    StudyMethod("clip-synthetic-captions-only", "clip", "synthetic:{captioner}", captioner="captions-only",
+                about="CLIP on the captions of a second captioner trained without the object boxes"),
+    StudyMethod("clip-reference", "clip", "reference", about="CLIP on the world's reference descriptions (an oracle)"),
+    StudyMethod("random", "random", about="the untrained tower"),
+    StudyMethod("supervised", "baseline", about="a multi-label classifier of the scene's objects"),
+    StudyMethod("mim", "baseline", about="masked image modeling (MAE for ViTs, SimMIM for hierarchical towers)"),
     # the captioner's box supervision given to the image tower directly: the confound's other arm
-    StudyMethod("boxes", "baseline", split="curated"),
+    StudyMethod("boxes", "baseline", split="curated",
+                about="a per-cell classifier of the curated split's object boxes (the captioner's region supervision "
+                      "given to the tower directly; curated images, no crops)"),
 )}
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 

@@ -6,22 +6,27 @@ import html
 from pathlib import Path
 
 from ..atomic import atomic_write_text
+from ..config import STUDY_METHODS
 from .findings import TEST, check_table, finding_lines, findings, headline_table, markdown_table
 
-NOTES = """What every method of an encoder shares: the pool images (with pretrain.require_raw_caption, which the study
-sets, only the pool images that have alt-text, so clip-raw, clip-synthetic, clip-mix and the baselines see the very
-same images), the image tower and its initialisation for a given seed, the augmentation (open_clip's
-random-resized-crop train transform, for the baselines too), and the pretraining budget (steps x batch and schedule,
-per encoder: study.encoder_train). Methods differ only in the training signal: clip-synthetic uses the in-repo
-captioner's captions (trained on the curated split's reference descriptions, with object boxes as region supervision
-when captioner.region_loss_weight > 0), clip-raw the pool's alt-text, clip-mix a synthetic caption with probability
-study.mix_p, clip-synthetic-captions-only the captions of a second captioner trained without the boxes; random is the
-untrained tower, supervised a multi-label classifier of the scene's objects, mim masked image modeling (MAE for ViTs,
-SimMIM for hierarchical towers), boxes a per-cell classifier of the curated split's object boxes (the captioner's
-region supervision given to the tower directly; curated images, no crops: the exceptions to the above). Transfer trains a fresh head per labelled fraction
-(nested subsets, the same for every method at a given seed) for the same iterations and evaluates on
-transfer.val_split. Seed s gives every method the same initialisation and labelled subset, which is what makes
-the checks paired."""
+
+def notes(results: dict) -> str:
+    """What the run's methods share and how they differ, written from its config and the table of methods."""
+    cfg = results.get("config") or {}
+    study, transfer = cfg.get("study", {}), cfg.get("transfer", {})
+    methods = [m for m in study.get("methods", []) if m in STUDY_METHODS]
+    shared = ("What every method of an encoder shares: the pool images (with pretrain.require_raw_caption, which the "
+              "study sets, only pool images that have alt-text, so every method sees the very same images), the image "
+              "tower and its initialisation for a given seed, the augmentation (open_clip's random-resized-crop train "
+              "transform, for the baselines too) and the pretraining budget. ")
+    about = "Methods differ only in the training signal: " + "; ".join(
+        f"{m}, {STUDY_METHODS[m].about}" for m in methods) + ". " if methods else ""
+    fractions = ", ".join(f"{f:g}" for f in transfer.get("data_fractions", []))
+    probe = (f"Transfer trains a fresh {transfer.get('mode', '?')} head per labelled fraction ({fractions}; nested "
+             f"subsets, the same for every method at a given seed) for {transfer.get('steps', '?')} steps and "
+             f"evaluates on the world's {transfer.get('val_split') or 'val'} split. " if transfer else "")
+    return shared + about + probe + ("Seed s gives every method the same initialisation and labelled subset, which is "
+                                     "what makes the checks paired.")
 
 
 def _scored(example: dict, kind: str) -> str:
@@ -88,8 +93,9 @@ def pretraining_table(rows: list[dict]) -> list[list[str]]:
 
 
 def write_report(out: Path, results: dict, figures: dict[str, Path], caption_examples: list[dict],
-                 caption_quality: dict | None = None, notes: str = NOTES) -> tuple[Path, Path]:
+                 caption_quality: dict | None = None) -> tuple[Path, Path]:
     rows = results["rows"]
+    note = notes(results)
     seeds = results.get("seeds", 1)
     std = " ± std over seeds" if seeds > 1 else " (one seed: no spread)"
     f = findings(rows)
@@ -123,7 +129,7 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
                *("| " + " | ".join(_scored(e, k) for k in ("raw", "synthetic", "reference")) + " |"
                  for e in caption_examples), ""]
     md += ["## Figures", "", *(f"![{k}]({Path(p).name})" for k, p in figures.items()), "",
-           "## Notes", "", notes, ""]
+           "## Notes", "", note, ""]
     md_path = out / "report.md"
     atomic_write_text(md_path, "\n".join(md))
 
@@ -150,7 +156,7 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
                                                     [[_scored(e, k) for k in ("raw", "synthetic", "reference")]
                                                      for e in caption_examples])]
     parts += ["<h2>Figures</h2>", *(f"<h3>{html.escape(k)}</h3>{_img(p)}" for k, p in figures.items()),
-              f"<h2>Notes</h2><p>{html.escape(notes)}</p></body></html>"]
+              f"<h2>Notes</h2><p>{html.escape(note)}</p></body></html>"]
     html_path = out / "report.html"
     atomic_write_text(html_path, "\n".join(parts))
     return md_path, html_path
