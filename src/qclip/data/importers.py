@@ -236,6 +236,7 @@ def coco_candidates(images: str | Path, annotations: str | Path) -> tuple[list[C
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise IngestError(f"{annotations}: a COCO captions file needs 'images' and 'annotations' lists")
+
     def image_id(x: Any) -> Any:  # COCO ids are numbers or strings; a list or dict names no image
         return x if isinstance(x, (int, float, str)) and not isinstance(x, bool) else _NO_ID
 
