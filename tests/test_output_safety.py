@@ -104,3 +104,34 @@ def test_damaged_weights_are_refused_in_one_line(tmp_path, world_dir, capsys):
     assert main(["eval", "--model", str(tmp_path / "m"), "--data", str(world_dir / "val")]) == 2
     err = capsys.readouterr().err
     assert "qclip eval: error:" in err and "Traceback" not in err
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"echo pwned > {_PWNED}",))
+
+
+_PWNED = "/tmp/qclip_pwned_hub"
+
+
+def test_pickled_weights_from_the_hub_or_a_file_are_refused_in_one_line(tmp_path, world_dir, capsys, monkeypatch):
+    """open_clip's own loader (a `--pretrained` file, or `MODEL --pretrained TAG` whose hub download is stubbed here
+    to hand over the same file): the pickle's code never runs, one error line, exit 2."""
+    import open_clip.factory
+    import torch
+
+    from qclip.cli import main
+
+    evil = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save({"state_dict": {}, "x": _Payload()}, evil)
+    import open_clip.pretrained as ocp
+
+    # a hub tag for the small preset (as open_clip lists RN50's "openai"), downloaded as the stub says
+    monkeypatch.setitem(ocp._PRETRAINED, "qclip-vit-tiny", {"hubtag": ocp._pcfg(hf_hub="someone/weights/")})
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda *a, **k: str(evil))
+    for args in (["--model", "qclip-vit-tiny", "--pretrained", "hubtag"],
+                 ["--model", "qclip-vit-tiny", "--pretrained", str(evil)]):
+        assert main(["eval", *args, "--data", str(world_dir / "val"), "--max-samples", "4"]) == 2, args
+        err = capsys.readouterr().err
+        assert "qclip eval: error:" in err and "pickle" in err and "Traceback" not in err, err
+    assert not os.path.exists(_PWNED)
