@@ -106,6 +106,8 @@ def test_the_box_supervision_confound_is_reported():
     (c,) = f["without_boxes"]
     assert c["gain"] == pytest.approx(0.10) and c["kept"] == pytest.approx(0.03)
     assert any("captions-only captioner: 30% of it survives" in line for line in finding_lines(f))
+    one_seed = [r for r in rows if r["seed"] == 0]  # the same means from one seed: the gain is untested
+    assert any("no share given: that gain is untested (one seed)" in line for line in finding_lines(findings(one_seed)))
 
 
 def test_report_notes_are_written_from_the_runs_config():

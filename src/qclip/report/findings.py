@@ -244,7 +244,11 @@ def finding_lines(f: dict) -> list[str]:
             lines.append(f"{enc} {task}: clip-synthetic {', '.join(parts)} {word} (positive = better; paper vs MAE: "
                          f"+{paper}%)")
     for c in f.get("without_boxes", []):
-        share = f"{c['kept'] / c['gain']:.0%} of it survives" if c["gain"] > 0 else "there is no gain to keep"
+        # a share of a gain the seeds do not establish is a ratio of two noises (e.g. -564% of +0.003): give none
+        base = by.get((c["encoder"], c["task"], "clip-synthetic", "clip-raw"), {}).get("holds")
+        share = (f"{c['kept'] / c['gain']:.0%} of it survives" if base and c["gain"] > 0 else
+                 "there is no gain to keep" if c["gain"] <= 0 else
+                 f"no share given: that gain is {'untested (one seed)' if base is None else 'not significant'}")
         lines.append(f"{c['encoder']} {c['task']}: clip-synthetic's gain over clip-raw is {c['gain']:+.4f} "
                      f"{c['metric']} with a captioner that learned from object boxes, {c['kept']:+.4f} with a "
                      f"captions-only captioner: {share} (positive = better)")
