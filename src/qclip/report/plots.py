@@ -102,6 +102,7 @@ def training_curves(runs: dict[str, Path], path: Path) -> Path:
     """runs: label -> pretraining folder with metrics.jsonl (CLIP: `loss`; baselines: `loss`)."""
     plt = _plt()
     fig, ax = plt.subplots(1, 1, figsize=(6, 3.6))
+    named, seeds = set(), len({label.split("/")[0] for label in runs})
     for label, d in runs.items():
         f = Path(d) / "metrics.jsonl"
         if not f.is_file():
@@ -110,9 +111,12 @@ def training_curves(runs: dict[str, Path], path: Path) -> Path:
         pts = [p for p in pts if "loss" in p]
         if pts:
             first = pts[0]["loss"] or 1.0
-            ax.plot([p["step"] for p in pts], [p["loss"] / first for p in pts], label=label.split("/")[-1],
+            name = label.split("/")[-1]  # one legend entry per method: its seeds share the colour
+            ax.plot([p["step"] for p in pts], [p["loss"] / first for p in pts], label=None if name in named else name,
                     lw=1, color=method_colour(label))
-    ax.set(title="pretraining loss: each method's own objective (CLIP InfoNCE, supervised BCE, MIM\nreconstruction), divided by its first step's value", xlabel="step", ylabel="loss / first loss")
+            named.add(name)
+    ax.set(title="pretraining loss: each method's own objective (CLIP InfoNCE, supervised BCE, MIM\nreconstruction), divided by its first step's value"
+           + (f"; one line per seed ({seeds})" if seeds > 1 else ""), xlabel="step", ylabel="loss / first loss")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, not over, the data
     fig.tight_layout()
     return _save(fig, path)
