@@ -137,6 +137,7 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "clip-synthetic beats clip-raw" in html and "<img src=\"http" not in html
     assert "Object-class mIoU" in html and "IoU per class" in html and "Zero-shot classification" in html
+    assert "chance_R@1" in html and "chance_top1" in html  # retrieval and zero-shot beside their chance levels
     assert "One seed: none of the" in html  # one seed tests nothing, and says so
     assert "objects named" in html  # caption examples carry their scores
     assert "qclip-mci-tiny 3 steps x batch 8" in html  # the budget actually configured per encoder

@@ -80,7 +80,8 @@ def pretraining_table(rows: list[dict]) -> list[list[str]]:
         if r["task"] in ("zeroshot", "retrieval"):
             d = acc.setdefault((r["encoder"], r["method"]), {})
             for k in (("top1", "chance_top1") if r["task"] == "zeroshot" else
-                      ("image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@5", "text_to_image_R@5")):
+                      ("chance_R@1", "image_to_text_R@1", "text_to_image_R@1", "image_to_text_R@5",
+                       "text_to_image_R@5")):
                 if k in r["metrics"]:
                     d.setdefault(k, []).append(r["metrics"][k])
     if not acc:
@@ -110,7 +111,7 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
         (f"IoU per class at the full labelled set{over}", "", per_class_table(rows)),
         (f"Zero-shot classification and retrieval of the CLIP runs{over}",
          "top1: zero-shot accuracy on the validation split's largest object; chance_top1: always guessing the "
-         "most frequent class.", pretraining_table(rows)),
+         "most frequent class; chance_R@1: retrieval by chance (1 / number of images).", pretraining_table(rows)),
     ]
     sections = [(a, b, t) for a, b, t in sections if len(t) > 1]
     header = (f"{len(rows)} measurements, {seeds} seed(s), wall time {results.get('wall_seconds', 0):.0f}s, "
