@@ -232,7 +232,7 @@ def test_baselines_get_the_clip_train_augmentation_deterministically(world):
     assert not torch.equal(a, augmented_batch(images, [0, 1, 2], bundle.preprocess_val, 7))  # random crops
 
 
-def test_a_run_folder_resumes_only_what_it_was_started_with(world, tmp_path, capsys):
+def test_a_run_folder_resumes_only_what_it_was_started_with(world, tmp_path, capsys, monkeypatch):
     from qclip.config import ConfigError
 
     run = tmp_path / "run"
@@ -255,6 +255,15 @@ def test_a_run_folder_resumes_only_what_it_was_started_with(world, tmp_path, cap
         with pytest.raises(ConfigError, match="started with other settings") as e:
             pretrain(train_cfg("pretrain.steps=3", "pretrain.batch_size=16", *changed), world / "curated", run, progress=False)
         assert msg.split(" -> ")[0] in str(e.value) and "Pass a new --out" in str(e.value)
+    import copy
+
+    import open_clip  # the same name, another architecture: a preset edited in place is another run
+    edited = copy.deepcopy(open_clip.get_model_config(cfg.pretrain.model))
+    edited["text_cfg"]["layers"] += 1
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, cfg.pretrain.model, edited)
+    with pytest.raises(ConfigError, match="the config of model .* changed"):
+        pretrain(cfg, world / "curated", run, progress=False)
+    monkeypatch.undo()
     # --fresh: the same folder restarts with the new settings, removing only what pretraining wrote there
     (run / "notes.txt").write_text("mine")
     new = train_cfg("pretrain.steps=2", "pretrain.batch_size=16")

@@ -31,6 +31,7 @@ from ..config import PERFORMANCE_KEYS, Config, ConfigError, result_keys, to_dict
 from ..data.policy import CaptionPolicy
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir, unwrap
+from ..models.factory import resolve_model_cfg
 from ..optim import (
     StepTimer,
     adamw,
@@ -69,8 +70,11 @@ RUN_KEY = "run_key.json"
 
 
 def run_key(cfg: Config, data: str | Path, world: int) -> dict:
-    # "train": the key older run folders were written with (kept, so they resume)
-    return {"train": result_keys(cfg.pretrain), "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
+    # "train": the key older run folders were written with (kept, so they resume); "model": the model's config by
+    # content, so a preset edited in place is a different run (older folders lack it and are not compared on it)
+    tc = cfg.pretrain
+    return {"train": result_keys(tc), "model": resolve_model_cfg(tc.model, tc.text_tower, tc.image_size)[1],
+            "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
 
 
 def check_resume(ckpt_dir: Path, key: dict) -> None:
@@ -82,6 +86,8 @@ def check_resume(ckpt_dir: Path, key: dict) -> None:
     diff = [f"pretrain.{k}: {old['train'].get(k)!r} -> {key['train'].get(k)!r}"
             for k in sorted(set(old["train"]) | set(key["train"])) if old["train"].get(k) != key["train"].get(k)]
     diff += [f"{k}: {old.get(k)!r} -> {key.get(k)!r}" for k in ("data", "seed", "world_size") if old.get(k) != key.get(k)]
+    if "model" in old and old["model"] != key["model"]:
+        diff.append(f"the config of model {key['train'].get('model')!r} changed")
     if diff:
         raise ConfigError(f"{ckpt_dir.parent} holds a run started with other settings ({'; '.join(diff)}); "
                           f"resuming would mix the two. Pass a new --out, or --fresh to start this one afresh "
