@@ -157,10 +157,14 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     # as benchmarks/headline is committed: results, report and figures, no pool, no run folders
     kept = tmp_path / "committed"
     kept.mkdir()
-    for f in ("results.json", "caption_examples.json", "caption_examples.png"):
+    for f in ("results.json", "caption_examples.json", *(p.name for p in out.glob("*.png"))):
         shutil.copy(out / f, kept / f)
     assert main(["report", str(kept)]) == 0
     assert "objects named" in (kept / "report.html").read_text()  # the caption examples survive the re-render
+    # so do the figures drawn from run folders (training and probe curves, qualitative grids)
+    figures = {p.name for p in out.glob("*.png") if p.name in (out / "report.md").read_text()}
+    assert {"training_curves.png", "probe_curves.png", "qualitative_segmentation.png"} <= figures
+    assert all(name in (kept / "report.md").read_text() for name in figures), figures
 
 
 def test_parser_builds():

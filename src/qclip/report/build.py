@@ -98,16 +98,21 @@ def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: di
         for task in ("segmentation", "depth"):
             if any(r["task"] == task for r in rows):
                 figs[f"{task} at the full labelled set"] = bar_chart(rows, task, out / f"bar_{task}.png")
-    if (out / "transfer").is_dir():
-        probes = probe_curves(out / "transfer", out / "probe_curves.png")
-        if probes is not None:
-            figs["probe training curves"] = probes
-    if pretrain_dirs:
-        figs["training curves"] = training_curves(pretrain_dirs, out / "training_curves.png")
+    # figures drawn from the run folders; a re-render without them (committed results) keeps the copies it has
+    drawn: dict[str, tuple[str, Path | None]] = {
+        "probe training curves": ("probe_curves.png", probe_curves(out / "transfer", out / "probe_curves.png")
+                                  if (out / "transfer").is_dir() else None),
+        "training curves": ("training_curves.png", training_curves(pretrain_dirs, out / "training_curves.png")
+                            if pretrain_dirs else None),
+    }
     for task in ("segmentation", "depth"):
-        grid = qualitative_grid(out, rows, task, out / f"qualitative_{task}.png")
-        if grid is not None:
-            figs[f"qualitative {task}: every method on the same images"] = grid
+        drawn[f"qualitative {task}: every method on the same images"] = (
+            f"qualitative_{task}.png", qualitative_grid(out, rows, task, out / f"qualitative_{task}.png"))
+    for title, (name, path) in drawn.items():
+        if path is None and (out / name).is_file():
+            path = out / name
+        if path is not None:
+            figs[title] = path
     if (out / "world_preview.png").is_file():
         figs["world"] = out / "world_preview.png"
     examples = caption_examples(out / "pool_captioned")
