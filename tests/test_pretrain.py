@@ -52,6 +52,25 @@ def test_pretraining_learns(world, tmp_path):
     print("retrieval after 120 steps:", m)
 
 
+def test_text_lr_mult_puts_the_text_tower_in_its_own_groups():
+    from qclip.config import result_keys
+    from qclip.train.pretrain import clip_param_groups
+
+    model = create_clip("qclip-mci-tiny").model
+    assert len(clip_param_groups(model, train_cfg().pretrain)) == 2  # at 1.0: the groups older checkpoints hold
+    # a setting at its neutral value leaves the stage-cache / resume key as runs made before it existed wrote it
+    assert "text_lr_mult" not in result_keys(train_cfg().pretrain)
+    tc = train_cfg("pretrain.text_lr_mult=0.25").pretrain
+    assert result_keys(tc)["text_lr_mult"] == 0.25
+    lr_of = {id(p): g["lr"] for g in clip_param_groups(model, tc) for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert len(lr_of) == len(names)
+    for n, p in names.items():
+        text = not n.startswith("visual.") and "logit_" not in n
+        assert lr_of[id(p)] == pytest.approx(tc.lr * (0.25 if text else 1.0)), n
+    assert any(not n.startswith("visual.") and "logit_" not in n for n in names)
+
+
 def _run(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "qclip", "pretrain", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)

@@ -77,6 +77,8 @@ class PretrainConfig:
     accum_steps: int = 1  # micro-batches per step; features are cached so the loss sees the whole batch
     steps: int = 400
     lr: float = 1e-3
+    # a from-scratch text tower can sit at chance at an lr its image tower needs (benchmarks/RESULTS.md)
+    text_lr_mult: float = 1.0  # the text tower's lr as a multiple of pretrain.lr (image tower, logit scale: lr)
     min_lr: float = 0.0
     weight_decay: float = 0.1
     warmup_steps: int = 40
@@ -102,9 +104,15 @@ PERFORMANCE_KEYS = ("workers", "cache_mb", "threads", "log_every", "checkpoint_e
                     "wandb_project")
 
 
+# pretrain.* keys added after runs were cached, with the value that reproduces those runs: at that value a key is
+# left out of result_keys, so older stage caches and run folders keep matching
+NEUTRAL_KEYS = {"text_lr_mult": 1.0}
+
+
 def result_keys(train: PretrainConfig) -> dict:
     """The pretrain.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS)."""
-    return {k: v for k, v in dataclasses.asdict(train).items() if k not in PERFORMANCE_KEYS}
+    return {k: v for k, v in dataclasses.asdict(train).items()
+            if k not in PERFORMANCE_KEYS and not (k in NEUTRAL_KEYS and v == NEUTRAL_KEYS[k])}
 
 
 @dataclass
@@ -470,6 +478,7 @@ def validate(cfg: Config) -> None:
     checks += [  # numbers that NaN, infinity or a sign error would turn into a silently broken run
         (fin(t.lr) and t.lr > 0 and fin(t.min_lr) and 0 <= t.min_lr <= t.lr, "pretrain.lr must be finite and > 0, "
          "pretrain.min_lr in [0, pretrain.lr]"),
+        (fin(t.text_lr_mult) and t.text_lr_mult > 0, "pretrain.text_lr_mult must be finite and > 0"),
         (fin(t.weight_decay) and t.weight_decay >= 0, "pretrain.weight_decay must be finite and >= 0"),
         (0 <= t.beta1 < 1 and 0 <= t.beta2 < 1 and fin(t.eps) and t.eps > 0,
          "pretrain.beta1/beta2 must be in [0, 1) and pretrain.eps finite and > 0"),

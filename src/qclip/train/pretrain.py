@@ -77,6 +77,22 @@ def run_key(cfg: Config, data: str | Path, world: int) -> dict:
             "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
 
 
+def clip_param_groups(model: torch.nn.Module, tc) -> list[dict]:
+    """param_groups, with the text tower (everything outside `visual.` but the logit scale / bias) at
+    lr x text_lr_mult; at 1.0 the two groups that older checkpoints hold."""
+    groups = param_groups(model, tc.weight_decay)
+    if tc.text_lr_mult == 1.0:
+        return groups
+    text = {id(p) for n, p in model.named_parameters() if not n.startswith("visual.") and "logit_" not in n}
+    out = []
+    for g in groups:
+        for is_text in (False, True):
+            params = [p for p in g["params"] if (id(p) in text) == is_text]
+            if params:
+                out.append({**g, "params": params, "lr": tc.lr * (tc.text_lr_mult if is_text else 1.0)})
+    return out
+
+
 def check_resume(ckpt_dir: Path, key: dict) -> None:
     """Refuse to resume a run folder started with other settings, naming the keys that differ."""
     f = ckpt_dir / RUN_KEY
@@ -191,7 +207,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     if is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "checkpoints" / RUN_KEY, key)
-    optimizer = adamw(param_groups(model, tc.weight_decay), tc.lr, (tc.beta1, tc.beta2), tc.eps)
+    optimizer = adamw(clip_param_groups(model, tc), tc.lr, (tc.beta1, tc.beta2), tc.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
     start = load_checkpoint(out / "checkpoints", model, optimizer, scheduler)
     if world > 1:
