@@ -27,7 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..atomic import atomic_write_json, remove_tree
-from ..config import PERFORMANCE_KEYS, Config, ConfigError, result_keys, to_dict
+from ..config import PERFORMANCE_KEYS, Config, ConfigError, PretrainConfig, result_keys, to_dict
 from ..data.policy import CaptionPolicy
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir, unwrap
@@ -77,7 +77,7 @@ def run_key(cfg: Config, data: str | Path, world: int) -> dict:
             "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
 
 
-def clip_param_groups(model: torch.nn.Module, tc) -> list[dict]:
+def clip_param_groups(model: torch.nn.Module, tc: PretrainConfig) -> list[dict]:
     """param_groups, with the text tower (everything outside `visual.` but the logit scale / bias) at
     lr x text_lr_mult; at 1.0 the two groups that older checkpoints hold."""
     groups = param_groups(model, tc.weight_decay)
