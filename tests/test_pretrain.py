@@ -62,6 +62,7 @@ def test_text_lr_mult_puts_the_text_tower_in_its_own_groups():
     assert "text_lr_mult" not in result_keys(train_cfg().pretrain)
     tc = train_cfg("pretrain.text_lr_mult=0.25").pretrain
     assert result_keys(tc)["text_lr_mult"] == 0.25
+    assert result_keys(tc, text_tower=False) == result_keys(train_cfg().pretrain)  # baselines keep their cache
     lr_of = {id(p): g["lr"] for g in clip_param_groups(model, tc) for p in g["params"]}
     names = dict(model.named_parameters())
     assert len(lr_of) == len(names)

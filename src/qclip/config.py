@@ -109,10 +109,17 @@ PERFORMANCE_KEYS = ("workers", "cache_mb", "threads", "log_every", "checkpoint_e
 NEUTRAL_KEYS = {"text_lr_mult": 1.0}
 
 
-def result_keys(train: PretrainConfig) -> dict:
-    """The pretrain.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS)."""
+# pretrain.* keys that act on the text tower only: a tower trained without one (the baselines) ignores them.
+# (`text_tower` predates this and stays in the baselines' keys, so their cached stages keep matching.)
+TEXT_ONLY_KEYS = ("text_lr_mult",)
+
+
+def result_keys(train: PretrainConfig, text_tower: bool = True) -> dict:
+    """The pretrain.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS); with
+    text_tower=False, for a run without one, also without TEXT_ONLY_KEYS."""
     return {k: v for k, v in dataclasses.asdict(train).items()
-            if k not in PERFORMANCE_KEYS and not (k in NEUTRAL_KEYS and v == NEUTRAL_KEYS[k])}
+            if k not in PERFORMANCE_KEYS and not (k in NEUTRAL_KEYS and v == NEUTRAL_KEYS[k])
+            and (text_tower or k not in TEXT_ONLY_KEYS)}
 
 
 @dataclass

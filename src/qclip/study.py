@@ -224,8 +224,8 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
     run_dir, seed = study_run_dir(out, "pretrain", mcfg.seed, enc, method.name), mcfg.seed
     stage = f"pretrain-{tag.replace('/', '-')}"
     if method.kind == "baseline":
-        pretrain_key = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain), model_cfg,
-                                 seed)
+        pretrain_key = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain, text_tower=False),
+                                 model_cfg, seed)
         cache.run(stage, pretrain_key, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
             mcfg, method.name, world_dir / method.split, run_dir, progress)))
         return str(run_dir), pretrain_key, []
