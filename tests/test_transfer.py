@@ -262,6 +262,33 @@ def test_transfer_probe_learns(world_dir, tmp_path):
     assert s["results"][0]["metrics"]["mIoU"] > 1.5 * floor / n_present
 
 
+def test_probe_grid_chooses_on_the_selection_split_and_reports_that_head(world_dir, tmp_path):
+    """With transfer.probe_weight_decays each fraction trains one head per weight decay, keeps the best on
+    select_split (dev) and reports that head on val: the same metrics as a run with that weight decay alone."""
+    from qclip.config import ConfigError, load_config, transfer_result_keys
+    from qclip.transfer.run import run_transfer
+
+    base = ["transfer.steps=5", "transfer.batch_size=8", "transfer.task=depth", "transfer.data_fractions=[1.0]",
+            "transfer.depth_bins=0"]
+    s = run_transfer(load_config(None, base + ["transfer.probe_weight_decays=[50.0, 0.0]"]),
+                     "random:qclip-mci-tiny", world_dir, tmp_path / "grid", progress=False)
+    sel = s["results"][0]["probe_selection"]
+    assert sel["split"] == "dev" and [g["weight_decay"] for g in sel["grid"]] == [50.0, 0.0]
+    assert sel["weight_decay"] == min(sel["grid"], key=lambda g: g["RMSE"])["weight_decay"]
+    alone = run_transfer(load_config(None, base + [f"transfer.weight_decay={sel['weight_decay']}"]),
+                         "random:qclip-mci-tiny", world_dir, tmp_path / "alone", progress=False)
+    assert alone["results"][0]["metrics"] == s["results"][0]["metrics"]
+    assert "probe_selection" not in alone["results"][0]
+    with pytest.raises(ValueError, match="reported on"):  # choosing on the reported split is refused
+        run_transfer(load_config(None, base + ["transfer.probe_weight_decays=[0.0]", "transfer.select_split=val"]),
+                     "random:qclip-mci-tiny", world_dir, tmp_path / "bad", progress=False)
+    with pytest.raises(ConfigError, match="probe"):
+        load_config(None, ["transfer.mode=finetune", "transfer.probe_weight_decays=[0.1]"])
+    # without a grid the stage key is the one hashed before the grid existed: cached studies stay cached
+    t = load_config(None, base).transfer
+    assert "select_split" not in transfer_result_keys(t) and "probe_weight_decays" not in transfer_result_keys(t)
+
+
 def test_feature_memo_shares_features_between_tasks_with_the_same_results(world_dir, tmp_path, monkeypatch):
     """The study passes one FeatureMemo to an encoder's segmentation and depth runs: the second must encode no
     image and give exactly the metrics it gives alone; another encoder must not read the first one's features."""

@@ -114,6 +114,15 @@ NEUTRAL_KEYS = {"text_lr_mult": 1.0}
 TEXT_ONLY_KEYS = ("text_lr_mult",)
 
 
+def transfer_result_keys(transfer: TransferConfig) -> dict:
+    """The transfer.* settings a transfer stage's key hashes: without a probe grid, select_split is unused and
+    both keys are left out (transfer stages cached before the grid existed keep matching)."""
+    d = dataclasses.asdict(transfer)
+    if not transfer.probe_weight_decays:
+        del d["probe_weight_decays"], d["select_split"]
+    return d
+
+
 def result_keys(train: PretrainConfig, text_tower: bool = True) -> dict:
     """The pretrain.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS); with
     text_tower=False, for a run without one, also without TEXT_ONLY_KEYS."""
@@ -170,6 +179,10 @@ class TransferConfig:
     lr: float = 1e-3  # head
     encoder_lr_mult: float = 0.1  # finetune: encoder lr = lr * this
     weight_decay: float = 0.01
+    # probe: a grid of weight decays, each fraction's best chosen on select_split (DINOv2's linear evaluation
+    # trains a grid of heads and keeps the best on held-out data); [] = weight_decay alone, no selection
+    probe_weight_decays: list[float] = field(default_factory=list)
+    select_split: str = "dev"  # the held-out split the grid is chosen on; never the reported val_split
     warmup_steps: int = 20
     grad_clip: float = 3.0  # global gradient norm; 0 disables
     decoder_width: int = 128
@@ -471,6 +484,12 @@ def validate(cfg: Config) -> None:
         (0 < cfg.transfer.min_depth < cfg.transfer.max_depth, "need 0 < transfer.min_depth < transfer.max_depth"),
         (cfg.transfer.steps >= 1 and cfg.transfer.batch_size >= 1, "transfer.steps/batch_size must be >= 1"),
         (cfg.transfer.checkpoint_every >= 0, "transfer.checkpoint_every must be >= 0 (0 = no checkpoints)"),
+        (all(math.isfinite(w) and w >= 0 for w in cfg.transfer.probe_weight_decays),
+         "transfer.probe_weight_decays must be finite and >= 0, e.g. [0.01, 1.0, 10.0]"),
+        (not cfg.transfer.probe_weight_decays or cfg.transfer.mode == "probe",
+         "transfer.probe_weight_decays is a probe's grid: use it with transfer.mode=probe, or leave it []"),
+        (not cfg.transfer.probe_weight_decays or bool(cfg.transfer.select_split),
+         "transfer.probe_weight_decays needs transfer.select_split, a held-out split to choose on (e.g. dev)"),
         (len(cfg.transfer.scale_range) == 2 and 0 < cfg.transfer.scale_range[0] <= cfg.transfer.scale_range[1],
          "transfer.scale_range must be [low, high] with 0 < low <= high, e.g. [0.5, 2.0]"),
         (cfg.transfer.device == "auto" or cfg.transfer.device.split(":")[0] in ("cpu", "cuda"),

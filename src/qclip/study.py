@@ -27,6 +27,7 @@ from .config import (
     encoder_train,
     result_keys,
     to_dict,
+    transfer_result_keys,
 )
 from .report.build import study_run_dir
 
@@ -256,14 +257,16 @@ def _transfer_stage(mcfg: Config, spec: str, pretrain_key: str, enc: str, method
     for task in mcfg.study.tasks:
         tcfg = dataclasses.replace(mcfg, transfer=dataclasses.replace(mcfg.transfer, task=task))
         t_dir = study_run_dir(out, "transfer", mcfg.seed, enc, method, task)
-        transfer_key = cache.key("transfer", pretrain_key, asdict(tcfg.transfer), mcfg.seed)
+        transfer_key = cache.key("transfer", pretrain_key, transfer_result_keys(tcfg.transfer), mcfg.seed)
         r = cache.run(f"transfer-{tag.replace('/', '-')}-{task}", transfer_key, t_dir,
                       timed(f"transfer {tag} {task}",
                             lambda: run_transfer(tcfg, spec, world_dir, t_dir, progress, memo)))
         for x in r["results"]:
             rows.append({"method": method, "encoder": enc, "task": task, "data_fraction": x["data_fraction"],
                          "seed": mcfg.seed, "metrics": x["metrics"],
-                         "probe": {k: x.get(k) for k in ("final_train_loss", "loss_drop_last_fifth_pct", "converged")}})
+                         "probe": {**{k: x.get(k) for k in ("final_train_loss", "loss_drop_last_fifth_pct",
+                                                            "converged")},
+                                   **({"selection": x["probe_selection"]} if "probe_selection" in x else {})}})
         log(f"[4/5] transfer {tag} {task}: " + ", ".join(
             f"{x['data_fraction']:g}: {next(iter(x['metrics'].items()))[0]} "
             f"{next(iter(x['metrics'].values())):.4f}" for x in r["results"]))

@@ -40,9 +40,15 @@ def open_splits(root: str | Path, layout: str, task: str, train_split: str = "",
     if layout not in DEFAULT_SPLITS:
         raise DenseDataError(f"unknown layout '{layout}'; choose auto or one of {', '.join(DEFAULT_SPLITS)}")
     tr, va = DEFAULT_SPLITS[layout]
+    return (layout, open_split(root, layout, task, train_split or tr, max_depth, num_classes),
+            open_split(root, layout, task, val_split or va, max_depth, num_classes))
+
+
+def open_split(root: str | Path, layout: str, task: str, split: str, max_depth: float = 10.0,
+               num_classes: int = 0) -> DenseDataset:
+    """One split of a resolved layout, with the task's settings (open_splits opens train and val with it)."""
     kw: dict = {"max_depth": max_depth} if task == "depth" else ({"num_classes": num_classes} if num_classes else {})
-    return (layout, open_dense(root, layout, task, train_split or tr, **kw),
-            open_dense(root, layout, task, val_split or va, **kw))
+    return open_dense(root, layout, task, split, **kw)
 
 
 def infer_num_classes(ds: DenseDataset) -> int:

@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ from ..optim import (
     save_checkpoint,
 )
 from ..provenance import write_run_info
-from .dataset import TransferDataset, collate, infer_num_classes, open_splits
+from .dataset import DEFAULT_SPLITS, TransferDataset, collate, infer_num_classes, open_split, open_splits
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
 from .heads import DenseHead, LinearProbeHead
@@ -283,6 +283,17 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         cached = _features(encoder, full, t.eval_batch_size, t.workers, device, memo)  # once for all fractions
     if t.mode == "probe" and _feature_gb(encoder, len(val), t.image_size) <= t.max_cached_feature_gb:
         cached_val = _feature_batches(encoder, val, t.eval_batch_size, t.workers, device, memo)
+    select, cached_select = None, None
+    if t.probe_weight_decays:  # held-out images to choose each fraction's weight decay on
+        select_split = t.select_split
+        if select_split == (t.val_split or DEFAULT_SPLITS[layout][1]):
+            raise ValueError(f"transfer.select_split '{select_split}' is the split the results are reported on; "
+                             "choose the probe grid on another held-out split (the world's: dev)")
+        select_ds = open_split(data, layout, t.task, select_split, t.max_depth, t.num_classes)
+        select = TransferDataset(select_ds, list(range(len(select_ds))), t.image_size, info.mean, info.std,
+                                 train=False)
+        if _feature_gb(encoder, len(select), t.image_size) <= t.max_cached_feature_gb:
+            cached_select = _feature_batches(encoder, select, t.eval_batch_size, t.workers, device, memo)
     results = []
     for frac in sorted(t.data_fractions):
         idx = nested_subset(len(train_ds), frac, cfg.seed)
@@ -298,14 +309,29 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(ckpt_dir / "run_key.json", run_key)
         t1 = time.time()
-        head, losses = train_head(encoder, sub, t, num_classes, cfg.seed,
-                                  ([c[idx] for c in cached[0]], cached[1][idx]) if cached else None,
-                                  progress, f"{name} ({len(idx)} imgs)", ckpt_dir)
+        sub_cached = ([c[idx] for c in cached[0]], cached[1][idx]) if cached else None
+        selection = None
+        if select is None:
+            head, losses = train_head(encoder, sub, t, num_classes, cfg.seed, sub_cached, progress,
+                                      f"{name} ({len(idx)} imgs)", ckpt_dir)
+        else:  # a head per weight decay; the best on the selection split is the one evaluated on val
+            key, sign = HEADLINE[t.task]
+            grid = []
+            for wd in t.probe_weight_decays:
+                h, l = train_head(encoder, sub, replace(t, weight_decay=wd), num_classes, cfg.seed,
+                                  sub_cached, progress, f"{name} wd {wd:g} ({len(idx)} imgs)")
+                m, _ = evaluate_head(encoder, h, select, t, num_classes, cached=cached_select)
+                grid.append({"weight_decay": wd, key: m[key], "head": h, "losses": l})
+            best = max(grid, key=lambda g: sign * g[key])
+            head, losses = best["head"], best["losses"]
+            selection = {"split": t.select_split, "metric": key, "weight_decay": best["weight_decay"],
+                         "grid": [{k: g[k] for k in ("weight_decay", key)} for g in grid]}
         metrics, examples = evaluate_head(encoder, head, val, t, num_classes, cached=cached_val)
         run = {"encoder": encoder_spec, "task": t.task, "mode": t.mode, "data_fraction": frac,
                "train_samples": len(idx), "val_samples": len(val_ds), "final_train_loss": losses[-1],
                **convergence(losses),
-               "seconds": round(time.time() - t1, 2), "metrics": metrics}
+               "seconds": round(time.time() - t1, 2), "metrics": metrics,
+               **({"probe_selection": selection} if selection else {})}
         (out / name).mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / name / "metrics.json", {**run, "train_loss": losses[::max(1, len(losses) // 100)]})
         save_prediction_grid(examples, t.task, out / name / "predictions.png",
