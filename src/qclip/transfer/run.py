@@ -266,6 +266,9 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         torch.set_num_threads(t.threads)
     layout, train_ds, val_ds = open_splits(data, t.layout, t.task, t.train_split, t.val_split, t.max_depth,
                                            t.num_classes)
+    if t.probe_weight_decays and t.select_split == (t.val_split or DEFAULT_SPLITS[layout][1]):
+        raise ValueError(f"transfer.select_split '{t.select_split}' is the split the results are reported on; "
+                         "choose the probe grid on another held-out split (the world's: dev)")
     num_classes = infer_num_classes(train_ds) if t.task == "segmentation" else 0
     device = resolve_device(t.device)
     torch.manual_seed(cfg.seed)  # a random:ARCH encoder is the same random encoder on every run
@@ -285,11 +288,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         cached_val = _feature_batches(encoder, val, t.eval_batch_size, t.workers, device, memo)
     select, cached_select = None, None
     if t.probe_weight_decays:  # held-out images to choose each fraction's weight decay on
-        select_split = t.select_split
-        if select_split == (t.val_split or DEFAULT_SPLITS[layout][1]):
-            raise ValueError(f"transfer.select_split '{select_split}' is the split the results are reported on; "
-                             "choose the probe grid on another held-out split (the world's: dev)")
-        select_ds = open_split(data, layout, t.task, select_split, t.max_depth, t.num_classes)
+        select_ds = open_split(data, layout, t.task, t.select_split, t.max_depth, t.num_classes)
         select = TransferDataset(select_ds, list(range(len(select_ds))), t.image_size, info.mean, info.std,
                                  train=False)
         if _feature_gb(encoder, len(select), t.image_size) <= t.max_cached_feature_gb:
