@@ -121,3 +121,23 @@ def test_report_notes_are_written_from_the_runs_config():
     assert "clip-raw, CLIP on the pool's raw alt-text" in text and "SimMIM" in text
     assert "clip-synthetic" not in text and "boxes" not in text  # only the methods this run has
     assert "probe head per labelled fraction (0.1, 1;" in text and "for 7 steps" in text and "'s dev split" in text
+
+
+def test_report_lists_the_weight_decay_each_probe_grid_kept():
+    from qclip.report.page import notes, probe_selection_table
+
+    def row(method, fraction, seed, wd):
+        return {"encoder": "e", "method": method, "task": "depth", "data_fraction": fraction, "seed": seed,
+                "metrics": {"RMSE": 1.0}, "probe": {"selection": {"split": "dev", "weight_decay": wd}}}
+
+    rows = [row("clip-raw", 1.0, 1, 1.0), row("clip-raw", 1.0, 0, 10.0), row("clip-raw", 0.1, 0, 0.01),
+            row("random", 1.0, 0, 0.01)]
+    t = probe_selection_table(rows)
+    assert t[0] == ["encoder", "task", "method", "0.1", "1"]
+    assert t[1] == ["e", "depth", "clip-raw", "0.01", "10 / 1"]  # seeds in order
+    assert t[2] == ["e", "depth", "random", "-", "0.01"]
+    assert probe_selection_table([{**r, "probe": {}} for r in rows]) == []  # single-head runs: no table
+    text = notes({"config": {"transfer": {"mode": "probe", "probe_weight_decays": [0.01, 10.0],
+                                          "select_split": "dev", "data_fractions": [1.0]}}})
+    assert "per weight decay (0.01, 10); the one best on the dev split is kept" in text
+    assert "weight decay" not in notes({"config": {"transfer": {"mode": "probe", "data_fractions": [1.0]}}})

@@ -25,6 +25,11 @@ def notes(results: dict) -> str:
     probe = (f"Transfer trains a fresh {transfer.get('mode', '?')} head per labelled fraction ({fractions}; nested "
              f"subsets, the same for every method at a given seed) for {transfer.get('steps', '?')} steps and "
              f"evaluates on the world's {transfer.get('val_split') or 'val'} split. " if transfer else "")
+    if transfer.get("probe_weight_decays"):  # DINOv2's linear evaluation: a head per weight decay
+        grid = ", ".join(f"{w:g}" for w in transfer["probe_weight_decays"])
+        probe += (f"At every fraction a head is trained per weight decay ({grid}); the one best on the "
+                  f"{transfer.get('select_split', 'dev')} split is kept and only that head is evaluated on the "
+                  "reported split (the table 'Probe weight decay chosen' lists the choices). ")
     return shared + about + probe + ("Seed s gives every method the same initialisation and labelled subset, which is "
                                      "what makes the checks paired.")
 
@@ -73,6 +78,23 @@ def per_class_table(rows: list[dict]) -> list[list[str]]:
     return t
 
 
+def probe_selection_table(rows: list[dict]) -> list[list[str]]:
+    """The weight decay each probe grid kept, per (encoder, task, method) and fraction, seeds in order."""
+    acc: dict[tuple, dict[float, list]] = {}
+    for r in sorted(rows, key=lambda r: r.get("seed", 0)):
+        sel = (r.get("probe") or {}).get("selection")
+        if sel:
+            acc.setdefault((r["encoder"], r["task"], r["method"]), {}).setdefault(
+                r["data_fraction"], []).append(f"{sel['weight_decay']:g}")
+    if not acc:
+        return []
+    fracs = sorted({f for d in acc.values() for f in d})
+    t = [["encoder", "task", "method", *(f"{f:g}" for f in fracs)]]
+    for (enc, task, m), d in acc.items():
+        t.append([enc, task, m, *(" / ".join(d.get(f, [])) or "-" for f in fracs)])
+    return t
+
+
 def pretraining_table(rows: list[dict]) -> list[list[str]]:
     """Zero-shot classification and retrieval of the CLIP runs (mean over seeds), with the majority-class rate."""
     acc: dict[tuple, dict[str, list]] = {}
@@ -109,6 +131,8 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
         (f"Object-class mIoU (mean{std})", "Mean IoU over the object classes, background (floor, wall) left out: "
          "what the encoders must tell apart.", headline_table(rows, "object_mIoU")),
         (f"IoU per class at the full labelled set{over}", "", per_class_table(rows)),
+        ("Probe weight decay chosen", "The weight decay of the head kept at each labelled fraction, chosen on the "
+         "selection split (seeds in order, separated by /).", probe_selection_table(rows)),
         (f"Zero-shot classification and retrieval of the CLIP runs{over}",
          "top1: zero-shot accuracy on the validation split's largest object; chance_top1: always guessing the "
          "most frequent class; chance_R@1: retrieval by chance (1 / number of images).", pretraining_table(rows)),

@@ -39,9 +39,13 @@ def open_splits(root: str | Path, layout: str, task: str, train_split: str = "",
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in DEFAULT_SPLITS:
         raise DenseDataError(f"unknown layout '{layout}'; choose auto or one of {', '.join(DEFAULT_SPLITS)}")
-    tr, va = DEFAULT_SPLITS[layout]
-    return (layout, open_split(root, layout, task, train_split or tr, max_depth, num_classes),
-            open_split(root, layout, task, val_split or va, max_depth, num_classes))
+    return (layout, open_split(root, layout, task, train_split or DEFAULT_SPLITS[layout][0], max_depth, num_classes),
+            open_split(root, layout, task, reported_split(layout, val_split), max_depth, num_classes))
+
+
+def reported_split(layout: str, val_split: str = "") -> str:
+    """The split a transfer's results are reported on: `val_split`, or the layout's default."""
+    return val_split or DEFAULT_SPLITS[layout][1]
 
 
 def open_split(root: str | Path, layout: str, task: str, split: str, max_depth: float = 10.0,

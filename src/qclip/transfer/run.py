@@ -41,7 +41,7 @@ from ..optim import (
     save_checkpoint,
 )
 from ..provenance import write_run_info
-from .dataset import DEFAULT_SPLITS, TransferDataset, collate, infer_num_classes, open_split, open_splits
+from .dataset import TransferDataset, collate, infer_num_classes, open_split, open_splits, reported_split
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
 from .heads import DenseHead, LinearProbeHead
@@ -266,7 +266,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         torch.set_num_threads(t.threads)
     layout, train_ds, val_ds = open_splits(data, t.layout, t.task, t.train_split, t.val_split, t.max_depth,
                                            t.num_classes)
-    if t.probe_weight_decays and t.select_split == (t.val_split or DEFAULT_SPLITS[layout][1]):
+    if t.probe_weight_decays and t.select_split == reported_split(layout, t.val_split):
         raise ValueError(f"transfer.select_split '{t.select_split}' is the split the results are reported on; "
                          "choose the probe grid on another held-out split (the world's: dev)")
     num_classes = infer_num_classes(train_ds) if t.task == "segmentation" else 0
