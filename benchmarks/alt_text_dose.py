@@ -1,13 +1,14 @@
 """The caption gain as a function of how informative the raw alt-text is: one study folder per
 `world.alt_text_relevance`, each with clip-raw and clip-synthetic over the same seeds.
 
-    python benchmarks/alt_text_dose.py runs/d2 runs/r30 runs/r15 --plot alt_text_dose.png
+    python benchmarks/alt_text_dose.py runs/r30 runs/r45 runs/d2 --plot benchmarks/alt_text_dose.png
 
 Reads each folder's results.json (written by `qclip run`): the raw alt-text's caption quality (objects named
-correctly, the world's measure) and, at the largest labelled fraction, clip-synthetic vs clip-raw per seed as
-qclip's report tests it (one-sided paired t-test, `qclip.report.findings.paired_test`; no multiple-test
-correction here: a planning screen). Prints one row per folder; with --plot draws the two margins against the
-alt-text's quality, a point per seed and the mean.
+correctly, the world's measure) and, at the largest labelled fraction, the report's own checks
+(`qclip.report.findings.checks`): clip-synthetic vs clip-raw as the relative change of the seed means and the
+one-sided paired t-test's p before Holm (a planning screen, no correction here). Prints one row per folder; with
+--plot draws the two margins against the alt-text's quality: the mean and, per seed, the paired difference in
+percent of clip-raw's mean.
 """
 from __future__ import annotations
 
@@ -17,27 +18,20 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from qclip.report.findings import aggregate, paired_test  # noqa: E402
+from qclip.report.findings import aggregate, checks  # noqa: E402
 
-TASKS = {"segmentation": ("mIoU", 1), "depth": ("RMSE", -1)}  # metric, sign (+1: higher is better)
+TASKS = ("segmentation", "depth")
 
 
 def margins(results: dict) -> dict:
-    """Per task: clip-synthetic vs clip-raw at the largest fraction (relative % per seed, positive = better)."""
-    agg = aggregate(results["rows"])
+    """Per task, the report's own checks at the largest fraction: clip-synthetic vs clip-raw (mean_a / mean_b,
+    rel_pct, p, per-seed paired differences) and clip-raw vs random init (mean_b: random init's mean)."""
+    by_name = {(c["task"], c["a"], c["b"]): c for c in checks(results["rows"]) if c["kind"] != "labels"}
     out = {}
-    for task, (metric, sign) in TASKS.items():
-        keys = [k for k in agg if k[2] == task and k[1] in ("clip-raw", "clip-synthetic")]
-        if not keys:
-            continue
-        top = max(k[3] for k in keys)
-        enc = keys[0][0]
-        raw, syn = agg[(enc, "clip-raw", task, top)], agg[(enc, "clip-synthetic", task, top)]
-        test = paired_test(syn["by_seed"], raw["by_seed"], sign)
-        rel = [sign * (syn["by_seed"][s] / raw["by_seed"][s] - 1) * 100 for s in test["seeds"]]
-        rnd = agg.get((enc, "random", task, top))
-        out[task] = {"metric": metric, "raw": raw["mean"], "synthetic": syn["mean"], "random": rnd and rnd["mean"],
-                     "rel_per_seed": rel, "rel_mean": sum(rel) / len(rel), "p": test["p"], "n": test["n"]}
+    for task in TASKS:
+        gain, sanity = by_name.get((task, "clip-synthetic", "clip-raw")), by_name.get((task, "clip-raw", "random"))
+        if gain:
+            out[task] = {**gain, "random": sanity["mean_b"] if sanity else None}
     obj = aggregate(results["rows"], "object_mIoU")
     seg = [k for k in obj if k[2] == "segmentation"]
     if seg:
@@ -63,11 +57,11 @@ def main() -> None:
         m = margins(res)
         s, d, o = m["segmentation"], m["depth"], m.get("object_mIoU", {})
         rnd = [f"{x['random']:.3f}" if x["random"] is not None else "-" for x in (s, d)]
-        print(f"| {rel:g} | {named:.1%} | {s['n']} | {s['raw']:.3f} / {s['synthetic']:.3f} / {rnd[0]} "
-              f"| {s['rel_mean']:+.1f}% | {s['p']:.3g} | {o.get('clip-raw', float('nan')):.3f} / "
-              f"{o.get('clip-synthetic', float('nan')):.3f} | {d['raw']:.3f} / {d['synthetic']:.3f} / {rnd[1]} "
-              f"| {d['rel_mean']:+.1f}% | {d['p']:.3g} |")
-        points.append((named, s["rel_per_seed"], d["rel_per_seed"]))
+        print(f"| {rel:g} | {named:.1%} | {s['n']} | {s['mean_b']:.3f} / {s['mean_a']:.3f} / {rnd[0]} "
+              f"| {s['rel_pct']:+.1f}% | {s['p']:.3g} | {o.get('clip-raw', float('nan')):.3f} / "
+              f"{o.get('clip-synthetic', float('nan')):.3f} | {d['mean_b']:.3f} / {d['mean_a']:.3f} / {rnd[1]} "
+              f"| {d['rel_pct']:+.1f}% | {d['p']:.3g} |")
+        points.append((named, s, d))
     if args.plot:
         import matplotlib
 
@@ -79,15 +73,17 @@ def main() -> None:
         for i, (label, colour) in enumerate((("segmentation mIoU gain", "tab:blue"),
                                              ("depth RMSE reduction", "tab:red"))):
             xs = [p[0] * 100 for p in points]
-            for x, p in zip(xs, points):
-                ax.scatter([x] * len(p[1 + i]), p[1 + i], color=colour, alpha=0.35, s=14)
-            ax.plot(xs, [sum(p[1 + i]) / len(p[1 + i]) for p in points], "o-", color=colour, label=label)
+            for x, p in zip(xs, points):  # per seed: the paired difference in % of clip-raw's mean
+                c = p[1 + i]
+                ax.scatter([x] * c["n"], [v / abs(c["mean_b"]) * 100 for v in c["diffs"]], color=colour,
+                           alpha=0.35, s=14)
+            ax.plot(xs, [p[1 + i]["rel_pct"] for p in points], "o-", color=colour, label=label)
         ax.axhline(12.1, ls=":", color="tab:blue", lw=1, label="paper: +12.1% mIoU")
         ax.axhline(11.5, ls=":", color="tab:red", lw=1, label="paper: 11.5% lower RMSE")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("raw alt-text: objects named correctly (%)")
         ax.set_ylabel("clip-synthetic vs clip-raw (%; + = better)")
-        ax.set_title("Caption gain vs alt-text quality (a point per seed)")
+        ax.set_title("Caption gain vs alt-text quality (points: paired difference per seed)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
