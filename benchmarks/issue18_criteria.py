@@ -6,7 +6,9 @@
 Used to choose budgets on the `dev` split: the rule is written down first (benchmarks/RESULTS.md), then this script
 counts how many targets hold. It compares means, not paired tests: the study's own checks (`qclip report`) are the
 evidence; this is the planning screen. With several files, a method is read from the first file that has it.
-Encoders are pooled, so pass studies of one encoder.
+A study of several encoders (configs/full.yaml) is scored one encoder at a time:
+
+    python benchmarks/issue18_criteria.py runs/full/results.json --encoder qclip-vit-tiny
 """
 from __future__ import annotations
 
@@ -72,7 +74,16 @@ def criteria(rows: list[dict]) -> list[tuple[str, bool, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", type=Path, help="results.json of finished studies")
-    rows = load_rows(ap.parse_args().results)
+    ap.add_argument("--encoder", default="", help="score this encoder's rows (required when a study has several)")
+    args = ap.parse_args()
+    rows = load_rows(args.results)
+    encoders = sorted({r["encoder"] for r in rows})
+    if args.encoder:
+        if args.encoder not in encoders:
+            raise SystemExit(f"--encoder {args.encoder}: not in the results (encoders: {', '.join(encoders)})")
+        rows = [r for r in rows if r["encoder"] == args.encoder]
+    elif len(encoders) > 1:
+        raise SystemExit(f"the results hold {len(encoders)} encoders ({', '.join(encoders)}); pick one with --encoder")
     found = criteria(rows)
     for name, ok, detail in found:
         print(f"{'holds' if ok else 'FAILS'}  {name}: {detail}")

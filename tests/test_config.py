@@ -85,6 +85,20 @@ def test_encoder_train_overrides_one_encoder_and_is_validated():
         load_config(None, ["study.encoder_train=[steps]"])
 
 
+def test_dotted_override_reaches_into_encoder_train(tmp_path):
+    from qclip.config import encoder_train
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("study:\n  encoders: [qclip-mci-tiny, qclip-vit-tiny]\n"
+                        "  encoder_train:\n    qclip-vit-tiny: {lr: 0.001, steps: 5}\n")
+    cfg = load_config(cfg_file, ["study.encoder_train.qclip-vit-tiny.lr=0.004",
+                                 "study.encoder_train.qclip-mci-tiny.steps=7"])
+    vit, mci = encoder_train(cfg, "qclip-vit-tiny"), encoder_train(cfg, "qclip-mci-tiny")
+    assert (vit.pretrain.lr, vit.pretrain.steps, mci.pretrain.steps) == (0.004, 5, 7)  # the file's steps kept
+    with pytest.raises(ConfigError, match=r"vit-tiny.lrr' \(did you mean 'study.encoder_train.qclip-vit-tiny.lr'"):
+        load_config(cfg_file, ["study.encoder_train.qclip-vit-tiny.lrr=0.004"])
+
+
 @pytest.mark.parametrize("override", ["pretrain.lr=.inf", "pretrain.lr=.nan", "pretrain.lr=-1", "pretrain.weight_decay=.nan",
                                       "pretrain.beta2=1.5", "pretrain.threads=-1", "pretrain.workers=-2",
                                       "pretrain.image_size=-1", "transfer.lr=.nan", "transfer.image_size=0",

@@ -367,6 +367,17 @@ def _set_dotted(tree: dict, dotted: str, value: Any, cls: type) -> None:
             node[part] = value
         else:
             sub_cls = typing.get_type_hints(node_cls)[part]
+            if typing.get_origin(sub_cls) is dict:  # a mapping-valued key (study.encoder_train.ENC.lr=...)
+                node = node.setdefault(part, {})
+                if node is None or not isinstance(node, dict):
+                    raise ConfigError(f"config key '{'.'.join(path)}' holds {node!r}, not a mapping; "
+                                      f"cannot set '{dotted}'")
+                for sub in parts[i + 1:-1]:
+                    node = node.setdefault(sub, {})
+                    if not isinstance(node, dict):
+                        raise ConfigError(f"config key '{dotted}': '{sub}' holds {node!r}, not a mapping")
+                node[parts[-1]] = value
+                return
             if not dataclasses.is_dataclass(sub_cls):
                 raise ConfigError(f"config key '{'.'.join(path)}' is a value, not a section; cannot set '{dotted}'")
             node = node.setdefault(part, {})
