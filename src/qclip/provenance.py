@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -24,6 +25,26 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, Any]:
+    """What the run computed on. Floating-point results are reproducible on the same hardware, not across it:
+    oneDNN / cuDNN pick kernels by CPU features and GPU, so a seed's numbers can differ between machines."""
+    import torch
+
+    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,6 +74,7 @@ def write_run_info(out_dir: str | Path, cfg: Any, stage: str, extra: dict | None
         "host": platform.node(),
         "git_commit": git_commit(),
         "versions": package_versions(),
+        "hardware": hardware(),
         "seed": getattr(cfg, "seed", None),
         **(extra or {}),
     }

@@ -139,7 +139,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     log("[5/5] report")
     record = write_run_info(out, cfg, "run", {"stages_run": cache.ran, "stages_reused": cache.reused,
                                               "stage_seconds": wall})
-    results = {"rows": rows, "config": to_dict(cfg), "versions": record["versions"],
+    results = {"rows": rows, "config": to_dict(cfg), "versions": record["versions"], "hardware": record["hardware"],
                "git_commit": record["git_commit"], "seeds": cfg.study.seeds, "stage_seconds": wall,
                "caption_quality": quality, "wall_seconds": round(time.time() - t0, 2)}
     atomic_write_json(out / "results.json", results)

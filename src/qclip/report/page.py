@@ -138,7 +138,9 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
          "most frequent class; chance_R@1: retrieval by chance (1 / number of images).", pretraining_table(rows)),
     ]
     sections = [(a, b, t) for a, b, t in sections if len(t) > 1]
-    header = (f"{len(rows)} measurements, {seeds} seed(s), wall time {results.get('wall_seconds', 0):.0f}s, "
+    hw = results.get("hardware")  # absent in results.json written before it was recorded
+    on = (f" on {hw['cpu']} ({hw['cpu_count']} cores{', ' + hw['cuda'] if hw.get('cuda') else ''})" if hw else "")
+    header = (f"{len(rows)} measurements, {seeds} seed(s), wall time {results.get('wall_seconds', 0):.0f}s{on}, "
               f"git {results.get('git_commit', '?')}. {budget_line(results)}")
     md = ["# qclip study report", "", header, "",
           "## Finding (measured in this run, next to the paper's)", "", *[f"- {x}" for x in lines], ""]
