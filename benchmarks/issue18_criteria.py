@@ -21,11 +21,11 @@ from pathlib import Path
 RANDOM, RAW, SYNTH, MIM, SUPERVISED = "random", "clip-raw", "clip-synthetic", "mim", "supervised"
 
 
-def load_rows(paths: list[Path]) -> list[dict]:
+def load_rows(paths: list[Path], encoder: str = "") -> list[dict]:
     rows: list[dict] = []
     seen: set[str] = set()
     for path in paths:
-        file_rows = json.loads(path.read_text())["rows"]
+        file_rows = [r for r in json.loads(path.read_text())["rows"] if not encoder or r["encoder"] == encoder]
         new = {r["method"] for r in file_rows} - seen
         rows += [r for r in file_rows if r["method"] in new]
         seen |= new
@@ -76,13 +76,11 @@ def main() -> None:
     ap.add_argument("results", nargs="+", type=Path, help="results.json of finished studies")
     ap.add_argument("--encoder", default="", help="score this encoder's rows (required when a study has several)")
     args = ap.parse_args()
-    rows = load_rows(args.results)
+    rows = load_rows(args.results, args.encoder)
+    if not rows:
+        raise SystemExit(f"--encoder {args.encoder}: no rows for it in {', '.join(map(str, args.results))}")
     encoders = sorted({r["encoder"] for r in rows})
-    if args.encoder:
-        if args.encoder not in encoders:
-            raise SystemExit(f"--encoder {args.encoder}: not in the results (encoders: {', '.join(encoders)})")
-        rows = [r for r in rows if r["encoder"] == args.encoder]
-    elif len(encoders) > 1:
+    if len(encoders) > 1:
         raise SystemExit(f"the results hold {len(encoders)} encoders ({', '.join(encoders)}); pick one with --encoder")
     found = criteria(rows)
     for name, ok, detail in found:

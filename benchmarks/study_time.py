@@ -1,4 +1,4 @@
-"""Wall time of each stage of `qclip run` on a config (default: configs/demo.yaml), against a target (15 minutes: the demo).
+"""Wall time of each stage of `qclip run` on a config (default: configs/demo.yaml), against a target in minutes.
 
     python benchmarks/study_time.py                                   # the demo, fresh, in a temp folder
     python benchmarks/study_time.py --out runs/t --config configs/demo.yaml study.seeds=3

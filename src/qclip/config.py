@@ -368,11 +368,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any, cls: type) -> None:
         else:
             sub_cls = typing.get_type_hints(node_cls)[part]
             if typing.get_origin(sub_cls) is dict:  # a mapping-valued key (study.encoder_train.ENC.lr=...)
-                node = node.setdefault(part, {})
-                if node is None or not isinstance(node, dict):
-                    raise ConfigError(f"config key '{'.'.join(path)}' holds {node!r}, not a mapping; "
-                                      f"cannot set '{dotted}'")
-                for sub in parts[i + 1:-1]:
+                for sub in parts[i:-1]:
                     node = node.setdefault(sub, {})
                     if not isinstance(node, dict):
                         raise ConfigError(f"config key '{dotted}': '{sub}' holds {node!r}, not a mapping")
