@@ -90,7 +90,9 @@ def test_data_efficiency_is_interpolated_from_the_curve():
         _rows("clip-synthetic", "depth", [1.0], 1.0)
     (e2,) = data_efficiency(rows2)
     assert e2["lower_bound"] and e2["ratio"] == pytest.approx(10.0)
-    assert "at least 10.0x" in " ".join(finding_lines(findings(rows2)))
+    line = " ".join(finding_lines(findings(rows2)))
+    assert "at least 10.0x" in line and "already matches clip-raw at 1 at the smallest measured fraction, 0.1" in line
+    assert "at at least" not in line
 
 
 def test_the_box_supervision_confound_is_reported():
