@@ -3,6 +3,7 @@
     python benchmarks/pretrain_throughput.py                      # tiny preset + ViT-B-16 at 64 px, CPU
     python benchmarks/pretrain_throughput.py --models ViT-B-16 --image-size 224 --batch-size 256 --steps 50 \
         --device cuda --precision bf16 --peak-tflops 989             # on an H100: adds MFU
+    python benchmarks/pretrain_throughput.py --models qclip-mci-tiny --compile --skip 10   # torch.compile in both
 
 Both runs read the same qclip shards (open_clip_train through its webdataset pipeline, qclip through its
 exact-resume loader) with the same number of loader workers; images/s is averaged over the steps after
@@ -41,7 +42,8 @@ def run_qclip(data: Path, mdir: Path, out: Path, args) -> list[float]:
     qclip("pretrain", "--data", str(data), "--out", str(out), "--quiet",
           f"pretrain.model=local-dir:{mdir}", f"pretrain.batch_size={args.batch_size}", f"pretrain.steps={args.steps}",
           "pretrain.log_every=1", f"pretrain.checkpoint_every={args.steps}", f"pretrain.workers={args.workers}",
-          "pretrain.caption_policy=raw", f"pretrain.precision={args.precision}", "pretrain.warmup_steps=1")
+          "pretrain.caption_policy=raw", f"pretrain.precision={args.precision}", "pretrain.warmup_steps=1",
+          f"pretrain.compile={str(args.compile).lower()}")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["images_per_s"] for r in rows]
 
@@ -57,6 +59,8 @@ def run_open_clip(data: Path, mdir: Path, out: Path, args) -> list[float]:
            "--epochs", "1", "--workers", str(args.workers), "--model", f"local-dir:{mdir}", "--logs", str(out),
            "--name", "bench", "--log-every-n-steps", "1", "--precision", precision, "--warmup", "1",
            "--save-frequency", "0", "--device", "cuda" if args.device == "cuda" else "cpu"]
+    if args.compile:
+        cmd.append("--torchcompile")
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=out)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
@@ -80,6 +84,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model in both trainers (pretrain.compile / --torchcompile); raise --skip "
+                         "past the compiling steps")
     ap.add_argument("--data", default="", help="qclip dataset; default: a world pool generated here")
     ap.add_argument("--peak-tflops", type=float, default=0.0,
                     help="the device's dense peak (H100 SXM bf16: 989); > 0 adds model FLOPs utilisation columns")
@@ -96,7 +103,7 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"device {args.device}, batch {args.batch_size}, {args.steps} steps (first {args.skip} left out), "
-          f"{args.workers} workers, {args.precision}")
+          f"{args.workers} workers, {args.precision}{', torch.compile' if args.compile else ''}")
     mfu_head = f"{'GFLOPs/img':>12}{'qclip MFU':>11}{'open_clip MFU':>15}" if args.peak_tflops else ""
     print(f"{'model':<18}{'qclip img/s':>14}{'open_clip img/s':>18}{'ratio':>8}{mfu_head}")
     for name in args.models.split(","):
