@@ -256,3 +256,17 @@ def test_pixel_cache_gives_the_same_items(world_dir, coca_dir):
             a, b = plain[(i, epoch)], cached[(i, epoch)]
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
     assert len(cached._pixels) == len(plain)
+
+
+def test_caption_train_after_a_kill_between_vocabulary_and_config(world_dir, tmp_path):
+    """A kill after the vocabulary was written but before the model config left a folder that open_clip cannot
+    load; the next run must write the config again and train (it failed with "No such file: open_clip_config.json")."""
+    out = tmp_path / "captioner"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "vocab.json").write_text(json.dumps({"vocab": ["<pad>"], "context_length": 8}))  # half-written state
+    args = ["caption", "train", "--data", str(world_dir / "curated"), "--out", str(out), "--quiet",
+            "captioner.steps=2", "captioner.batch_size=8", "captioner.warmup_steps=1", "captioner.workers=0",
+            "captioner.width=64", "captioner.vision_layers=2"]
+    assert main(args) == 0
+    assert (out / "model" / "open_clip_config.json").is_file() and (out / "summary.json").is_file()
+    assert "cube" in json.loads((out / "model" / "vocab.json").read_text())["vocab"]  # rebuilt from the captions

@@ -75,7 +75,9 @@ def train_captioner(cfg: Config, data: str | Path, out: str | Path, progress: bo
     policy = CaptionPolicy.parse("reference")
     model_dir = out / "model"
     vocab_file = model_dir / MODEL_VOCAB
-    if vocab_file.is_file():  # resuming: the vocabulary is part of the model
+    # resuming: the vocabulary is part of the model. Both files are checked: a kill between writing the
+    # vocabulary and the config left a folder that open_clip cannot load; that one is written again.
+    if vocab_file.is_file() and (model_dir / MODEL_CONFIG).is_file():
         tok = WordTokenizer.load(vocab_file)
     else:
         texts = [t for s in ShardReader(data) for t in s.captions.get("reference", [])]
