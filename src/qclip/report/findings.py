@@ -254,13 +254,13 @@ def finding_lines(f: dict) -> list[str]:
                      f"captions-only captioner: {share} (positive = better)")
     for e in f["data_efficiency"]:
         if e["ratio"]:
-            how, where = (("at least ", "already matches clip-raw at {raw:g} at the smallest measured fraction, "
-                           "{f:.3g}") if e["lower_bound"] else
-                          ("", "at {f:.3g} of the labels matches clip-raw at {raw:g}"))
-            lines.append(f"{e['encoder']} {e['task']}: data efficiency {how}{e['ratio']:.1f}x (clip-synthetic "
-                         + where.format(f=e["matched_at_fraction"], raw=e["raw_at"])
-                         + f", read from the curve over fractions {', '.join(f'{x:g}' for x in e['fractions'])}; "
-                         "paper ~10x)")
+            at, raw = e["matched_at_fraction"], e["raw_at"]
+            if e["lower_bound"]:
+                how, where = "at least ", f"already matches clip-raw at {raw:g} at the smallest measured fraction, {at:.3g}"
+            else:
+                how, where = "", f"at {at:.3g} of the labels matches clip-raw at {raw:g}"
+            lines.append(f"{e['encoder']} {e['task']}: data efficiency {how}{e['ratio']:.1f}x (clip-synthetic {where}, "
+                         f"read from the curve over fractions {', '.join(f'{x:g}' for x in e['fractions'])}; paper ~10x)")
         else:
             lines.append(f"{e['encoder']} {e['task']}: data efficiency not reached (clip-synthetic stays below "
                          f"clip-raw at {e['raw_at']:g} at every measured fraction)")
