@@ -72,6 +72,22 @@ def test_text_lr_mult_puts_the_text_tower_in_its_own_groups():
     assert any(not n.startswith("visual.") and "logit_" not in n for n in names)
 
 
+def test_channels_last_changes_speed_not_the_result(world, tmp_path):
+    """pretrain.channels_last is a performance key: the MCi's convolutions in NHWC give the same losses to float
+    rounding, and the result key (stage cache, resume) ignores it."""
+    from qclip.config import result_keys
+
+    losses = {}
+    for cl in (True, False):
+        cfg = train_cfg("pretrain.model=qclip-mci-tiny", "pretrain.steps=4", "pretrain.log_every=1",
+                        f"pretrain.channels_last={cl}")
+        pretrain(cfg, world / "curated", tmp_path / str(cl), progress=False)
+        losses[cl] = [json.loads(x)["loss"] for x in (tmp_path / str(cl) / "metrics.jsonl").read_text().splitlines()]
+        assert result_keys(cfg.pretrain) == result_keys(train_cfg("pretrain.model=qclip-mci-tiny",
+                                                                  "pretrain.steps=4").pretrain)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4), losses
+
+
 def _run(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "qclip", "pretrain", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)

@@ -191,6 +191,8 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     images, labels = _load_pool(data, labels_of, tc.require_raw_caption and method != "boxes", size)
     transform = bundle.preprocess_val if method == "boxes" else bundle.preprocess_train
     params = nn.ModuleList([model.visual, head])
+    image_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    params.to(memory_format=image_format)  # as pretraining (pretrain.channels_last)
     opt = adamw(param_groups(params, tc.weight_decay), tc.lr, (tc.beta1, tc.beta2), tc.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
     write_run_info(out, cfg, f"baseline-{method}", {"data": str(data), "samples": len(images),
@@ -203,7 +205,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     bar = tqdm(range(tc.steps), desc=f"pretrain {method}", unit="step", disable=not progress)
     for step in bar:
         idx = next(batches)
-        x = augmented_batch(images, idx, transform, cfg.seed * 1_000_003 + step)
+        x = augmented_batch(images, idx, transform, cfg.seed * 1_000_003 + step).contiguous(memory_format=image_format)
         if method == "supervised":
             loss = F.binary_cross_entropy_with_logits(head(model.visual(x)), labels[idx])
         elif method == "boxes":

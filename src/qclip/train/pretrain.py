@@ -189,6 +189,8 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     model = bundle.model
     if tc.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    image_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    model.to(memory_format=image_format)  # 4-d weights only: the text tower is unchanged
 
     # data: this rank's shards, the caption policy applied when indexing
     policy = CaptionPolicy.parse(tc.caption_policy)
@@ -238,7 +240,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
 
     def features(images: torch.Tensor, texts: torch.Tensor) -> dict:
         with autocast():
-            return fwd_model(image=images, text=texts.flatten(0, 1))
+            return fwd_model(image=images.contiguous(memory_format=image_format), text=texts.flatten(0, 1))
 
     def loss_of(out_: dict, img: torch.Tensor, txt: torch.Tensor, teacher: dict | None) -> torch.Tensor:
         return contrastive_loss(loss_fn, img.float(), txt.float(), policy.num_texts, out_["logit_scale"].float(),
