@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from qclip.cli import build_parser, main
+from qclip.data.shards import ShardReader
 
 SUBCOMMANDS = ["run", "world", "ingest", "caption", "pretrain", "teacher", "export", "push", "transfer", "eval", "report"]
 
@@ -98,7 +99,7 @@ TINY_STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "worl
               "study.caption_beams=1", "study.encoders=[qclip-mci-tiny]", "transfer.data_fractions=[0.1,1.0]",
               # clip-mix runs the clip-synthetic path with another policy (tests/test_policy.py covers mix:P)
               "study.methods=[clip-raw,clip-synthetic,clip-synthetic-captions-only,random,supervised,mim]",
-              "study.encoder_train={qclip-mci-tiny: {steps: 3}}"]
+              "study.encoder_train={qclip-mci-tiny: {steps: 3}}", "study.captioner="]  # the study trains its captioner
 
 
 def test_run_study_end_to_end_cached_and_reported(tmp_path):
@@ -168,6 +169,28 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     figures = {p.name for p in out.glob("*.png") if p.name in (out / "report.md").read_text()}
     assert {"training_curves.png", "probe_curves.png", "qualitative_segmentation.png"} <= figures
     assert all(name in (kept / "report.md").read_text() for name in figures), figures
+
+    # study.captioner: a captioner folder used as it is (as the demo uses its shipped one). Without a curated split
+    # to train on, the pool gets the same captions as from the study that trained it, stored under its folder name
+    given = tmp_path / "captioners" / "tiny"
+    shutil.copytree(out / "captioner" / "model", given)
+    out2 = tmp_path / "given"
+    methods = "study.methods=[clip-synthetic,random]"
+    cmd2 = [str(out2) if c == str(out) else c for c in cmd[:-len(TINY_STUDY)]]
+    res3 = subprocess.run(cmd2 + TINY_STUDY + [methods, "world.n_curated=0", f"study.captioner={given}"],
+                          capture_output=True, text=True, timeout=600)
+    assert res3.returncode == 0, res3.stderr[-3000:]
+    assert f"captioner: local-dir:{given} as given (not trained here)" in res3.stdout
+    run3 = json.loads((out2 / "run.json").read_text())
+    assert "captioner" not in run3["stages_run"] and "recaption" in run3["stages_run"]
+
+    def synthetic(pool):
+        return {x.key: x.captions["synthetic"]["tiny"] for x in ShardReader(pool)}
+
+    assert synthetic(out2 / "pool_captioned") == synthetic(out / "pool_captioned")
+    bad = subprocess.run(cmd2 + TINY_STUDY + [f"study.captioner={tmp_path}"], capture_output=True,
+                         text=True, timeout=600)
+    assert bad.returncode != 0 and "is not a captioner folder" in bad.stderr, bad.stderr[-2000:]
 
 
 def test_parser_builds():

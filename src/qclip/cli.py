@@ -44,8 +44,9 @@ def _add_config_args(p: argparse.ArgumentParser, sections: Sequence[str] = ()) -
 
 
 def model_spec(arg: str) -> str:
-    """A folder qclip wrote (open_clip_config.json inside) becomes `local-dir:PATH`; names pass through."""
-    return f"local-dir:{arg}" if Path(arg, "open_clip_config.json").is_file() else arg
+    from .models.factory import model_spec as spec  # lazy: `qclip --help` does not import torch
+
+    return spec(arg)
 
 
 def model_id(arg: str, pretrained: str = "") -> str:

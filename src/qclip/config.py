@@ -223,6 +223,11 @@ class StudyConfig:
     caption_sampling: str = "beam"
     caption_beams: int = 2
     caption_batch_size: int = 128
+    # the captioner that recaptions the pool: "" trains the in-repo CoCa (captioner.*) on world.curated; else one
+    # to use as it is, as `qclip caption run --captioner` takes it: a captioner folder (local-dir:PATH, e.g. the
+    # demo's assets/captioners/tiny), hf:NAME (BLIP, GIT, ...) or an open_clip CoCa with captioner_pretrained
+    captioner: str = ""
+    captioner_pretrained: str = ""
     seeds: int = 1  # >1: the whole study per seed (seed, seed+1, ...), results as mean +- std
     # per-encoder `pretrain.*` overrides, e.g. {qclip-mci-tiny: {steps: 200}}: every method of that encoder
     # (CLIP policies and baselines) gets the same overridden budget, so methods stay comparable per encoder

@@ -65,10 +65,28 @@ class StageCache:
         return result
 
 
-def study_method(name: str, mix_p: float) -> StudyMethod:
+def study_captioner_id(captioner: str) -> str:
+    """The id the study's captioner's captions are stored under in the recaptioned pool (`synthetic:ID`):
+    `tiny` for the captioner the study trains, else the last part of `study.captioner`'s name or folder."""
+    from .models.factory import parse_spec
+
+    if not captioner:
+        return CAPTIONER_ID
+    return parse_spec(captioner)[1].rstrip("/").split("/")[-1].replace(":", "_")
+
+
+def study_method(name: str, mix_p: float, captioner_id: str = CAPTIONER_ID) -> StudyMethod:
     """The method's row of `STUDY_METHODS`, its caption policy filled in for this study."""
     m = STUDY_METHODS[name]
-    return dataclasses.replace(m, policy=m.policy.format(captioner=CAPTIONER_ID, mix_p=mix_p))
+    return dataclasses.replace(m, policy=m.policy.format(captioner=captioner_id, mix_p=mix_p))
+
+
+def folder_fingerprint(path: Path) -> str:
+    """sha256 over a folder's file names and bytes: a given captioner folder's stage key changes with its weights."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def method_config(cfg: Config, encoder: str, method: StudyMethod, seed: int) -> Config:
@@ -98,12 +116,28 @@ def check_image_sizes(cfg: Config) -> None:
                           f"to {size} (or world.image_size to theirs)")
 
 
+def given_captioner_folder(captioner: str) -> Path | None:
+    """`study.captioner`'s folder when it names one (a plain path or local-dir:PATH), checked before any stage
+    runs; None for a hub name."""
+    from .models.checkpoint import MODEL_CONFIG
+    from .models.factory import model_spec, parse_spec
+
+    source, name = parse_spec(model_spec(captioner))
+    looks_local = source == "local-dir" or (not source and Path(captioner).exists())
+    if looks_local and not (Path(name) / MODEL_CONFIG).is_file():
+        raise ConfigError(f"study.captioner: '{name}' is not a captioner folder (no {MODEL_CONFIG} in it). Paths are "
+                          f"relative to the working directory; `qclip caption train` writes a captioner to OUT/model")
+    return Path(name) if looks_local else None
+
+
 def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool = True,
               log: Callable[[str], None] = print) -> dict:
     from .provenance import git_commit, write_run_info
 
     t0, out = time.time(), Path(out)
     check_image_sizes(cfg)
+    if cfg.study.captioner:
+        given_captioner_folder(cfg.study.captioner)
     git_commit()  # read now: results.json records the tree this run's code came from
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, fresh)
@@ -124,7 +158,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     for s in range(cfg.study.seeds):
         for enc in cfg.study.encoders:
             for name in cfg.study.methods:
-                method = study_method(name, cfg.study.mix_p)
+                method = study_method(name, cfg.study.mix_p, study_captioner_id(cfg.study.captioner))
                 mcfg = method_config(cfg, enc, method, cfg.seed + s)
                 tag = f"seed{mcfg.seed}/{enc}-{name}"
                 log(f"[3/5] pretrain {tag}")
@@ -159,6 +193,7 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
     from .captions.recaption import recaption
     from .captions.train import train_captioner
     from .data.world_shards import build_world, summary_line, write_preview
+    from .models.factory import model_spec
 
     study, world_dir = cfg.study, out / "world"
     world_key = cache.key("world", asdict(cfg.world), cfg.seed)
@@ -168,22 +203,33 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
     if not (out / "world_preview.png").is_file():
         write_preview(world_dir, out / "world_preview.png")
 
-    log("[2/5] captions: train the captioner on the curated split, recaption the pool")
+    given = study.captioner  # a captioner to use as it is (a pretrained one), instead of training the in-repo one
+    log("[2/5] captions: " + (f"recaption the pool with {given}" if given else
+                              "train the captioner on the curated split, recaption the pool"))
     variants = ["main"] + sorted({STUDY_METHODS[m].captioner for m in study.methods} - {"main", ""})
     recaption_keys, quality = {}, {}
     for variant in variants:
         ccfg = dataclasses.replace(cfg, captioner=dataclasses.replace(cfg.captioner, **STUDY_CAPTIONERS[variant]))
         suffix = "" if variant == "main" else f"-{variant}"
         cap_dir, pool_dir = out / f"captioner{suffix}", out / captioned_pool(variant)
-        captioner_key = cache.key("captioner", world_key, asdict(ccfg.captioner), cfg.seed)
-        cap = cache.run(f"captioner{suffix}", captioner_key, cap_dir, timed(
-            f"captioner{suffix}", lambda: train_captioner(ccfg, world_dir / "curated", cap_dir, progress)))
-        log(f"      captioner{suffix}: {cap['steps']} steps, caption loss {cap['caption_loss']:.3f}")
+        if variant == "main" and given:
+            spec, pretrained, cid = model_spec(given), study.captioner_pretrained or None, study_captioner_id(given)
+            local = given_captioner_folder(given)
+            # the pool it recaptions, and the captioner by content (a folder) or by name (a hub model)
+            captioner_key = cache.key("captioner", world_key, cid, folder_fingerprint(local) if local else spec,
+                                      pretrained)
+            log(f"      captioner: {spec} as given (not trained here), captions stored as synthetic:{cid}")
+        else:
+            spec, pretrained, cid = f"local-dir:{cap_dir / 'model'}", None, CAPTIONER_ID
+            captioner_key = cache.key("captioner", world_key, asdict(ccfg.captioner), cfg.seed)
+            cap = cache.run(f"captioner{suffix}", captioner_key, cap_dir, timed(
+                f"captioner{suffix}", lambda: train_captioner(ccfg, world_dir / "curated", cap_dir, progress)))
+            log(f"      captioner{suffix}: {cap['steps']} steps, caption loss {cap['caption_loss']:.3f}")
         recaption_keys[variant] = cache.key("recaption", captioner_key, study.captions_per_image,
                                             study.caption_sampling, study.caption_beams)
 
         def do_recaption() -> dict:
-            c = create_captioner(f"local-dir:{cap_dir / 'model'}", captioner_id=CAPTIONER_ID)
+            c = create_captioner(spec, pretrained=pretrained, captioner_id=cid)
             s = recaption(world_dir / "pool", pool_dir, c, study.captions_per_image,
                           Sampling(method=study.caption_sampling, num_beams=study.caption_beams),
                           study.caption_batch_size, progress, cfg.seed)

@@ -66,7 +66,7 @@ STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "world.n_d
          "pretrain.warmup_steps=1", "pretrain.workers=0", "pretrain.checkpoint_every=2", "transfer.steps=3",
          "transfer.batch_size=4", "transfer.decoder_width=8", "transfer.data_fractions=[1.0]",
          "study.caption_beams=1", "study.encoders=[qclip-mci-tiny]", "study.methods=[clip-raw,clip-synthetic,random]",
-         "study.tasks=[segmentation]"]
+         "study.tasks=[segmentation]", "study.captioner="]  # the study trains (and resumes) its captioner
 
 
 def _rows(out: Path) -> list[tuple]:

@@ -49,6 +49,11 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return "", spec
 
 
+def model_spec(arg: str) -> str:
+    """A folder qclip wrote (open_clip_config.json inside) becomes `local-dir:PATH`; names pass through."""
+    return f"local-dir:{arg}" if Path(arg, "open_clip_config.json").is_file() else arg
+
+
 def check_timm_model(name: str) -> None:
     """The one unknown-model error: a timm architecture that does not exist, with close matches."""
     arch = name.split(".")[0]
