@@ -9,7 +9,7 @@ import torch
 
 from qclip.config import load_config
 from qclip.models import create_clip
-from qclip.train.baselines import mae_encode, patchify, train_baseline
+from qclip.train.baselines import mae_encode, patchify, random_patch_mask, train_baseline
 
 
 def test_patchify_matches_token_order():
@@ -33,6 +33,26 @@ def test_mae_encoder_sees_a_quarter_of_the_tokens():
     visual.output_tokens = True
     _, ref = visual(x)
     assert torch.allclose(full, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("patch", [8, 16])
+def test_simmim_masks_squares_of_the_configured_side(patch):
+    m = random_patch_mask(64, 64, patch, torch.Generator().manual_seed(0))
+    assert m.shape == (64, 1, 64, 64)
+    blocks = m.unfold(2, patch, patch).unfold(3, patch, patch)  # every block all masked or all visible
+    assert torch.equal(blocks.amin((-1, -2)), blocks.amax((-1, -2)))
+    assert 0.55 < m.mean().item() < 0.65  # SimMIM's ratio, 0.6
+    with pytest.raises(ValueError, match="does not divide"):
+        random_patch_mask(1, 64, 12, torch.Generator())
+
+
+def test_mim_mask_patch_keys_the_baseline_not_clip():
+    from qclip.config import result_keys
+
+    default, coarse = (load_config(None, [f"pretrain.mim_mask_patch={p}"]).pretrain for p in (8, 16))
+    assert result_keys(default) == result_keys(coarse)  # a CLIP run keeps its stage cache
+    assert result_keys(default, text_tower=False) != result_keys(coarse, text_tower=False)
+    assert "mim_mask_patch" not in result_keys(default, text_tower=False)  # baselines cached before the key match
 
 
 @pytest.mark.parametrize("model, objective", [("qclip-vit-tiny", "mae"), ("qclip-mci-tiny", "simmim")])

@@ -88,6 +88,8 @@ class PretrainConfig:
     grad_clip: float = 1.0  # 0 disables
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     grad_checkpointing: bool = False
+    # SimMIM (the MCi's masked image modeling baseline): the side of a masked square in pixels, 60% of them masked
+    mim_mask_patch: int = 8
     compile: bool = False
     # convolution weights and images in NHWC: an MCi step 0.31 -> 0.21 s on 2 CPU cores, a ViT's unchanged
     # (benchmarks/RESULTS.md, "channels_last"); as timm's --channels-last
@@ -109,12 +111,15 @@ PERFORMANCE_KEYS = ("workers", "cache_mb", "threads", "log_every", "checkpoint_e
 
 # pretrain.* keys added after runs were cached, with the value that reproduces those runs: at that value a key is
 # left out of result_keys, so older stage caches and run folders keep matching
-NEUTRAL_KEYS = {"text_lr_mult": 1.0}
+NEUTRAL_KEYS = {"text_lr_mult": 1.0, "mim_mask_patch": 8}
 
 
 # pretrain.* keys that act on the text tower only: a tower trained without one (the baselines) ignores them.
 # (`text_tower` predates this and stays in the baselines' keys, so their cached stages keep matching.)
 TEXT_ONLY_KEYS = ("text_lr_mult",)
+
+# pretrain.* keys that only masked image modeling reads: a CLIP run ignores them
+MIM_ONLY_KEYS = ("mim_mask_patch",)
 
 
 def transfer_result_keys(transfer: TransferConfig) -> dict:
@@ -127,11 +132,11 @@ def transfer_result_keys(transfer: TransferConfig) -> dict:
 
 
 def result_keys(train: PretrainConfig, text_tower: bool = True) -> dict:
-    """The pretrain.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS); with
-    text_tower=False, for a run without one, also without TEXT_ONLY_KEYS."""
+    """The pretrain.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS): for a CLIP run
+    (text_tower=True) without MIM_ONLY_KEYS, for a run without a text tower without TEXT_ONLY_KEYS."""
     return {k: v for k, v in dataclasses.asdict(train).items()
             if k not in PERFORMANCE_KEYS and not (k in NEUTRAL_KEYS and v == NEUTRAL_KEYS[k])
-            and (text_tower or k not in TEXT_ONLY_KEYS)}
+            and k not in (MIM_ONLY_KEYS if text_tower else TEXT_ONLY_KEYS)}
 
 
 @dataclass
@@ -480,6 +485,7 @@ def validate(cfg: Config) -> None:
         (cfg.pretrain.accum_steps >= 1 and cfg.pretrain.batch_size % cfg.pretrain.accum_steps == 0,
          "pretrain.batch_size must be a multiple of pretrain.accum_steps"),
         (cfg.pretrain.steps >= 1, "pretrain.steps must be >= 1"),
+        (cfg.pretrain.mim_mask_patch >= 1, "pretrain.mim_mask_patch must be >= 1 (pixels)"),
         (cfg.pretrain.loss in ("clip", "siglip"), "pretrain.loss must be 'clip' or 'siglip'"),
         (0.0 <= cfg.pretrain.distill_weight <= 1.0, "pretrain.distill_weight must be in [0, 1]"),
         (cfg.pretrain.distill_weight == 0 or cfg.pretrain.loss == "clip", "distillation needs pretrain.loss=clip"),

@@ -45,7 +45,7 @@ from .shard_dataset import seeded_cpu_rng
 
 METHODS = tuple(m.name for m in STUDY_METHODS.values() if m.kind == "baseline")
 LABELS = [(c, s) for c in COLOURS for s in SHAPES]  # 32 object classes
-MASK_PATCH, MASK_RATIO = 8, 0.6  # SimMIM's ratio for its ViT setting
+MASK_RATIO = 0.6  # SimMIM's ratio for its ViT setting
 MAE_MASK_RATIO = 0.75  # MAE's
 
 
@@ -157,11 +157,13 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     return x.reshape(b, (h // patch) * (w // patch), patch * patch * c)
 
 
-def random_patch_mask(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
-    """(n, 1, size, size) with 1 = masked, in MASK_PATCH blocks."""
-    g = size // MASK_PATCH
+def random_patch_mask(n: int, size: int, patch: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, 1, size, size) with 1 = masked, in `patch` x `patch` blocks."""
+    if size % patch:
+        raise ValueError(f"pretrain.mim_mask_patch = {patch} does not divide the image size {size}")
+    g = size // patch
     m = (torch.rand(n, 1, g, g, generator=gen) < MASK_RATIO).float()
-    return F.interpolate(m, scale_factor=MASK_PATCH, mode="nearest")
+    return F.interpolate(m, scale_factor=patch, mode="nearest")
 
 
 def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, progress: bool = True) -> dict:
@@ -219,7 +221,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
             masked = torch.ones(target.shape[:2]).scatter(1, keep, 0.0)  # 1 = dropped
             loss = (((head(visible, keep) - target) ** 2).mean(-1) * masked).sum() / masked.sum()
         else:
-            mask = random_patch_mask(len(idx), size, gen)
+            mask = random_patch_mask(len(idx), size, tc.mim_mask_patch, gen)
             pred = head(encoder(x * (1 - mask))[-1])
             loss = ((pred - x).abs() * mask).sum() / (mask.sum() * 3 + 1e-6)
         opt.zero_grad(set_to_none=True)
