@@ -383,3 +383,23 @@ def test_transfer_summary_ends_with_a_per_class_table():
     assert "100% of the labels" in lines[1]
     assert [ln.split() for ln in lines[3:6]] == [["floor", "0.9000"], ["wall", "-"], ["cube", "0.3000"]]
     assert lines[6].split()[:2] == ["objects", "0.3000"]
+
+
+def test_a_diverged_loss_stops_the_run_at_once_and_names_the_fix(world_dir, tmp_path, monkeypatch):
+    """Fine-tuning at a probe's learning rate can diverge (RESULTS: depth at transfer.lr=0.01); the run stops at
+    the first non-finite loss with the setting to lower, instead of training on NaN to the end."""
+    import qclip.transfer.run as tr
+    from qclip.config import load_config
+
+    cfg = load_config(None, ["transfer.steps=20", "transfer.batch_size=4", "transfer.data_fractions=[1.0]"])
+    calls, real_loss = [], tr._loss
+
+    def nan_at_step_3(*a):
+        calls.append(1)
+        loss = real_loss(*a)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(tr, "_loss", nan_at_step_3)
+    with pytest.raises(FloatingPointError, match="diverged at step 3.*lower transfer.lr"):
+        tr.run_transfer(cfg, "random:qclip-mci-tiny", world_dir, tmp_path / "probe", progress=False)
+    assert len(calls) == 3

@@ -229,6 +229,10 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
         loss.backward()
         optimizer_step(opt, sched, [p for g in groups for p in g["params"]], cfg.grad_clip)
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):  # NaN stays NaN: stop now, not after the remaining steps
+            bar.close()
+            raise FloatingPointError(f"{desc}: the loss diverged at step {len(losses)} ({losses[-1]}); lower "
+                                     f"transfer.lr (fine-tuning: also transfer.encoder_lr_mult)")
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         step = len(losses)
@@ -239,8 +243,6 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
             atomic_write_json(ckpt_dir / "losses.json", losses)
             save_checkpoint(ckpt_dir, trained, opt, sched, step)
     bar.close()
-    if not math.isfinite(losses[-1]):
-        raise FloatingPointError(f"{desc}: the loss diverged ({losses[-1]}); lower transfer.lr")
     return head, losses
 
 
