@@ -44,7 +44,9 @@ def test_every_comparison_is_a_check_and_failures_are_listed():
     f = findings(rows)
     lines = finding_lines(f)
     assert any(x.startswith("4 of 6 checks hold") for x in lines)
-    assert "e segmentation: clip-synthetic beats mim: does not hold" in lines[-1]
+    # the failing checks, one line per encoder and task (their full numbers are in the Checks table)
+    assert lines[-2].startswith("Not holding, e segmentation: clip-synthetic beats mim (")
+    assert lines[-1].startswith("Not holding, e depth: clip-synthetic beats clip-raw (") and ", p " in lines[-1]
     assert len(check_table(f)) == 7
 
 

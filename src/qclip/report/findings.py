@@ -212,15 +212,6 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.1f}%"
 
 
-def check_line(c: dict) -> str:
-    verdict = {True: "holds", False: "does not hold", None: "untested (one seed)"}[c["holds"]]
-    stats = f"{c['metric']} {c['mean_a']:.4f} vs {c['mean_b']:.4f} ({_pct(c['rel_pct'])})"
-    if c["p"] is not None:
-        lo, hi = c["ci95"]
-        stats += f", mean paired difference {c['mean_diff']:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}], p = {c['p']:.3g}"
-    return f"{c['name']}: {verdict}; {stats}, {c['n']} seed(s)"
-
-
 def check_table(f: dict) -> list[list[str]]:
     t = [["check", "verdict", "A", "B", "change", "mean diff [95% CI]", "p (one-sided)", "seeds"]]
     for c in f["checks"]:
@@ -274,6 +265,11 @@ def finding_lines(f: dict) -> list[str]:
     held = [c for c in cs if c["holds"]]
     lines.append(f"{len(held)} of {len(cs)} checks hold ({TEST}, alpha {ALPHA}, {f['seeds']} seeds)")
     failing = [c for c in cs if not c["holds"]]
-    if failing:
-        lines.append("Not holding: " + "; ".join(check_line(c) for c in failing))
+    groups: dict[str, list[str]] = {}  # "encoder task" -> its failing checks, in check order
+    for c in failing:
+        where, _, what = c["name"].partition(": ")
+        p = "" if c["p"] is None else f", p {c['p']:.3g}"
+        groups.setdefault(where, []).append(f"{what} ({_pct(c['rel_pct'])}{p})")
+    for where, items in groups.items():  # the numbers of each: the Checks table
+        lines.append(f"Not holding, {where}: " + "; ".join(items))
     return lines
