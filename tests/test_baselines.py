@@ -55,6 +55,19 @@ def test_mim_mask_patch_keys_the_baseline_not_clip():
     assert "mim_mask_patch" not in result_keys(default, text_tower=False)  # baselines cached before the key match
 
 
+def test_a_mim_mask_patch_that_does_not_divide_the_image_fails_before_any_stage():
+    from qclip.config import ConfigError
+    from qclip.study import check_image_sizes
+
+    demo = ["study.encoders=[qclip-mci-tiny]", "study.methods=[random,mim]"]
+    check_image_sizes(load_config(None, demo + ["pretrain.mim_mask_patch=16"]))
+    with pytest.raises(ConfigError, match="mim_mask_patch = 12 does not divide qclip-mci-tiny's image size 64"):
+        check_image_sizes(load_config(None, demo + ["pretrain.mim_mask_patch=12"]))
+    # the ViT's masked image modeling is MAE on its own patches: the key does not apply
+    check_image_sizes(load_config(None, ["study.encoders=[qclip-vit-tiny]", "study.methods=[mim]",
+                                         "pretrain.mim_mask_patch=12"]))
+
+
 @pytest.mark.parametrize("model, objective", [("qclip-vit-tiny", "mae"), ("qclip-mci-tiny", "simmim")])
 def test_mim_baseline_picks_its_objective_and_writes_a_model(world_dir, tmp_path, model, objective):
     cfg = load_config(None, [f"pretrain.model={model}", "pretrain.steps=3", "pretrain.batch_size=8", "pretrain.warmup_steps=1"])

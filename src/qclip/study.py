@@ -110,6 +110,13 @@ def check_image_sizes(cfg: Config) -> None:
         t = encoder_train(cfg, enc).pretrain
         model_size = t.image_size or resolve_model_cfg(enc, t.text_tower)[1]["vision_cfg"].get("image_size", size)
         sizes[f"the image size of {enc} (pretrain.image_size, else its model config)"] = model_size
+        vision = resolve_model_cfg(enc, t.text_tower)[1]["vision_cfg"]
+        # SimMIM (mim on a tower without ViT patches) masks squares of pretrain.mim_mask_patch px: fail here,
+        # not at its first training step after the world, captions and other runs
+        side = model_size if isinstance(model_size, int) else max(model_size)
+        if "mim" in cfg.study.methods and "patch_size" not in vision and side % t.mim_mask_patch:
+            raise ConfigError(f"pretrain.mim_mask_patch = {t.mim_mask_patch} does not divide {enc}'s image size "
+                              f"{side}: SimMIM masks whole squares; pick a divisor of {side}")
     wrong = [f"{k} = {v}" for k, v in sizes.items() if (v if isinstance(v, int) else max(v)) != size]
     if wrong:
         raise ConfigError(f"the study uses world.image_size = {size} throughout, but {'; '.join(wrong)}: set them "
@@ -136,8 +143,8 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
 
     t0, out = time.time(), Path(out)
     check_image_sizes(cfg)
-    if cfg.study.captioner:
-        given_captioner_folder(cfg.study.captioner)
+    # a given captioner's folder is checked before any stage runs, so a wrong path fails before the world renders
+    given_folder = given_captioner_folder(cfg.study.captioner) if cfg.study.captioner else None
     git_commit()  # read now: results.json records the tree this run's code came from
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, fresh)
@@ -152,7 +159,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
             return r
         return run
 
-    keys, quality = _data_stages(cfg, out, cache, timed, progress, log)
+    keys, quality = _data_stages(cfg, out, cache, timed, progress, log, given_folder)
     rows: list[dict] = []
     pretrain_dirs: dict[str, Path] = {}
     for s in range(cfg.study.seeds):
@@ -183,11 +190,13 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     return results
 
 
-def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: bool, log) -> tuple[dict, dict]:
+def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: bool, log,
+                 given_folder: Path | None = None) -> tuple[dict, dict]:
     """1. the world; 2. the captioner on the curated split, the recaptioned pool and its caption quality.
     With a method that reads another captioner's captions (STUDY_CAPTIONERS, e.g. captions-only), that captioner
     is trained and recaptions the pool too. Returns the cache keys later stages depend on ({"world", "recaption":
-    {captioner: key}}) and the caption quality of every caption kind."""
+    {captioner: key}}) and the caption quality of every caption kind. `given_folder`: study.captioner's folder
+    (given_captioner_folder), None for a hub captioner or none."""
     from .captions.captioners import Sampling, create_captioner
     from .captions.quality import dataset_quality
     from .captions.recaption import recaption
@@ -214,9 +223,9 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
         cap_dir, pool_dir = out / f"captioner{suffix}", out / captioned_pool(variant)
         if variant == "main" and given:
             spec, pretrained, cid = model_spec(given), study.captioner_pretrained or None, study_captioner_id(given)
-            local = given_captioner_folder(given)
             # the pool it recaptions, and the captioner by content (a folder) or by name (a hub model)
-            captioner_key = cache.key("captioner", world_key, cid, folder_fingerprint(local) if local else spec,
+            captioner_key = cache.key("captioner", world_key, cid,
+                                      folder_fingerprint(given_folder) if given_folder else spec,
                                       pretrained)
             log(f"      captioner: {spec} as given (not trained here), captions stored as synthetic:{cid}")
         else:

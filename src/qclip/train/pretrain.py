@@ -37,6 +37,7 @@ from ..optim import (
     adamw,
     load_checkpoint,
     lr_lambda,
+    memory_format,
     optimizer_step,
     param_groups,
     prune_checkpoints,
@@ -189,7 +190,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     model = bundle.model
     if tc.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    image_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    image_format = memory_format(tc.channels_last)
     model.to(memory_format=image_format)  # 4-d weights only: the text tower is unchanged
 
     # data: this rank's shards, the caption policy applied when indexing
