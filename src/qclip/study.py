@@ -108,9 +108,9 @@ def check_image_sizes(cfg: Config) -> None:
     sizes = {"captioner.image_size": cfg.captioner.image_size, "transfer.image_size": cfg.transfer.image_size}
     for enc in cfg.study.encoders:
         t = encoder_train(cfg, enc).pretrain
-        model_size = t.image_size or resolve_model_cfg(enc, t.text_tower)[1]["vision_cfg"].get("image_size", size)
-        sizes[f"the image size of {enc} (pretrain.image_size, else its model config)"] = model_size
         vision = resolve_model_cfg(enc, t.text_tower)[1]["vision_cfg"]
+        model_size = t.image_size or vision.get("image_size", size)
+        sizes[f"the image size of {enc} (pretrain.image_size, else its model config)"] = model_size
         # SimMIM (mim on a tower without ViT patches) masks squares of pretrain.mim_mask_patch px: fail here,
         # not at its first training step after the world, captions and other runs
         side = model_size if isinstance(model_size, int) else max(model_size)
