@@ -97,6 +97,30 @@ def test_data_efficiency_is_interpolated_from_the_curve():
     assert "at at least" not in line
 
 
+def test_data_efficiency_has_a_bootstrap_interval_over_seeds():
+    # clip-raw 0.40 at all labels in every seed; clip-synthetic's mean curve crosses it between 0.25 and 1, but
+    # seed 2 is far below: a resample that draws it twice or more (26% of them) never gets there
+    raw = _rows("clip-raw", "segmentation", [0.40] * 5, 1.0)
+    syn = []
+    for f, vals in ((0.1, [0.36, 0.37, 0.10, 0.36, 0.35]), (0.25, [0.45, 0.44, 0.15, 0.46, 0.45]),
+                    (1.0, [0.50, 0.52, 0.20, 0.51, 0.50])):
+        syn += _rows("clip-synthetic", "segmentation", vals, f)
+    (e,) = data_efficiency(raw + syn)
+    iv = e["interval"]
+    assert iv["seeds"] == [0, 1, 2, 3, 4] and iv["resamples"] == 2000 and iv["bound"] == pytest.approx(10.0)
+    lo, hi = iv["ci95"]
+    assert lo == 0.0 and 1.0 < e["ratio"] < hi < 10.0
+    assert 0.2 < iv["share_not_reached"] < 0.33 and iv["share_at_bound"] == 0
+    assert data_efficiency(raw + syn)[0]["interval"] == iv  # fixed resampling: the report is a function of rows
+    line = next(x for x in finding_lines(findings(raw + syn)) if "data efficiency" in x)
+    assert f"95% bootstrap interval over 5 seeds below 1x (not reached) to {hi:.1f}x" in line
+    # one seed: nothing to resample, no interval
+    one = (_rows("clip-raw", "depth", [1.0], 1.0) + _rows("clip-synthetic", "depth", [2.0], 0.1)
+           + _rows("clip-synthetic", "depth", [0.9], 1.0))
+    assert data_efficiency(one)[0]["interval"] is None
+    assert "bootstrap" not in " ".join(finding_lines(findings(one)))
+
+
 def test_the_box_supervision_confound_is_reported():
     from qclip.report.findings import finding_lines, findings
 
