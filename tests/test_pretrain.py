@@ -143,6 +143,8 @@ def test_open_clip_and_timm_load_the_result(world, tmp_path):
 def test_siglip_and_accumulation(world, tmp_path):
     s = pretrain(train_cfg("pretrain.loss=siglip", "pretrain.steps=2"), world / "curated", tmp_path / "sig", progress=False)
     assert math.isfinite(s["final_loss"])
+    w = load_file(tmp_path / "sig" / "model" / "open_clip_model.safetensors")  # open_clip_train's SigLIP init
+    assert abs(w["logit_scale"].item() - math.log(10)) < 0.05 and abs(w["logit_bias"].item() + 10) < 0.05
     one = pretrain(train_cfg("pretrain.steps=2", "pretrain.grad_clip=0"), world / "curated", tmp_path / "a1", progress=False)
     two = pretrain(train_cfg("pretrain.steps=2", "pretrain.grad_clip=0", "pretrain.accum_steps=4"), world / "curated",
                    tmp_path / "a4", progress=False)

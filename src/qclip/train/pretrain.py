@@ -184,7 +184,9 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     random.seed(cfg.seed)
 
     # model, transforms, tokenizer: open_clip's factory
-    extra = {"init_logit_bias": -10.0} if tc.loss == "siglip" else {}
+    # SigLIP's initial temperature and bias, as open_clip_train sets them with --siglip (Zhai et al. 2023: t = 10,
+    # b = -10, so that the many negatives start near zero probability)
+    extra = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0} if tc.loss == "siglip" else {}
     bundle = create_clip(tc.model, tc.text_tower, tc.image_size, tc.pretrained or None, device=device,
                          output_dict=True, **extra)
     model = bundle.model
