@@ -145,6 +145,8 @@ def test_siglip_and_accumulation(world, tmp_path):
     assert math.isfinite(s["final_loss"])
     w = load_file(tmp_path / "sig" / "model" / "open_clip_model.safetensors")  # open_clip_train's SigLIP init
     assert abs(w["logit_scale"].item() - math.log(10)) < 0.05 and abs(w["logit_bias"].item() + 10) < 0.05
+    back = create_clip(f"local-dir:{tmp_path / 'sig' / 'model'}").model  # its bias is a parameter again
+    assert torch.equal(back.logit_bias.detach(), w["logit_bias"])
     one = pretrain(train_cfg("pretrain.steps=2", "pretrain.grad_clip=0"), world / "curated", tmp_path / "a1", progress=False)
     two = pretrain(train_cfg("pretrain.steps=2", "pretrain.grad_clip=0", "pretrain.accum_steps=4"), world / "curated",
                    tmp_path / "a4", progress=False)

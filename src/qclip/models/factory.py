@@ -177,4 +177,7 @@ def create_clip(spec: str, text_tower: str = "", image_size: int = 0, pretrained
         tokenizer = open_clip.get_tokenizer(base, context_length=cfg["text_cfg"].get("context_length", 77))
     pp = getattr(model.visual, "preprocess_cfg", {}) or {}
     preprocess_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pp.items()}
-    return ClipBundle(model, pre_train, pre_val, tokenizer, cfg, preprocess_cfg, qclip_cfg)
+    # the folder's config must rebuild this model: SigLIP's logit bias is a parameter only when the config asks
+    # for one (open_clip's SigLIP configs carry "init_logit_bias"), else its weights cannot be loaded back
+    inits = {k: model_kwargs[k] for k in ("init_logit_scale", "init_logit_bias") if k in model_kwargs}
+    return ClipBundle(model, pre_train, pre_val, tokenizer, {**cfg, **inits}, preprocess_cfg, qclip_cfg)
