@@ -21,6 +21,7 @@ from qclip_cli import ROOT  # benchmarks/qclip_cli.py, beside this script
 
 sys.path.insert(0, str(ROOT / "src"))
 from qclip.models import create_clip  # noqa: E402
+from qclip.optim import memory_format  # noqa: E402
 
 SETTINGS = ("eager", "channels_last", "compile", "channels_last+compile", "bf16")
 
@@ -28,7 +29,7 @@ SETTINGS = ("eager", "channels_last", "compile", "channels_last+compile", "bf16"
 def step_times(model_name: str, setting: str, batch: int, steps: int) -> list[float]:
     torch.manual_seed(0)
     model = create_clip(model_name, output_dict=True).model
-    fmt = torch.channels_last if "channels_last" in setting else torch.contiguous_format
+    fmt = memory_format("channels_last" in setting)  # what pretrain.channels_last does
     model.to(memory_format=fmt)
     fwd = torch.compile(model) if "compile" in setting else model
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if setting == "bf16" else contextlib.nullcontext()
