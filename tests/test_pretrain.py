@@ -389,3 +389,16 @@ def test_push_to_hub_stages_a_loadable_folder_and_uploads_it(world, tmp_path, mo
     assert "hf-hub:me/qclip-tiny" in capsys.readouterr().out and not staged.exists()
     assert main(["push", "--model", str(run), "--repo", "me/x", "--dry-run"]) == 2  # the run, not its model folder
     assert "not a qclip model folder" in capsys.readouterr().err
+
+
+def test_chance_loss_is_what_open_clip_gives_an_encoder_that_tells_no_pair_apart():
+    from open_clip.loss import ClipLoss, SigLipLoss
+
+    from qclip.train.pretrain import chance_loss
+
+    b = 16
+    f = torch.nn.functional.normalize(torch.ones(b, 8), dim=-1)  # every image and text embedded the same
+    scale = torch.tensor(10.0)
+    assert ClipLoss()(f, f, scale).item() == pytest.approx(chance_loss("clip", b), rel=1e-5)
+    bias = torch.tensor(math.log((1 / b) / (1 - 1 / b))) - scale  # sigmoid(scale * 1 + bias) = 1 / B, the best bias
+    assert SigLipLoss()(f, f, scale, bias).item() == pytest.approx(chance_loss("siglip", b), rel=1e-5)

@@ -152,6 +152,15 @@ def has_run(out: Path) -> bool:
 # the loop
 
 
+def chance_loss(loss: str, batch: int) -> float:
+    """The loss of an encoder that tells no pair in a batch apart (a reference for "did it learn"): CLIP's
+    softmax loss is then ln B; SigLIP's sigmoid loss, at the best bias (every pair at probability 1/B), is
+    -ln(1/B) - (B - 1) ln(1 - 1/B), about ln B + 1."""
+    if loss == "siglip":
+        return -math.log(1 / batch) - (batch - 1) * math.log1p(-1 / batch)
+    return math.log(batch)
+
+
 def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = True, start_mode: str = "auto") -> dict:
     """start_mode: "auto" resumes a run folder started with the same settings (else starts); "resume" fails when
     there is nothing to resume; "fresh" first removes a previous run's outputs (`RUN_OUTPUTS`) from `out`."""
@@ -326,7 +335,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
             wandb_run.finish()
         atomic_write_json(out / "summary.json", summary)
         prune_checkpoints(out / "checkpoints", tc.keep_checkpoints)  # finished: RUN/model is the result
-        print(f"pretrain: {step} steps, final loss {last_loss:.3f} (ln batch = {math.log(tc.batch_size * world):.3f}), "
+        print(f"pretrain: {step} steps, final loss {last_loss:.3f} (chance: {chance_loss(tc.loss, tc.batch_size * world):.3f}), "
               f"{summary['seconds']:.0f}s; model in {out / 'model'}")
     if world > 1:
         dist.barrier()
