@@ -335,8 +335,9 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
             wandb_run.finish()
         atomic_write_json(out / "summary.json", summary)
         prune_checkpoints(out / "checkpoints", tc.keep_checkpoints)  # finished: RUN/model is the result
-        print(f"pretrain: {step} steps, final loss {last_loss:.3f} (chance: {chance_loss(tc.loss, tc.batch_size * world):.3f}), "
-              f"{summary['seconds']:.0f}s; model in {out / 'model'}")
+        chance = chance_loss(tc.loss, tc.batch_size * world)
+        print(f"pretrain: {step} steps, final loss {last_loss:.3f} (chance: {chance:.3f}), {summary['seconds']:.0f}s; "
+              f"model in {out / 'model'}")
     if world > 1:
         dist.barrier()
     return summary
