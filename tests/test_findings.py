@@ -169,3 +169,34 @@ def test_report_lists_the_weight_decay_each_probe_grid_kept():
                                           "select_split": "dev", "data_fractions": [1.0]}}})
     assert "per weight decay (0.01, 10); the one best on the dev split is kept" in text
     assert "weight decay" not in notes({"config": {"transfer": {"mode": "probe", "data_fractions": [1.0]}}})
+
+
+def test_report_says_which_contrastive_pretrainings_left_chance(tmp_path):
+    import json
+    import math
+
+    from qclip.report.page import contrastive_learning_table, write_report
+
+    def run(name, losses, loss="clip", summary=None):
+        d = tmp_path / "pretrain" / name
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text(f"pretrain:\n  loss: {loss}\n  batch_size: 64\n")
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": v}) + "\n" for i, v in enumerate(losses)))
+        (d / "summary.json").write_text(json.dumps(summary or {"world_size": 1}))
+        return d
+
+    dirs = {"seed0/e-clip-raw": run("raw", [4.2] * 8 + [4.1, 4.0]),  # mean of the last fifth 4.05: 0.97 x ln 64
+            "seed0/e-clip-synthetic": run("syn", [4.2, 3.0, 2.0, 1.5, 1.0]),
+            "seed0/e-siglip": run("sig", [10.0, 6.0, 4.0, 3.0, 2.0], loss="siglip"),
+            "seed0/e-mim": run("mim", [0.9, 0.2], summary={"objective": "simmim", "world_size": 1})}
+    t = contrastive_learning_table(dirs)
+    assert [r[0] for r in t[1:]] == ["seed0/e-clip-raw", "seed0/e-clip-synthetic", "seed0/e-siglip"]  # no MIM
+    raw, syn, sig = t[1:]
+    assert raw[2] == "4.050" and raw[3] == f"{math.log(64):.3f}" and raw[5].startswith("near chance")
+    assert syn[2] == "1.000" and syn[5] == "learned"
+    assert sig[1] == "siglip" and float(sig[3]) == pytest.approx(math.log(64) + 1, abs=0.01) and sig[5] == "learned"
+    rows = [{"encoder": "e", "method": "clip-raw", "task": "segmentation", "data_fraction": 1.0, "seed": 0,
+             "metrics": {"mIoU": 0.5}}]
+    md, _ = write_report(tmp_path, {"rows": rows}, {}, [], None, dirs)
+    assert "## Did the contrastive pretraining learn?" in md.read_text()
+    assert "Did the contrastive" not in write_report(tmp_path, {"rows": rows}, {}, [])[0].read_text()

@@ -123,7 +123,7 @@ def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: di
         examples = json.loads((out / CAPTION_EXAMPLES).read_text())
         if (out / "caption_examples.png").is_file():
             figs["caption examples"] = out / "caption_examples.png"
-    md, html = write_report(out, results, figs, examples, results.get("caption_quality"))
+    md, html = write_report(out, results, figs, examples, results.get("caption_quality"), pretrain_dirs)
     log(format_table(headline_table(rows)))
     for line in finding_lines(findings(rows)):
         log("  " + line)

@@ -115,8 +115,45 @@ def pretraining_table(rows: list[dict]) -> list[list[str]]:
     return t
 
 
+# a contrastive run "left chance" when its late loss is under 0.95 x the loss at chance: the runs whose probes
+# stayed at random init's level ended at 0.94-0.97 x chance, those that learned shapes at 0.78-0.91 (RESULTS)
+LEARNED_BELOW = 0.95
+
+
+def contrastive_learning_table(pretrain_dirs: dict[str, Path]) -> list[list[str]]:
+    """Did each CLIP/SigLIP pretraining learn? Its loss over the last fifth of the logged steps against the loss
+    at chance (an encoder that tells no pair apart; `chance_loss`). Why: a raw-caption run whose loss stays at
+    chance is a baseline that did not learn (seen here at noisy alt-text), which the checks alone do not show.
+    The baselines (their summary names an `objective`) have other losses and are left out."""
+    import json
+
+    import yaml
+
+    from ..train.pretrain import chance_loss
+
+    t = [["run", "loss", "late loss (last fifth)", "chance", "late / chance", "verdict"]]
+    for label, d in sorted(pretrain_dirs.items()):
+        d = Path(d)
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+            cfg = (yaml.safe_load((d / "config.yaml").read_text()) or {}).get("pretrain", {})
+            losses = [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        except (OSError, ValueError, KeyError):
+            continue  # not a finished pretraining folder (or one from before these files were written)
+        if "objective" in summary or not losses:
+            continue
+        loss = cfg.get("loss", "clip")
+        chance = chance_loss(loss, int(cfg.get("batch_size", 0)) * int(summary.get("world_size", 1)))
+        late = losses[-max(1, len(losses) // 5):]
+        ratio = sum(late) / len(late) / chance
+        t.append([label, loss, f"{sum(late) / len(late):.3f}", f"{chance:.3f}", f"{ratio:.2f}",
+                  "learned" if ratio < LEARNED_BELOW else "near chance: did not learn"])
+    return t
+
+
 def write_report(out: Path, results: dict, figures: dict[str, Path], caption_examples: list[dict],
-                 caption_quality: dict | None = None) -> tuple[Path, Path]:
+                 caption_quality: dict | None = None,
+                 pretrain_dirs: dict[str, Path] | None = None) -> tuple[Path, Path]:
     rows = results["rows"]
     note = notes(results)
     seeds = results.get("seeds", 1)
@@ -136,6 +173,10 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
         (f"Zero-shot classification and retrieval of the CLIP runs{over}",
          "top1: zero-shot accuracy on the validation split's largest object; chance_top1: always guessing the "
          "most frequent class; chance_R@1: retrieval by chance (1 / number of images).", pretraining_table(rows)),
+        ("Did the contrastive pretraining learn?", "Each CLIP run's loss over the last fifth of its logged steps "
+         "against the loss of an encoder that tells no pair apart (ln B for CLIP's loss, about ln B + 1 for "
+         f"SigLIP's); under {LEARNED_BELOW} x chance counts as learned. A run near chance is a baseline that did "
+         "not learn, whatever its probe says.", contrastive_learning_table(pretrain_dirs or {})),
     ]
     sections = [(a, b, t) for a, b, t in sections if len(t) > 1]
     hw = results.get("hardware")  # absent in results.json written before it was recorded
