@@ -181,7 +181,8 @@ def test_report_says_which_contrastive_pretrainings_left_chance(tmp_path):
         d = tmp_path / "pretrain" / name
         d.mkdir(parents=True)
         (d / "config.yaml").write_text(f"pretrain:\n  loss: {loss}\n  batch_size: 64\n")
-        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": v}) + "\n" for i, v in enumerate(losses)))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": v}) + "\n" for i, v in enumerate(losses))
+                                         + json.dumps({"step": 99, "eval_R@1": 0.1}) + "\n")  # a point without a loss
         (d / "summary.json").write_text(json.dumps(summary or {"world_size": 1}))
         return d
 

@@ -130,6 +130,7 @@ def contrastive_learning_table(pretrain_dirs: dict[str, Path]) -> list[list[str]
     import yaml
 
     from ..train.pretrain import chance_loss
+    from .plots import logged_losses
 
     t = [["run", "loss", "late loss (last fifth)", "chance", "late / chance", "verdict"]]
     for label, d in sorted(pretrain_dirs.items()):
@@ -137,17 +138,17 @@ def contrastive_learning_table(pretrain_dirs: dict[str, Path]) -> list[list[str]
         try:
             summary = json.loads((d / "summary.json").read_text())
             cfg = (yaml.safe_load((d / "config.yaml").read_text()) or {}).get("pretrain", {})
-            losses = [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        except (OSError, ValueError, KeyError):
+            losses = [p["loss"] for p in logged_losses(d)]
+        except (OSError, ValueError):
             continue  # not a finished pretraining folder (or one from before these files were written)
         if "objective" in summary or not losses:
             continue
         loss = cfg.get("loss", "clip")
         chance = chance_loss(loss, int(cfg.get("batch_size", 0)) * int(summary.get("world_size", 1)))
         late = losses[-max(1, len(losses) // 5):]
-        ratio = sum(late) / len(late) / chance
-        t.append([label, loss, f"{sum(late) / len(late):.3f}", f"{chance:.3f}", f"{ratio:.2f}",
-                  "learned" if ratio < LEARNED_BELOW else "near chance: did not learn"])
+        mean = sum(late) / len(late)
+        t.append([label, loss, f"{mean:.3f}", f"{chance:.3f}", f"{mean / chance:.2f}",
+                  "learned" if mean / chance < LEARNED_BELOW else "near chance: did not learn"])
     return t
 
 
