@@ -104,6 +104,9 @@ def check_image_sizes(cfg: Config) -> None:
     (Stand-alone commands may differ, e.g. a 64 px encoder probed on ADE20k at 512.)"""
     from .models.factory import resolve_model_cfg
 
+    def side(v: int | list[int]) -> int:  # an image size given as one side or (height, width)
+        return v if isinstance(v, int) else max(v)
+
     size = cfg.world.image_size
     sizes = {"captioner.image_size": cfg.captioner.image_size, "transfer.image_size": cfg.transfer.image_size}
     for enc in cfg.study.encoders:
@@ -113,11 +116,10 @@ def check_image_sizes(cfg: Config) -> None:
         sizes[f"the image size of {enc} (pretrain.image_size, else its model config)"] = model_size
         # SimMIM (mim on a tower without ViT patches) masks squares of pretrain.mim_mask_patch px: fail here,
         # not at its first training step after the world, captions and other runs
-        side = model_size if isinstance(model_size, int) else max(model_size)
-        if "mim" in cfg.study.methods and "patch_size" not in vision and side % t.mim_mask_patch:
+        if "mim" in cfg.study.methods and "patch_size" not in vision and side(model_size) % t.mim_mask_patch:
             raise ConfigError(f"pretrain.mim_mask_patch = {t.mim_mask_patch} does not divide {enc}'s image size "
-                              f"{side}: SimMIM masks whole squares; pick a divisor of {side}")
-    wrong = [f"{k} = {v}" for k, v in sizes.items() if (v if isinstance(v, int) else max(v)) != size]
+                              f"{side(model_size)}: SimMIM masks whole squares; pick a divisor of {side(model_size)}")
+    wrong = [f"{k} = {v}" for k, v in sizes.items() if side(v) != size]
     if wrong:
         raise ConfigError(f"the study uses world.image_size = {size} throughout, but {'; '.join(wrong)}: set them "
                           f"to {size} (or world.image_size to theirs)")
