@@ -145,6 +145,8 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     assert "One seed: none of the" in html  # one seed tests nothing, and says so
     assert "objects named" in html  # caption examples carry their scores
     assert "qclip-mci-tiny 3 steps x batch 8" in html  # the budget actually configured per encoder
+    # the did-it-learn table names each pretraining by seed, as the re-render does (one row per seed, none dropped)
+    assert "| seed0/qclip-mci-tiny-clip-raw | clip |" in report_md
     assert "clip-synthetic" in res.stdout.split("[5/5] report")[1]  # the console ends with the headline table
 
     res2 = subprocess.run(cmd[:-len(TINY_STUDY)] + TINY_STUDY + ["transfer.steps=3"], capture_output=True, text=True,

@@ -174,8 +174,8 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
                 spec, pretrain_key, pre_rows = _pretrain_stage(mcfg, method, enc, tag, out, world_dir, keys, cache,
                                                                timed, progress)
                 rows += pre_rows
-                if method.kind != "random":
-                    pretrain_dirs[f"{enc} {name}"] = Path(spec)
+                if method.kind != "random":  # keyed per seed, as `qclip report` finds them: one curve/row per seed
+                    pretrain_dirs[tag] = Path(spec)
                 rows += _transfer_stage(mcfg, spec, pretrain_key, enc, name, tag, out, world_dir, cache, timed,
                                         progress, log)
 
