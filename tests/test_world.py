@@ -107,6 +107,32 @@ def test_alt_text_relevance_is_a_parameter(relevance):
     assert all(s.captions["reference"] == [] and s.seg is None for s in samples)  # pool: alt-text only
 
 
+def test_context_alt_text_names_the_setting_and_leaves_everything_else_alone():
+    """world.alt_text_context replaces a share of the relevant alt-text with text about the floor and wall; the
+    image, the other alt-text and the reference descriptions are those of the world without it."""
+    base = WorldSpec(**{**SPEC.__dict__, "alt_text_relevance": 1.0})
+    ctx = WorldSpec(**{**base.__dict__, "alt_text_context": 0.5})
+    shape_words = {w for words in SHAPE_WORDS.values() for w in words}
+    kinds = []
+    for i in range(40):
+        a, b = make_sample(base, i), make_sample(ctx, i)
+        assert a.image == b.image and a.captions["reference"] == b.captions["reference"]
+        kinds.append(b.meta["alt_text_kind"])
+        if b.meta["alt_text_kind"] == "context":
+            text, scene = b.captions["raw"][0], b.meta["scene"]
+            assert not set(re.findall(r"[a-z]+", text)) & shape_words, text
+            assert f"{scene['floor']} floor" in text or f"{scene['wall']} wall" in text, text
+        else:
+            assert a.captions["raw"] == b.captions["raw"] and a.meta["alt_text_kind"] == b.meta["alt_text_kind"]
+    assert 8 <= kinds.count("context") <= 32 and "partial" in kinds
+
+
+def test_world_key_leaves_out_a_neutral_alt_text_context():
+    from qclip.config import WorldConfig, world_result_keys
+    assert "alt_text_context" not in world_result_keys(WorldConfig())  # worlds cached before it keep their key
+    assert world_result_keys(WorldConfig(alt_text_context=0.5))["alt_text_context"] == 0.5
+
+
 def test_world_splits_and_determinism(world_dir, tmp_path):
     m = {split: ShardReader(world_dir / split).manifest for split in ws.SPLITS}
     assert {k: v["num_samples"] for k, v in m.items()} == {"curated": 16, "dense": 16, "dev": 4, "val": 8, "pool": 48}

@@ -40,6 +40,9 @@ class WorldConfig:
     # captions apart and CLIP must see shapes to match them
     colours: int = 8
     alt_text_relevance: float = 0.6  # probability that alt-text mentions something actually in the image
+    # of that relevant alt-text, the share that names the setting (floor, wall) and not the objects, as much web
+    # alt-text is about the page or the scene rather than what is in it: an easy cue that carries no shapes
+    alt_text_context: float = 0.0
     descriptions_per_image: int = 5  # reference descriptions per curated image, as COCO has 5
     shard_size: int = 1000
     image_format: str = "png"  # png (lossless) or jpg
@@ -129,6 +132,17 @@ def transfer_result_keys(transfer: TransferConfig) -> dict:
     if not transfer.probe_weight_decays:
         del d["probe_weight_decays"], d["select_split"]
     return d
+
+
+# world.* keys added after worlds were cached, with the value that reproduces those worlds (left out of the
+# world's key at that value, so older stage caches keep matching)
+NEUTRAL_WORLD_KEYS = {"alt_text_context": 0.0}
+
+
+def world_result_keys(world: WorldConfig) -> dict:
+    """The world.* settings the world stage's key hashes: all of them but NEUTRAL_WORLD_KEYS at their neutral value."""
+    return {k: v for k, v in dataclasses.asdict(world).items()
+            if not (k in NEUTRAL_WORLD_KEYS and v == NEUTRAL_WORLD_KEYS[k])}
 
 
 def result_keys(train: PretrainConfig, text_tower: bool = True) -> dict:
@@ -477,6 +491,7 @@ def validate(cfg: Config) -> None:
         (1 <= w.colours <= 8, "world.colours must be in 1..8 (the world has 8 named colours)"),
         (1 <= w.min_objects <= w.max_objects <= 8, "need 1 <= world.min_objects <= world.max_objects <= 8"),
         (0.0 <= w.alt_text_relevance <= 1.0, "world.alt_text_relevance must be in [0, 1]"),
+        (0.0 <= w.alt_text_context <= 1.0, "world.alt_text_context must be in [0, 1]"),
         (w.image_format in ("png", "jpg"), "world.image_format must be 'png' or 'jpg'"),
         (w.shard_size >= 1 and cfg.ingest.shard_size >= 1, "shard_size must be >= 1"),
         (w.workers >= 1, "world.workers must be >= 1"),

@@ -28,6 +28,7 @@ from .config import (
     result_keys,
     to_dict,
     transfer_result_keys,
+    world_result_keys,
 )
 from .report.build import study_run_dir
 
@@ -207,7 +208,7 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
     from .models.factory import model_spec
 
     study, world_dir = cfg.study, out / "world"
-    world_key = cache.key("world", asdict(cfg.world), cfg.seed)
+    world_key = cache.key("world", world_result_keys(cfg.world), cfg.seed)
     log("[1/5] world")
     info = cache.run("world", world_key, None, timed("world", lambda: build_world(cfg, world_dir, progress=progress)))
     log("      " + summary_line(info, None if "world" in cache.ran else world_dir))

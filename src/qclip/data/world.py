@@ -9,7 +9,8 @@ Text comes in two kinds, as in the paper's setting:
 - reference descriptions, written from the scene graph (all visible objects, colours, sizes, left/right and
   front/behind, varied phrasing): what a careful human captioner would write (COCO-like, 5 per image);
 - raw alt-text, web-like: with probability `alt_text_relevance` it names something really in the picture
-  (often only partly right); otherwise boilerplate, a file name, something that is not there, or nothing.
+  (often only partly right; a share `alt_text_context` of it names only the setting, floor and wall, not the
+  objects); otherwise boilerplate, a file name, something that is not there, or nothing.
 
 Left/right in the text refer to the image as rendered, so training must not flip images horizontally
 (the manifest records `"hflip_safe": false`).
@@ -368,8 +369,21 @@ _BOILERPLATE = ("click to enlarge", "image", "untitled", "stock photo", "free do
 _FILE_STEMS = ("IMG_", "DSC", "render_", "scene", "final_v", "Untitled-", "photo_")
 
 
-def alt_text(record: dict, rng: np.random.Generator, relevance: float) -> tuple[str, str]:
-    """Web-like alt-text and its kind (partial, boilerplate, filename, wrong, empty)."""
+def context_alt_text(record: dict, rng: np.random.Generator) -> str:
+    """Alt-text about the setting, not the objects ("3d render, gray floor and blue wall"): relevant to the
+    picture, a strong cue for telling scenes apart, and silent on shapes."""
+    floor, wall = f"{record['floor']} floor", f"{record['wall']} wall"
+    core = str(rng.choice([f"{floor} and {wall}", f"{wall}, {floor}", f"room with a {wall}", f"{floor}"],
+                          p=[0.4, 0.2, 0.2, 0.2]))
+    core = str(rng.choice([core, f"3d render, {core}", f"empty {core}"], p=[0.6, 0.3, 0.1]))
+    return f"{core} {rng.choice(_BOILERPLATE)}" if rng.random() < 0.25 else core
+
+
+def alt_text(record: dict, rng: np.random.Generator, relevance: float, context: float = 0.0,
+             context_rng: np.random.Generator | None = None) -> tuple[str, str]:
+    """Web-like alt-text and its kind (partial, context, boilerplate, filename, wrong, empty). `context`: the
+    share of relevant alt-text that names the setting instead of the objects, drawn from `context_rng` so that
+    `rng`'s stream (and every later draw of the sample from it) is the same at any `context`."""
     objs = [o for o in record["objects"] if o["visible"]]
     if objs and rng.random() < relevance:
         # like real alt-text about the picture: the main subject (the biggest object), sometimes a second
@@ -392,7 +406,10 @@ def alt_text(record: dict, rng: np.random.Generator, relevance: float) -> tuple[
         core = str(rng.choice([core, f"{core} 3d render", f"3d {core}", f"{core} on {record['floor']} floor"],
                               p=[0.7, 0.1, 0.1, 0.1]))
         junk = str(rng.choice(_BOILERPLATE))
-        return (f"{core} {junk}" if rng.random() < 0.25 else core), "partial"
+        text = f"{core} {junk}" if rng.random() < 0.25 else core
+        if context > 0 and context_rng is not None and context_rng.random() < context:
+            return context_alt_text(record, context_rng), "context"
+        return text, "partial"
     kind = str(rng.choice(["boilerplate", "filename", "wrong", "empty"], p=[0.35, 0.25, 0.25, 0.15]))
     if kind == "boilerplate":
         return str(rng.choice(_BOILERPLATE)), kind
@@ -428,6 +445,7 @@ class WorldSpec:
     with_reference: bool
     with_dense: bool
     colours: int = len(COLOURS)
+    alt_text_context: float = 0.0
 
 
 def make_sample(spec: WorldSpec, index: int) -> Sample:
@@ -435,7 +453,8 @@ def make_sample(spec: WorldSpec, index: int) -> Sample:
     scene = sample_scene(rng, spec.min_objects, spec.max_objects, spec.colours)
     r = render(scene, spec.image_size, rng)
     record = scene_record(scene, r)
-    raw, kind = alt_text(record, rng, spec.alt_text_relevance)
+    context_rng = np.random.default_rng([spec.seed, SPLIT_CODES[spec.split], index, 1])
+    raw, kind = alt_text(record, rng, spec.alt_text_relevance, spec.alt_text_context, context_rng)
     captions = {"raw": [raw] if raw else [], "reference": [], "synthetic": {}}
     if spec.with_reference:
         captions["reference"] = [describe(record, rng) for _ in range(spec.descriptions_per_image)]

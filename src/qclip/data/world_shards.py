@@ -38,13 +38,17 @@ def split_plan(cfg: Config) -> dict[str, tuple[WorldSpec, int]]:
             max_objects=w.max_objects, alt_text_relevance=w.alt_text_relevance,
             descriptions_per_image=w.descriptions_per_image, image_format=w.image_format,
             with_reference=split in ("curated", "val"), with_dense=split in ("dense", "dev", "val"), colours=w.colours,
+            alt_text_context=w.alt_text_context,
         )
         plan[split] = (spec, sizes[split])
     return plan
 
 
 def _fingerprint(spec: WorldSpec, n: int, shard_size: int) -> dict:
-    return {**asdict(spec), "num_samples": n, "shard_size": shard_size}
+    d = asdict(spec)
+    if not d["alt_text_context"]:  # worlds written before the setting existed keep their fingerprint
+        del d["alt_text_context"]
+    return {**d, "num_samples": n, "shard_size": shard_size}
 
 
 def _shard_task(args: tuple) -> tuple[str, int]:
