@@ -194,10 +194,29 @@ def test_report_says_which_contrastive_pretrainings_left_chance(tmp_path):
     assert [r[0] for r in t[1:]] == ["seed0/e-clip-raw", "seed0/e-clip-synthetic", "seed0/e-siglip"]  # no MIM
     raw, syn, sig = t[1:]
     assert raw[2] == "4.050" and raw[3] == f"{math.log(64):.3f}" and raw[5].startswith("near chance")
-    assert syn[2] == "1.000" and syn[5] == "learned"
-    assert sig[1] == "siglip" and float(sig[3]) == pytest.approx(math.log(64) + 1, abs=0.01) and sig[5] == "learned"
+    assert syn[2] == "1.000" and syn[5] == "left chance"
+    assert sig[1] == "siglip" and float(sig[3]) == pytest.approx(math.log(64) + 1, abs=0.01) and sig[5] == "left chance"
     rows = [{"encoder": "e", "method": "clip-raw", "task": "segmentation", "data_fraction": 1.0, "seed": 0,
              "metrics": {"mIoU": 0.5}}]
     md, _ = write_report(tmp_path, {"rows": rows}, {}, [], None, dirs)
-    assert "## Did the contrastive pretraining learn?" in md.read_text()
+    assert "## Did the contrastive pretraining leave chance?" in md.read_text()
     assert "Did the contrastive" not in write_report(tmp_path, {"rows": rows}, {}, [])[0].read_text()
+
+
+def test_report_says_which_seeds_learned_shapes(tmp_path):
+    from qclip.report.page import shape_learning_table, write_report
+
+    def row(method, seed, obj, fraction=1.0):
+        return {"encoder": "e", "method": method, "task": "segmentation", "data_fraction": fraction, "seed": seed,
+                "metrics": {"mIoU": 0.5, "object_mIoU": obj}}
+
+    rows = [row("random", 0, 0.20), row("random", 1, 0.25), row("clip-raw", 0, 0.40), row("clip-raw", 1, 0.26),
+            row("clip-raw", 0, 0.01, fraction=0.1),  # only the largest fraction is read
+            row("mim", 0, 0.19), row("supervised", 2, 0.6)]  # seed 2 has no random init to compare with
+    t = shape_learning_table(rows)
+    assert t[1] == ["e", "clip-raw", "2.00 / 1.04", "1 of 2 (seed 1)"]
+    assert t[2] == ["e", "mim", "0.95", "1 of 1 (seed 0)"]
+    assert len(t) == 3
+    assert shape_learning_table([r for r in rows if r["method"] != "random"]) == []
+    md, _ = write_report(tmp_path, {"rows": rows}, {}, [])
+    assert "## Did the pretraining learn shapes?" in md.read_text()
