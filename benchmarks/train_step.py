@@ -78,5 +78,6 @@ def main() -> None:
                 ratio = f"{eager / med:.2f}x" if eager else "-"
                 print(f"{name:<16} {setting:<22} {size:>4} {t[0]:>12.2f} {med:>9.3f} {ratio:>9} {anchor / med:>8.2f}x")
 
+
 if __name__ == "__main__":
     main()

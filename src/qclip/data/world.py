@@ -384,6 +384,9 @@ def alt_text(record: dict, rng: np.random.Generator, relevance: float, context: 
     """Web-like alt-text and its kind (partial, context, boilerplate, filename, wrong, empty). `context`: the
     share of relevant alt-text that names the setting instead of the objects, drawn from `context_rng` so that
     `rng`'s stream (and every later draw of the sample from it) is the same at any `context`."""
+    if context > 0 and context_rng is None:
+        raise ValueError("alt_text: a context share needs its own context_rng (drawing it from rng would change "
+                         "every later draw of the sample)")
     objs = [o for o in record["objects"] if o["visible"]]
     if objs and rng.random() < relevance:
         # like real alt-text about the picture: the main subject (the biggest object), sometimes a second
@@ -407,7 +410,7 @@ def alt_text(record: dict, rng: np.random.Generator, relevance: float, context: 
                               p=[0.7, 0.1, 0.1, 0.1]))
         junk = str(rng.choice(_BOILERPLATE))
         text = f"{core} {junk}" if rng.random() < 0.25 else core
-        if context > 0 and context_rng is not None and context_rng.random() < context:
+        if context > 0 and context_rng.random() < context:
             return context_alt_text(record, context_rng), "context"
         return text, "partial"
     kind = str(rng.choice(["boilerplate", "filename", "wrong", "empty"], p=[0.35, 0.25, 0.25, 0.15]))
