@@ -122,8 +122,8 @@ def pretraining_table(rows: list[dict]) -> list[list[str]]:
 LEARNED_BELOW = 0.95
 
 # an encoder "learned shapes" when its object-class mIoU is at least 1.3x random init's of the same seed: CLIP
-# runs that left chance on shape words have probed at 1.55-2.4x, those at chance or on an easier cue at 0.91-1.04x
-# (the session-30/31/32 headline and dev runs, benchmarks/RESULTS.md)
+# runs that left chance on shape words have probed at 1.55-2.4x, those at chance or on an easier cue at 0.91-1.04x,
+# those that left chance only after ~1,000 steps at 1.00-1.24x (the session-30/31/32 runs, benchmarks/RESULTS.md)
 SHAPES_ABOVE = 1.3
 
 
