@@ -139,10 +139,14 @@ def transfer_result_keys(transfer: TransferConfig) -> dict:
 NEUTRAL_WORLD_KEYS = {"alt_text_context": 0.0}
 
 
+def without_neutral_world_keys(d: dict) -> dict:
+    """`d` (world settings: a WorldConfig's or a WorldSpec's fields) without NEUTRAL_WORLD_KEYS at their neutral value."""
+    return {k: v for k, v in d.items() if not (k in NEUTRAL_WORLD_KEYS and v == NEUTRAL_WORLD_KEYS[k])}
+
+
 def world_result_keys(world: WorldConfig) -> dict:
     """The world.* settings the world stage's key hashes: all of them but NEUTRAL_WORLD_KEYS at their neutral value."""
-    return {k: v for k, v in dataclasses.asdict(world).items()
-            if not (k in NEUTRAL_WORLD_KEYS and v == NEUTRAL_WORLD_KEYS[k])}
+    return without_neutral_world_keys(dataclasses.asdict(world))
 
 
 def result_keys(train: PretrainConfig, text_tower: bool = True) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes, atomic_write_json, read_json_or_none, remove_tree
-from ..config import Config
+from ..config import Config, without_neutral_world_keys
 from .sample import Sample
 from .shards import MANIFEST, ShardReader, ShardWriter, is_dataset, write_shard_file
 from .world import SEG_CLASSES, STUFF_CLASSES, WorldSpec, make_sample
@@ -45,10 +45,8 @@ def split_plan(cfg: Config) -> dict[str, tuple[WorldSpec, int]]:
 
 
 def _fingerprint(spec: WorldSpec, n: int, shard_size: int) -> dict:
-    d = asdict(spec)
-    if not d["alt_text_context"]:  # worlds written before the setting existed keep their fingerprint
-        del d["alt_text_context"]
-    return {**d, "num_samples": n, "shard_size": shard_size}
+    # worlds written before a setting existed keep their fingerprint
+    return {**without_neutral_world_keys(asdict(spec)), "num_samples": n, "shard_size": shard_size}
 
 
 def _shard_task(args: tuple) -> tuple[str, int]:
