@@ -43,6 +43,9 @@ class WorldConfig:
     # of that relevant alt-text, the share that names the setting (floor, wall) and not the objects, as much web
     # alt-text is about the page or the scene rather than what is in it: an easy cue that carries no shapes
     alt_text_context: float = 0.0
+    # shapes that alt-text never names (its writers name the biggest of the other objects), while the reference
+    # descriptions name every visible object: web alt-text covers fewer classes than a full caption does
+    alt_text_unnamed: list[str] = field(default_factory=list)
     descriptions_per_image: int = 5  # reference descriptions per curated image, as COCO has 5
     shard_size: int = 1000
     image_format: str = "png"  # png (lossless) or jpg
@@ -136,12 +139,15 @@ def transfer_result_keys(transfer: TransferConfig) -> dict:
 
 # world.* keys added after worlds were cached, with the value that reproduces those worlds (left out of the
 # world's key at that value, so older stage caches keep matching)
-NEUTRAL_WORLD_KEYS = {"alt_text_context": 0.0}
+NEUTRAL_WORLD_KEYS = {"alt_text_context": 0.0, "alt_text_unnamed": []}
 
 
 def without_neutral_world_keys(d: dict) -> dict:
     """`d` (world settings: a WorldConfig's or a WorldSpec's fields) without NEUTRAL_WORLD_KEYS at their neutral value."""
-    return {k: v for k, v in d.items() if not (k in NEUTRAL_WORLD_KEYS and v == NEUTRAL_WORLD_KEYS[k])}
+    def neutral(k: str, v) -> bool:  # a WorldSpec holds lists as tuples
+        return k in NEUTRAL_WORLD_KEYS and (list(v) if isinstance(v, tuple) else v) == NEUTRAL_WORLD_KEYS[k]
+
+    return {k: v for k, v in d.items() if not neutral(k, v)}
 
 
 def world_result_keys(world: WorldConfig) -> dict:
@@ -488,6 +494,8 @@ def _unknown_key(prefix: str, key: str, names: list[str]) -> ConfigError:
 
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
+    from .data.world import SHAPES  # the world's module needs numpy; config is read before anything runs
+
     w = cfg.world
     checks = [
         (w.image_size >= 32, "world.image_size must be >= 32"),
@@ -496,6 +504,8 @@ def validate(cfg: Config) -> None:
         (1 <= w.min_objects <= w.max_objects <= 8, "need 1 <= world.min_objects <= world.max_objects <= 8"),
         (0.0 <= w.alt_text_relevance <= 1.0, "world.alt_text_relevance must be in [0, 1]"),
         (0.0 <= w.alt_text_context <= 1.0, "world.alt_text_context must be in [0, 1]"),
+        (set(w.alt_text_unnamed) <= set(SHAPES) and len(set(w.alt_text_unnamed)) < len(SHAPES),
+         f"world.alt_text_unnamed: shapes from {list(SHAPES)}, not all of them"),
         (w.image_format in ("png", "jpg"), "world.image_format must be 'png' or 'jpg'"),
         (w.shard_size >= 1 and cfg.ingest.shard_size >= 1, "shard_size must be >= 1"),
         (w.workers >= 1, "world.workers must be >= 1"),

@@ -380,14 +380,15 @@ def context_alt_text(record: dict, rng: np.random.Generator) -> str:
 
 
 def alt_text(record: dict, rng: np.random.Generator, relevance: float, context: float = 0.0,
-             context_rng: np.random.Generator | None = None) -> tuple[str, str]:
+             context_rng: np.random.Generator | None = None, unnamed: tuple[str, ...] = ()) -> tuple[str, str]:
     """Web-like alt-text and its kind (partial, context, boilerplate, filename, wrong, empty). `context`: the
     share of relevant alt-text that names the setting instead of the objects, drawn from `context_rng` so that
-    `rng`'s stream (and every later draw of the sample from it) is the same at any `context`."""
+    `rng`'s stream (and every later draw of the sample from it) is the same at any `context`. `unnamed`: shapes
+    alt-text never names (not even wrongly); the reference descriptions still do."""
     if context > 0 and context_rng is None:
         raise ValueError("alt_text: a context share needs its own context_rng (drawing it from rng would change "
                          "every later draw of the sample)")
-    objs = [o for o in record["objects"] if o["visible"]]
+    objs = [o for o in record["objects"] if o["visible"] and o["shape"] not in unnamed]
     if objs and rng.random() < relevance:
         # like real alt-text about the picture: the main subject (the biggest object), sometimes a second
         # one, often with a wrong attribute and page boilerplate around it
@@ -422,7 +423,7 @@ def alt_text(record: dict, rng: np.random.Generator, relevance: float, context: 
     if kind == "wrong":
         present = {(o["shape"], o["colour"]) for o in record["objects"]}  # hidden ones too: "wrong" is wrong
         while True:
-            shape, colour = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)))
+            shape, colour = str(rng.choice([s for s in SHAPES if s not in unnamed])), str(rng.choice(list(COLOURS)))
             if (shape, colour) not in present:
                 break
         return f"{colour} {rng.choice(SHAPE_WORDS[shape])} {rng.choice(_BOILERPLATE)}", kind
@@ -449,6 +450,7 @@ class WorldSpec:
     with_dense: bool
     colours: int = len(COLOURS)
     alt_text_context: float = 0.0
+    alt_text_unnamed: tuple[str, ...] = ()
 
 
 def make_sample(spec: WorldSpec, index: int) -> Sample:
@@ -457,7 +459,8 @@ def make_sample(spec: WorldSpec, index: int) -> Sample:
     r = render(scene, spec.image_size, rng)
     record = scene_record(scene, r)
     context_rng = np.random.default_rng([spec.seed, SPLIT_CODES[spec.split], index, 1])
-    raw, kind = alt_text(record, rng, spec.alt_text_relevance, spec.alt_text_context, context_rng)
+    raw, kind = alt_text(record, rng, spec.alt_text_relevance, spec.alt_text_context, context_rng,
+                         spec.alt_text_unnamed)
     captions = {"raw": [raw] if raw else [], "reference": [], "synthetic": {}}
     if spec.with_reference:
         captions["reference"] = [describe(record, rng) for _ in range(spec.descriptions_per_image)]

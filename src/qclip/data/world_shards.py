@@ -38,7 +38,7 @@ def split_plan(cfg: Config) -> dict[str, tuple[WorldSpec, int]]:
             max_objects=w.max_objects, alt_text_relevance=w.alt_text_relevance,
             descriptions_per_image=w.descriptions_per_image, image_format=w.image_format,
             with_reference=split in ("curated", "val"), with_dense=split in ("dense", "dev", "val"), colours=w.colours,
-            alt_text_context=w.alt_text_context,
+            alt_text_context=w.alt_text_context, alt_text_unnamed=tuple(w.alt_text_unnamed),
         )
         plan[split] = (spec, sizes[split])
     return plan
