@@ -127,10 +127,42 @@ def test_context_alt_text_names_the_setting_and_leaves_everything_else_alone():
     assert 8 <= kinds.count("context") <= 32 and "partial" in kinds
 
 
-def test_world_key_leaves_out_a_neutral_alt_text_context():
+def test_world_key_leaves_out_neutral_alt_text_settings():
     from qclip.config import WorldConfig, world_result_keys
-    assert "alt_text_context" not in world_result_keys(WorldConfig())  # worlds cached before it keep their key
+    from qclip.data.world_shards import _fingerprint
+    keys = world_result_keys(WorldConfig())
+    assert "alt_text_context" not in keys and "alt_text_unnamed" not in keys  # cached worlds keep their key
     assert world_result_keys(WorldConfig(alt_text_context=0.5))["alt_text_context"] == 0.5
+    assert world_result_keys(WorldConfig(alt_text_unnamed=["cone"]))["alt_text_unnamed"] == ["cone"]
+    assert "alt_text_unnamed" not in _fingerprint(SPEC, 10, 5)  # a WorldSpec holds the list as a tuple
+    assert _fingerprint(WorldSpec(**{**SPEC.__dict__, "alt_text_unnamed": ("cone",)}), 10, 5)["alt_text_unnamed"]
+
+
+def test_unnamed_shapes_never_appear_in_alt_text_and_nothing_else_changes():
+    """world.alt_text_unnamed: alt-text names none of those shapes (relevant alt-text names the biggest of the
+    others); the images are the same, and the reference descriptions still name every shape."""
+    base = WorldSpec(**{**SPEC.__dict__, "alt_text_relevance": 1.0})
+    unn = WorldSpec(**{**base.__dict__, "alt_text_unnamed": ("cylinder", "cone")})
+    banned = {w for s in ("cylinder", "cone") for w in SHAPE_WORDS[s]}
+    partial, named_in_reference = 0, set()
+    for i in range(40):
+        a, b = make_sample(base, i), make_sample(unn, i)
+        assert a.image == b.image
+        text = b.captions["raw"][0] if b.captions["raw"] else ""
+        assert not set(re.findall(r"[a-z]+", text)) & banned, text
+        named_in_reference |= set(re.findall(r"[a-z]+", " ".join(b.captions["reference"]))) & banned
+        visible = [o for o in b.meta["scene"]["objects"] if o["visible"] and o["shape"] in ("cube", "sphere")]
+        partial += b.meta["alt_text_kind"] == "partial"
+        assert (b.meta["alt_text_kind"] == "partial") == bool(visible)  # relevance 1: named when there is one
+    assert partial >= 10 and named_in_reference == banned
+
+
+def test_unnamed_shapes_must_be_world_shapes():
+    from qclip.config import ConfigError
+    with pytest.raises(ConfigError, match="alt_text_unnamed"):
+        tiny_config(alt_text_unnamed="[pyramid]")
+    with pytest.raises(ConfigError, match="alt_text_unnamed"):
+        tiny_config(alt_text_unnamed="[cube,sphere,cylinder,cone]")
 
 
 def test_world_splits_and_determinism(world_dir, tmp_path):
