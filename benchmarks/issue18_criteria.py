@@ -1,4 +1,5 @@
-"""Issue 18's targets ("the study's pretraining must learn") read off finished studies, on seed means.
+"""Issue 18's targets ("the study's pretraining must learn") read off finished studies, on seed means (and, for
+whether each pretraining learned shapes, per seed).
 
     python benchmarks/issue18_criteria.py runs/d3/results.json
     python benchmarks/issue18_criteria.py runs/d2/results.json runs/d0/results.json   # methods from two studies
@@ -17,6 +18,8 @@ import json
 import math
 import statistics
 from pathlib import Path
+
+from qclip.report.page import SHAPES_ABOVE, shape_learning_ratios
 
 RANDOM, RAW, SYNTH, MIM, SUPERVISED = "random", "clip-raw", "clip-synthetic", "mim", "supervised"
 
@@ -64,6 +67,12 @@ def criteria(rows: list[dict]) -> list[tuple[str, bool, str]]:
     out.append(("2 clip-synthetic @10% >= clip-raw @100%, segmentation", a >= b, f"mIoU {a:.3f} vs {b:.3f}"))
     a, b = mean(SYNTH, "depth", 0.1), mean(RAW, "depth")
     out.append(("2 clip-synthetic @10% >= clip-raw @100%, depth", a <= b, f"RMSE {a:.3f} vs {b:.3f}"))
+    # per seed, as the report's "Did the pretraining learn shapes?" table: a mean hides a seed that learned nothing
+    ratios = shape_learning_ratios(rows)
+    low = [f"{m} seed {', '.join(str(s) for s, x in r if x < SHAPES_ABOVE)}" for (_, m), r in ratios.items()
+           if any(x < SHAPES_ABOVE for _, x in r)]
+    out.append((f"1 every pretraining learns shapes in every seed (object mIoU >= {SHAPES_ABOVE}x random's)",
+                bool(ratios) and not low, "; ".join(low) or f"all {len(ratios)} methods"))
     methods = sorted({r["method"] for r in rows})
     worse = [m for m in methods if mean(m, "segmentation") < mean(m, "segmentation", 0.1)
              or mean(m, "depth") > mean(m, "depth", 0.1)]

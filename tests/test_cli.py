@@ -179,10 +179,11 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     out2 = tmp_path / "given"
     methods = "study.methods=[clip-synthetic,random]"
     cmd2 = [str(out2) if c == str(out) else c for c in cmd[:-len(TINY_STUDY)]]
-    res3 = subprocess.run(cmd2 + TINY_STUDY + [methods, "world.n_curated=0", f"study.captioner={given}"],
+    res3 = subprocess.run(cmd2 + TINY_STUDY + [methods, f"study.captioner={given}"],
                           capture_output=True, text=True, timeout=600)
     assert res3.returncode == 0, res3.stderr[-3000:]
     assert f"captioner: local-dir:{given} as given (not trained here)" in res3.stdout
+    assert not (out2 / "world" / "curated").exists()  # nothing trains on it: not generated
     run3 = json.loads((out2 / "run.json").read_text())
     assert "captioner" not in run3["stages_run"] and "recaption" in run3["stages_run"]
 

@@ -230,3 +230,30 @@ def test_fewer_colours_restrict_the_palette():
                      descriptions_per_image=1, image_format="png", with_reference=False, with_dense=False, colours=2)
     used = {o["colour"] for i in range(20) for o in make_sample(spec, i).meta["scene"]["objects"]}
     assert used <= set(list(COLOURS)[:2]) and len(used) == 2
+
+
+def test_world_builds_the_splits_asked_for_and_adds_the_rest_later(tmp_path):
+    out = tmp_path / "w"
+    info = ws.build_world(tiny_config(), out, progress=False, splits=("pool", "val"))
+    assert set(info["splits"]) == {"pool", "val"} and not (out / "curated").exists()
+    pool_bytes = sorted((str(p), p.read_bytes()) for p in (out / "pool").rglob("*") if p.is_file())
+    info = ws.build_world(tiny_config(), out, progress=False)  # a later study that trains the captioner
+    assert set(info["reused"]) == {"pool", "val"} and (out / "curated").is_dir()
+    assert sorted((str(p), p.read_bytes()) for p in (out / "pool").rglob("*") if p.is_file()) == pool_bytes
+    with pytest.raises(ValueError, match="unknown splits"):
+        ws.build_world(tiny_config(), out, progress=False, splits=("train",))
+
+
+def test_study_leaves_out_the_curated_split_only_when_nothing_trains_on_it():
+    from qclip.study import world_splits
+    shipped = {"study.captioner": "assets/captioners/tiny"}
+    assert "curated" not in world_splits(_study_config(shipped, "[clip-raw,clip-synthetic,random,mim,supervised]"))
+    assert "curated" in world_splits(_study_config({"study.captioner": ""}, "[clip-raw,random]"))  # trains one
+    assert "curated" in world_splits(_study_config(shipped, "[clip-raw,boxes]"))  # a baseline on curated boxes
+    assert "curated" in world_splits(_study_config(shipped, "[clip-synthetic-captions-only]"))  # its own captioner
+
+
+def _study_config(extra: dict, methods: str):
+    from qclip.config import load_config
+    return load_config(None, [f"{k}={v}" for k, v in extra.items()] + [f"study.methods={methods}"])
+

@@ -204,13 +204,18 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
     from .captions.quality import dataset_quality
     from .captions.recaption import recaption
     from .captions.train import train_captioner
-    from .data.world_shards import build_world, summary_line, write_preview
+    from .data.world_shards import SPLITS, build_world, summary_line, write_preview
     from .models.factory import model_spec
 
     study, world_dir = cfg.study, out / "world"
-    world_key = cache.key("world", world_result_keys(cfg.world), cfg.seed)
+    world_key = cache.key("world", world_result_keys(cfg.world), cfg.seed)  # what later stages' keys build on
+    splits = world_splits(cfg)
+    # the stage's own key names the splits when some are left out (a split's samples do not depend on which
+    # others exist, so later keys do not): a study that needs the curated split later generates only that one
+    stage_key = world_key if splits == SPLITS else cache.key(world_key, list(splits))
     log("[1/5] world")
-    info = cache.run("world", world_key, None, timed("world", lambda: build_world(cfg, world_dir, progress=progress)))
+    info = cache.run("world", stage_key, None, timed("world", lambda: build_world(cfg, world_dir, progress=progress,
+                                                                                  splits=splits)))
     log("      " + summary_line(info, None if "world" in cache.ran else world_dir))
     if not (out / "world_preview.png").is_file():
         write_preview(world_dir, out / "world_preview.png")
@@ -258,6 +263,17 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
         log(f"      {kind:<16} objects named correctly {q['objects_named_correctly']:.1%}, "
             f"named objects wrong {q['named_objects_wrong']:.1%}")
     return {"world": world_key, "recaption": recaption_keys}, quality
+
+
+def world_splits(cfg: Config) -> tuple[str, ...]:
+    """The world splits the study reads: all but the curated split when nothing trains on it (the captioner is
+    given, and no method is a baseline on it or needs a captioner of its own): half the demo's images."""
+    from .data.world_shards import SPLITS
+
+    methods = [STUDY_METHODS[m] for m in cfg.study.methods]
+    needs_curated = (not cfg.study.captioner or any(m.kind == "baseline" and m.split == "curated" for m in methods)
+                     or any(m.captioner not in ("", "main") for m in methods))
+    return SPLITS if needs_curated else tuple(s for s in SPLITS if s != "curated")
 
 
 def captioned_pool(variant: str) -> str:

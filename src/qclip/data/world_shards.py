@@ -15,6 +15,7 @@ import textwrap
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Sequence
 
 from tqdm import tqdm
 
@@ -55,8 +56,12 @@ def _shard_task(args: tuple) -> tuple[str, int]:
     return spec.split, count
 
 
-def build_world(cfg: Config, out: str | Path, progress: bool = True) -> dict:
-    """Generate every split that is missing or stale; keep finished ones and finished shards. Returns a summary."""
+def build_world(cfg: Config, out: str | Path, progress: bool = True, splits: Sequence[str] = SPLITS) -> dict:
+    """Generate every split of `splits` that is missing or stale; keep finished ones and finished shards (a later
+    call with more splits generates only those). Returns a summary."""
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"build_world: unknown splits {sorted(unknown)}; the world's splits are {list(SPLITS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -64,6 +69,8 @@ def build_world(cfg: Config, out: str | Path, progress: bool = True) -> dict:
     writers: dict[str, ShardWriter] = {}
     tasks, reused, counts = [], [], {}
     for split, (spec, n) in split_plan(cfg).items():
+        if split not in splits:
+            continue
         final = out / split
         fp = _fingerprint(spec, n, shard_size)
         counts[split] = n

@@ -127,14 +127,12 @@ LEARNED_BELOW = 0.95
 SHAPES_ABOVE = 1.3
 
 
-def shape_learning_table(rows: list[dict]) -> list[list[str]]:
-    """Did each pretraining learn the object shapes a linear probe reads? Per seed, its object-class mIoU at the
-    largest labelled fraction over random init's of the same seed and encoder. Why: a mean over seeds hides a
-    seed that learned nothing (a baseline stuck at chance drags a paired test), and a contrastive loss can leave
-    chance on a cue that is not the shapes; this says which seeds, from the probe itself."""
+def shape_learning_ratios(rows: list[dict]) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """(encoder, method) -> [(seed, object-class mIoU / random init's of the same seed and encoder)], at the
+    largest labelled fraction, for every pretrained method."""
     seg = [r for r in rows if r["task"] == "segmentation" and "object_mIoU" in r["metrics"]]
     if not seg:
-        return []
+        return {}
     top = max(r["data_fraction"] for r in seg)
     base = {(r["encoder"], r.get("seed", 0)): r["metrics"]["object_mIoU"] for r in seg
             if r["method"] == "random" and r["data_fraction"] == top}
@@ -143,6 +141,15 @@ def shape_learning_table(rows: list[dict]) -> list[list[str]]:
         b = base.get((r["encoder"], r.get("seed", 0)))
         if r["method"] != "random" and r["data_fraction"] == top and b:
             acc.setdefault((r["encoder"], r["method"]), []).append((r.get("seed", 0), r["metrics"]["object_mIoU"] / b))
+    return acc
+
+
+def shape_learning_table(rows: list[dict]) -> list[list[str]]:
+    """Did each pretraining learn the object shapes a linear probe reads? Per seed, its object-class mIoU at the
+    largest labelled fraction over random init's of the same seed and encoder. Why: a mean over seeds hides a
+    seed that learned nothing (a baseline stuck at chance drags a paired test), and a contrastive loss can leave
+    chance on a cue that is not the shapes; this says which seeds, from the probe itself."""
+    acc = shape_learning_ratios(rows)
     if not acc:
         return []
     t = [["encoder", "method", "object mIoU / random init's, per seed", f"seeds under {SHAPES_ABOVE}x"]]
