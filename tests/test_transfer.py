@@ -241,7 +241,8 @@ def test_transfer_cli_world_and_layouts(world_dir, tmp_path, capsys):
         assert s["results"][0]["train_samples"] == 4 and s["results"][1]["train_samples"] == 16
         key = "mIoU" if task == "segmentation" else "RMSE"
         assert all(np.isfinite(r["metrics"][key]) for r in s["results"])
-        assert (out / f"{task}-{mode}-f0.25" / "predictions.png").stat().st_size > 3000
+        assert (out / f"{task}-{mode}-f1" / "predictions.png").stat().st_size > 3000  # drawn at the largest only
+        assert not (out / f"{task}-{mode}-f0.25" / "predictions.png").exists()
         from qclip.transfer.visualize import load_examples  # the grid's arrays, for the report's comparison
         ex = load_examples(out / f"{task}-{mode}-f0.25" / "predictions.npz")
         assert ex and ex[0]["pred"].shape == ex[0]["target"].shape

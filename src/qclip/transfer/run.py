@@ -8,8 +8,8 @@ run, already stacked as the probe head's first (parameter-free) step, and cached
 `FeatureMemo` (the study passes one per encoder) the next task on the same encoder and images reuses them.
 Runs on a GPU when there is one (`transfer.device`, bf16 autocast); with `transfer.checkpoint_every` a fraction
 resumes from its latest checkpoint (OUT/<task>-<mode>-f<fraction>/checkpoints).
-Writes OUT/metrics.json (all fractions), OUT/<task>-<mode>-f<fraction>/{metrics.json,predictions.png,predictions.npz},
-and the resolved config + versions (config.yaml, run.json).
+Writes OUT/metrics.json (all fractions), OUT/<task>-<mode>-f<fraction>/{metrics.json,predictions.npz} (and
+predictions.png, the drawn grid, at the largest fraction), and the resolved config + versions (config.yaml, run.json).
 """
 from __future__ import annotations
 
@@ -335,10 +335,12 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
                **({"probe_selection": selection} if selection else {})}
         (out / name).mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / name / "metrics.json", {**run, "train_loss": losses[::max(1, len(losses) // 100)]})
-        save_prediction_grid(examples, t.task, out / name / "predictions.png",
-                             f"{encoder_spec} | {name} | {HEADLINE[t.task][0]} {metrics.get(HEADLINE[t.task][0], 0):.3f}",
-                             num_classes, getattr(val.ds, "class_names", None))
-        save_examples(examples, out / name / "predictions.npz")
+        if frac == max(t.data_fractions):  # one picture per run (matplotlib: ~0.7 s a grid, a study draws dozens)
+            save_prediction_grid(examples, t.task, out / name / "predictions.png",
+                                 f"{encoder_spec} | {name} | {HEADLINE[t.task][0]} "
+                                 f"{metrics.get(HEADLINE[t.task][0], 0):.3f}",
+                                 num_classes, getattr(val.ds, "class_names", None))
+        save_examples(examples, out / name / "predictions.npz")  # every fraction's, for the report's comparisons
         results.append(run)
     summary = {"encoder": encoder_spec, "encoder_info": info.__dict__, "task": t.task, "mode": t.mode,
                "layout": layout, "num_classes": num_classes, "results": results,
