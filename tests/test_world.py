@@ -160,9 +160,9 @@ def test_unnamed_shapes_never_appear_in_alt_text_and_nothing_else_changes():
 def test_unnamed_shapes_must_be_world_shapes():
     from qclip.config import ConfigError
     with pytest.raises(ConfigError, match="alt_text_unnamed"):
-        tiny_config(alt_text_unnamed="[pyramid]")
+        ws.split_plan(tiny_config(alt_text_unnamed="[pyramid]"))
     with pytest.raises(ConfigError, match="alt_text_unnamed"):
-        tiny_config(alt_text_unnamed="[cube,sphere,cylinder,cone]")
+        ws.split_plan(tiny_config(alt_text_unnamed="[cube,sphere,cylinder,cone]"))
 
 
 def test_world_splits_and_determinism(world_dir, tmp_path):

@@ -20,10 +20,10 @@ from typing import Sequence
 from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes, atomic_write_json, read_json_or_none, remove_tree
-from ..config import Config, without_neutral_world_keys
+from ..config import Config, ConfigError, without_neutral_world_keys
 from .sample import Sample
 from .shards import MANIFEST, ShardReader, ShardWriter, is_dataset, write_shard_file
-from .world import SEG_CLASSES, STUFF_CLASSES, WorldSpec, make_sample
+from .world import SEG_CLASSES, SHAPES, STUFF_CLASSES, WorldSpec, make_sample
 
 SPLITS = ("curated", "dense", "dev", "val", "pool")
 _FINGERPRINT = "world.json"
@@ -31,6 +31,9 @@ _FINGERPRINT = "world.json"
 
 def split_plan(cfg: Config) -> dict[str, tuple[WorldSpec, int]]:
     w = cfg.world
+    if not set(w.alt_text_unnamed) <= set(SHAPES) or len(set(w.alt_text_unnamed)) >= len(SHAPES):
+        raise ConfigError(f"world.alt_text_unnamed = {w.alt_text_unnamed}: name some of the world's shapes "
+                          f"{list(SHAPES)}, not all of them")
     sizes = {"curated": w.n_curated, "dense": w.n_dense, "dev": w.n_dev, "val": w.n_val, "pool": w.n_pool}
     plan = {}
     for split in SPLITS:
