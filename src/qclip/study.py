@@ -223,7 +223,7 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
     given = study.captioner  # a captioner to use as it is (a pretrained one), instead of training the in-repo one
     log("[2/5] captions: " + (f"recaption the pool with {given}" if given else
                               "train the captioner on the curated split, recaption the pool"))
-    variants = ["main"] + sorted({STUDY_METHODS[m].captioner for m in study.methods} - {"main", ""})
+    variants = captioner_variants(cfg)
     recaption_keys, quality = {}, {}
     for variant in variants:
         ccfg = dataclasses.replace(cfg, captioner=dataclasses.replace(cfg.captioner, **STUDY_CAPTIONERS[variant]))
@@ -271,9 +271,15 @@ def world_splits(cfg: Config) -> tuple[str, ...]:
     from .data.world_shards import SPLITS
 
     methods = [STUDY_METHODS[m] for m in cfg.study.methods]
-    needs_curated = (not cfg.study.captioner or any(m.kind == "baseline" and m.split == "curated" for m in methods)
-                     or any(m.captioner not in ("", "main") for m in methods))
+    needs_curated = (not cfg.study.captioner or captioner_variants(cfg) != ["main"]
+                     or any(m.kind == "baseline" and m.split == "curated" for m in methods))
     return SPLITS if needs_curated else tuple(s for s in SPLITS if s != "curated")
+
+
+def captioner_variants(cfg: Config) -> list[str]:
+    """The STUDY_CAPTIONERS whose captions the study's methods read: "main" (which study.captioner may give),
+    then every other one, which the study trains on the curated split."""
+    return ["main"] + sorted({STUDY_METHODS[m].captioner for m in cfg.study.methods} - {"main", ""})
 
 
 def captioned_pool(variant: str) -> str:

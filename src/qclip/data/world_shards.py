@@ -71,7 +71,8 @@ def build_world(cfg: Config, out: str | Path, progress: bool = True, splits: Seq
     shard_size = cfg.world.shard_size
     writers: dict[str, ShardWriter] = {}
     tasks, reused, counts = [], [], {}
-    for split, (spec, n) in split_plan(cfg).items():
+    plan = split_plan(cfg)
+    for split, (spec, n) in plan.items():
         if split not in splits:
             continue
         final = out / split
@@ -106,7 +107,7 @@ def build_world(cfg: Config, out: str | Path, progress: bool = True, splits: Seq
     bar.close()
 
     for split, writer in writers.items():
-        spec, n = split_plan(cfg)[split]
+        spec, n = plan[split]
         (writer.staging / _FINGERPRINT).unlink(missing_ok=True)
         writer.close({
             "name": split, "source": "qclip world", "world": _fingerprint(spec, n, shard_size),
