@@ -165,6 +165,50 @@ def test_unnamed_shapes_must_be_world_shapes():
         ws.split_plan(tiny_config(alt_text_unnamed="[cube,sphere,cylinder,cone]"))
 
 
+def test_world_shapes_pick_from_the_renderer_and_set_the_classes(tmp_path):
+    """world.shapes: objects come from those shapes only, each new shape is drawn with its own class id (the
+    manifest lists them after floor and wall), and the baselines and zero-shot read them from the manifest."""
+    from qclip.config import ConfigError, WorldConfig, world_result_keys
+    from qclip.data.world import ALL_SHAPES, seg_classes
+    from qclip.evaluate.zeroshot import labelled_images
+    from qclip.train.baselines import box_targets, object_labels
+    shapes = ("pillar", "dome", "disc", "wedge", "cube")
+    spec = WorldSpec(**{**SPEC.__dict__, "shapes": shapes})
+    seen = set()
+    for i in range(30):
+        s = make_sample(spec, i)
+        for k, o in enumerate(s.meta["scene"]["objects"]):
+            assert o["shape"] in shapes
+            if o["visible"]:
+                seen.add(o["shape"])
+                assert (s.seg == seg_classes(shapes).index(o["shape"])).sum() > 0
+        assert s.seg.max() < len(seg_classes(shapes))
+    assert seen == set(shapes)
+    cfg = tiny_config(shapes="[pillar,dome,disc,wedge,cube]", n_pool=8, n_curated=4, n_dense=8, n_dev=0, n_val=4)
+    ws.build_world(cfg, tmp_path, progress=False)
+    assert ShardReader(tmp_path / "val").manifest["seg_classes"] == ["floor", "wall", *shapes]
+    assert ws.world_shapes(tmp_path / "pool") == shapes
+    scene = next(iter(ShardReader(tmp_path / "curated"))).meta["scene"]
+    assert object_labels(scene, shapes).shape == (8 * len(shapes),) and box_targets(scene, 64, shapes).max() <= 5
+    classes, _, labels = labelled_images(tmp_path / "val")
+    assert classes == list(shapes) and all(0 <= y < len(shapes) for y in labels)
+    # the default world's key and fingerprint are unchanged; another shape list is another world
+    assert "shapes" not in world_result_keys(WorldConfig()) and "shapes" not in ws._fingerprint(SPEC, 10, 5)
+    assert world_result_keys(WorldConfig(shapes=list(shapes)))["shapes"] == list(shapes)
+    assert set(ALL_SHAPES) == set(SHAPE_WORDS)
+    for bad in ("[cube,pyramid]", "[cube,cube]", "[]"):
+        with pytest.raises(ConfigError, match="world.shapes"):
+            ws.split_plan(tiny_config(shapes=bad))
+    with pytest.raises(ConfigError, match="alt_text_unnamed"):  # unnamed shapes must be the world's
+        ws.split_plan(tiny_config(shapes="[cube,sphere]", alt_text_unnamed="[cone]"))
+
+
+def test_default_shapes_are_the_configs():
+    from qclip.config import NEUTRAL_WORLD_KEYS, WorldConfig
+    from qclip.data.world import SHAPES
+    assert WorldConfig().shapes == list(SHAPES) == NEUTRAL_WORLD_KEYS["shapes"]
+
+
 def test_world_splits_and_determinism(world_dir, tmp_path):
     m = {split: ShardReader(world_dir / split).manifest for split in ws.SPLITS}
     assert {k: v["num_samples"] for k, v in m.items()} == {"curated": 16, "dense": 16, "dev": 4, "val": 8, "pool": 48}

@@ -46,6 +46,9 @@ class WorldConfig:
     # shapes that alt-text never names (its writers name the biggest of the other objects), while the reference
     # descriptions name every visible object: web alt-text covers fewer classes than a full caption does
     alt_text_unnamed: list[str] = field(default_factory=list)
+    # the object shapes of this world, from the renderer's eight (data.world.ALL_SHAPES: these four and pillar,
+    # dome, disc, wedge); segmentation class ids follow this order after floor and wall
+    shapes: list[str] = field(default_factory=lambda: ["cube", "sphere", "cylinder", "cone"])
     descriptions_per_image: int = 5  # reference descriptions per curated image, as COCO has 5
     shard_size: int = 1000
     image_format: str = "png"  # png (lossless) or jpg
@@ -139,7 +142,7 @@ def transfer_result_keys(transfer: TransferConfig) -> dict:
 
 # world.* keys added after worlds were cached, with the value that reproduces those worlds (left out of the
 # world's key at that value, so older stage caches keep matching)
-NEUTRAL_WORLD_KEYS = {"alt_text_context": 0.0, "alt_text_unnamed": []}
+NEUTRAL_WORLD_KEYS = {"alt_text_context": 0.0, "alt_text_unnamed": [], "shapes": ["cube", "sphere", "cylinder", "cone"]}
 
 
 def without_neutral_world_keys(d: dict) -> dict:
@@ -493,8 +496,8 @@ def _unknown_key(prefix: str, key: str, names: list[str]) -> ConfigError:
 
 
 def validate(cfg: Config) -> None:
-    """Value checks that types alone cannot express (world.alt_text_unnamed's shapes: data.world_shards.split_plan,
-    where the world's shapes are known)."""
+    """Value checks that types alone cannot express (world.shapes and world.alt_text_unnamed:
+    data.world_shards.split_plan, where the renderer's shapes are known)."""
     w = cfg.world
     checks = [
         (w.image_size >= 32, "world.image_size must be >= 32"),

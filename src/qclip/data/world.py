@@ -1,8 +1,8 @@
 """The embedded world: a procedural scene generator with exact masks and depth, descriptions and alt-text.
 
 Each image is a small ray-cast scene: a textured floor in perspective, a back wall, and 2-4 objects (cube,
-sphere, cylinder, cone) of eight colours and two sizes, with occlusion, Lambert shading, cast shadows and
-pixel noise. Because we cast one ray per pixel centre, the class mask and the metric depth (z along the
+sphere, cylinder, cone by default; `world.shapes` picks from eight) of eight colours and two sizes, with
+occlusion, Lambert shading, cast shadows and pixel noise. Because we cast one ray per pixel centre, the class mask and the metric depth (z along the
 camera axis, as NYUv2 stores it) are exact for the very pixels of the image.
 
 Text comes in two kinds, as in the paper's setting:
@@ -28,9 +28,16 @@ import numpy as np
 from .images import encode_jpg, encode_png
 from .sample import Sample
 
-SHAPES = ("cube", "sphere", "cylinder", "cone")
+SHAPES = ("cube", "sphere", "cylinder", "cone")  # the default world's (`world.shapes`)
+# every shape the renderer knows; a world uses `world.shapes` of them, in that order (class ids follow it)
+ALL_SHAPES = SHAPES + ("pillar", "dome", "disc", "wedge")
 STUFF_CLASSES = ("floor", "wall")  # background: left out of the object-class mIoU
-SEG_CLASSES = STUFF_CLASSES + SHAPES  # class id = index
+SEG_CLASSES = STUFF_CLASSES + SHAPES  # the default world's classes; class id = index
+
+
+def seg_classes(shapes: tuple[str, ...] = SHAPES) -> tuple[str, ...]:
+    """A world's segmentation classes: background first, then its shapes (class id = index)."""
+    return STUFF_CLASSES + tuple(shapes)
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.13, 0.12),
     "green": (0.15, 0.68, 0.2),
@@ -46,7 +53,8 @@ FLOORS = {"gray": (0.55, 0.55, 0.55), "beige": (0.78, 0.72, 0.58), "brown": (0.4
 WALLS = {"white": (0.9, 0.9, 0.88), "gray": (0.62, 0.63, 0.65), "blue": (0.55, 0.65, 0.8), "green": (0.6, 0.75, 0.6)}
 
 # words a caption may use for each attribute; `captions.quality` maps them back to the scene graph
-SHAPE_WORDS = {"cube": ("cube", "block", "box"), "sphere": ("sphere", "ball"), "cylinder": ("cylinder",), "cone": ("cone",)}
+SHAPE_WORDS = {"cube": ("cube", "block", "box"), "sphere": ("sphere", "ball"), "cylinder": ("cylinder",), "cone": ("cone",),
+               "pillar": ("pillar", "column"), "dome": ("dome",), "disc": ("disc", "disk"), "wedge": ("wedge", "ramp")}
 SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
 FOV_DEG = 55.0
 SPLIT_CODES = {"pool": 1, "curated": 2, "dense": 3, "val": 4, "dev": 5}
@@ -84,9 +92,10 @@ class Scene:
     tile: float  # floor texture tile size (m)
 
 
-def sample_scene(rng: np.random.Generator, min_objects: int, max_objects: int, colours: int = len(COLOURS)) -> Scene:
+def sample_scene(rng: np.random.Generator, min_objects: int, max_objects: int, colours: int = len(COLOURS),
+                 shapes: tuple[str, ...] = SHAPES) -> Scene:
     """colours: objects take the first `colours` of COLOURS. Fewer colours make colour alone name a scene less
-    often, so a caption's shapes must be seen to tell scenes apart."""
+    often, so a caption's shapes must be seen to tell scenes apart. shapes: those objects are drawn from."""
     palette = list(COLOURS)[:colours]
     n = int(rng.integers(min_objects, max_objects + 1))
     objects: list[WorldObject] = []
@@ -101,7 +110,7 @@ def sample_scene(rng: np.random.Generator, min_objects: int, max_objects: int, c
         if any(math.hypot(x - o.x, z - o.z) < r + o.radius + 0.15 for o in objects):
             continue
         x, z = round(x, 3), round(z, 3)  # stored at this precision in KEY.json: the record is exact
-        objects.append(WorldObject(shape=str(rng.choice(SHAPES)), colour=str(rng.choice(palette)),
+        objects.append(WorldObject(shape=str(rng.choice(shapes)), colour=str(rng.choice(palette)),
                                    size=size, x=x, z=z, yaw=round(float(rng.uniform(0, 90)), 3)))
     az, el = rng.uniform(-1.0, 1.0), rng.uniform(0.6, 1.1)
     light = np.array([math.sin(az) * math.cos(el), math.sin(el), -math.cos(az) * math.cos(el) * 0.6])
@@ -199,6 +208,27 @@ def _hit_cone(O, D, cx, cz, r, height):
     return t, n
 
 
+def _hit_wedge(O, D, c, half_width, height, half_depth, yaw):
+    """A triangular prism lying on the floor (a roof or ramp): |x| / half_width + y / height <= 1, y >= 0,
+    |z| <= half_depth in its own frame; hit as the intersection of its five half-spaces."""
+    cs, sn = math.cos(yaw), math.sin(yaw)
+    R = np.array([[cs, 0, sn], [0, 1, 0], [-sn, 0, cs]])  # local -> world
+    Ol, Dl = (O - c) @ R, D @ R
+    planes = np.array([[1 / half_width, 1 / height, 0], [-1 / half_width, 1 / height, 0], [0, -1, 0],
+                       [0, 0, 1], [0, 0, -1]])  # n . p <= d
+    d = np.array([1.0, 1.0, 0.0, half_depth, half_depth])
+    denom, num = Dl @ planes.T, d - Ol @ planes.T
+    denom = np.where(np.abs(denom) < 1e-12, 1e-12, denom)
+    t = num / denom
+    t_in = np.where(denom < 0, t, -np.inf).max(1)
+    t_out = np.where(denom > 0, t, np.inf).min(1)
+    ok = (t_in <= t_out) & (t_out > _EPS)
+    t_hit = np.where(ok, np.where(t_in > _EPS, t_in, t_out), np.inf)
+    face = np.where(denom < 0, t, -np.inf).argmax(1)
+    nl = planes[face] / np.linalg.norm(planes[face], axis=1, keepdims=True)
+    return t_hit, nl @ R.T
+
+
 def _hit_object(obj: WorldObject, O, D):
     r = obj.radius
     if obj.shape == "sphere":
@@ -208,7 +238,20 @@ def _hit_object(obj: WorldObject, O, D):
         return _hit_box(O, D, np.array([obj.x, h, obj.z]), h, math.radians(obj.yaw))
     if obj.shape == "cylinder":
         return _hit_cylinder(O, D, obj.x, obj.z, 0.8 * r, 1.9 * r)
-    return _hit_cone(O, D, obj.x, obj.z, r, 2.3 * r)
+    if obj.shape == "cone":
+        return _hit_cone(O, D, obj.x, obj.z, r, 2.3 * r)
+    if obj.shape == "pillar":  # a tall square post
+        h = np.array([0.45 * r, 1.5 * r, 0.45 * r])
+        return _hit_box(O, D, np.array([obj.x, h[1], obj.z]), h, math.radians(obj.yaw))
+    if obj.shape == "dome":  # a half sphere on the floor; its lower half lies under the floor, never seen
+        t, n = _hit_sphere(O, D, np.array([obj.x, 0.0, obj.z]), 1.15 * r)
+        above = O[:, 1] + np.where(np.isfinite(t), t, 0) * D[:, 1] >= -_EPS
+        return np.where(above, t, np.inf), n
+    if obj.shape == "disc":  # a low, wide cylinder
+        return _hit_cylinder(O, D, obj.x, obj.z, 1.1 * r, 0.45 * r)
+    if obj.shape == "wedge":
+        return _hit_wedge(O, D, np.array([obj.x, 0.0, obj.z]), 1.0 * r, 1.1 * r, 0.7 * r, math.radians(obj.yaw))
+    raise ValueError(f"unknown shape {obj.shape!r}; the world renders {list(ALL_SHAPES)}")
 
 
 @dataclass
@@ -219,7 +262,8 @@ class Rendered:
     instance: np.ndarray  # HxW int16: object index, -1 for floor/wall
 
 
-def render(scene: Scene, size: int, rng: np.random.Generator) -> Rendered:
+def render(scene: Scene, size: int, rng: np.random.Generator, classes: tuple[str, ...] = SEG_CLASSES) -> Rendered:
+    """classes: the world's segmentation classes (`seg_classes`); an object's mask value is its shape's index."""
     S = size
     fov = math.radians(FOV_DEG)
     focal = (S / 2) / math.tan(fov / 2)
@@ -244,7 +288,7 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> Rendered:
         tk, nk = _hit_object(obj, O, D)
         closer = tk < t
         t = np.where(closer, tk, t)
-        seg[closer] = SEG_CLASSES.index(obj.shape)
+        seg[closer] = classes.index(obj.shape)
         inst[closer] = k
         normal[closer] = nk[closer]
 
@@ -380,11 +424,13 @@ def context_alt_text(record: dict, rng: np.random.Generator) -> str:
 
 
 def alt_text(record: dict, rng: np.random.Generator, relevance: float, context: float = 0.0,
-             context_rng: np.random.Generator | None = None, unnamed: tuple[str, ...] = ()) -> tuple[str, str]:
+             context_rng: np.random.Generator | None = None, unnamed: tuple[str, ...] = (),
+             shapes: tuple[str, ...] = SHAPES) -> tuple[str, str]:
     """Web-like alt-text and its kind (partial, context, boilerplate, filename, wrong, empty). `context`: the
     share of relevant alt-text that names the setting instead of the objects, drawn from `context_rng` so that
     `rng`'s stream (and every later draw of the sample from it) is the same at any `context`. `unnamed`: shapes
-    alt-text never names (not even wrongly); the reference descriptions still do."""
+    alt-text never names (not even wrongly); the reference descriptions still do. `shapes`: the world's (what
+    wrong alt-text names)."""
     if context > 0 and context_rng is None:
         raise ValueError("alt_text: a context share needs its own context_rng (drawing it from rng would change "
                          "every later draw of the sample)")
@@ -423,7 +469,7 @@ def alt_text(record: dict, rng: np.random.Generator, relevance: float, context: 
     if kind == "wrong":
         present = {(o["shape"], o["colour"]) for o in record["objects"]}  # hidden ones too: "wrong" is wrong
         while True:
-            shape, colour = str(rng.choice([s for s in SHAPES if s not in unnamed])), str(rng.choice(list(COLOURS)))
+            shape, colour = str(rng.choice([s for s in shapes if s not in unnamed])), str(rng.choice(list(COLOURS)))
             if (shape, colour) not in present:
                 break
         return f"{colour} {rng.choice(SHAPE_WORDS[shape])} {rng.choice(_BOILERPLATE)}", kind
@@ -451,16 +497,17 @@ class WorldSpec:
     colours: int = len(COLOURS)
     alt_text_context: float = 0.0
     alt_text_unnamed: tuple[str, ...] = ()
+    shapes: tuple[str, ...] = SHAPES
 
 
 def make_sample(spec: WorldSpec, index: int) -> Sample:
     rng = np.random.default_rng([spec.seed, SPLIT_CODES[spec.split], index])
-    scene = sample_scene(rng, spec.min_objects, spec.max_objects, spec.colours)
-    r = render(scene, spec.image_size, rng)
+    scene = sample_scene(rng, spec.min_objects, spec.max_objects, spec.colours, spec.shapes)
+    r = render(scene, spec.image_size, rng, seg_classes(spec.shapes))
     record = scene_record(scene, r)
     context_rng = np.random.default_rng([spec.seed, SPLIT_CODES[spec.split], index, 1])
     raw, kind = alt_text(record, rng, spec.alt_text_relevance, spec.alt_text_context, context_rng,
-                         spec.alt_text_unnamed)
+                         spec.alt_text_unnamed, spec.shapes)
     captions = {"raw": [raw] if raw else [], "reference": [], "synthetic": {}}
     if spec.with_reference:
         captions["reference"] = [describe(record, rng) for _ in range(spec.descriptions_per_image)]

@@ -23,17 +23,27 @@ from ..atomic import atomic_write_bytes, atomic_write_json, read_json_or_none, r
 from ..config import Config, ConfigError, without_neutral_world_keys
 from .sample import Sample
 from .shards import MANIFEST, ShardReader, ShardWriter, is_dataset, write_shard_file
-from .world import SEG_CLASSES, SHAPES, STUFF_CLASSES, WorldSpec, make_sample
+from .world import ALL_SHAPES, SHAPES, STUFF_CLASSES, WorldSpec, make_sample, seg_classes
 
 SPLITS = ("curated", "dense", "dev", "val", "pool")
 _FINGERPRINT = "world.json"
 
 
+def world_shapes(data: str | Path) -> tuple[str, ...]:
+    """The object shapes of a world split (its manifest's classes after the background ones, in class-id order);
+    the default world's for a dataset that does not list them."""
+    m = ShardReader(data).manifest if is_dataset(data) else {}
+    names = [c for c in m.get("seg_classes") or [] if c not in (m.get("stuff_classes") or STUFF_CLASSES)]
+    return tuple(names) or SHAPES
+
+
 def split_plan(cfg: Config) -> dict[str, tuple[WorldSpec, int]]:
     w = cfg.world
-    if not set(w.alt_text_unnamed) <= set(SHAPES) or len(set(w.alt_text_unnamed)) >= len(SHAPES):
+    if not w.shapes or not set(w.shapes) <= set(ALL_SHAPES) or len(set(w.shapes)) != len(w.shapes):
+        raise ConfigError(f"world.shapes = {w.shapes}: list distinct shapes of the renderer's {list(ALL_SHAPES)}")
+    if not set(w.alt_text_unnamed) <= set(w.shapes) or len(set(w.alt_text_unnamed)) >= len(w.shapes):
         raise ConfigError(f"world.alt_text_unnamed = {w.alt_text_unnamed}: name some of the world's shapes "
-                          f"{list(SHAPES)}, not all of them")
+                          f"{list(w.shapes)}, not all of them")
     sizes = {"curated": w.n_curated, "dense": w.n_dense, "dev": w.n_dev, "val": w.n_val, "pool": w.n_pool}
     plan = {}
     for split in SPLITS:
@@ -42,7 +52,7 @@ def split_plan(cfg: Config) -> dict[str, tuple[WorldSpec, int]]:
             max_objects=w.max_objects, alt_text_relevance=w.alt_text_relevance,
             descriptions_per_image=w.descriptions_per_image, image_format=w.image_format,
             with_reference=split in ("curated", "val"), with_dense=split in ("dense", "dev", "val"), colours=w.colours,
-            alt_text_context=w.alt_text_context, alt_text_unnamed=tuple(w.alt_text_unnamed),
+            alt_text_context=w.alt_text_context, alt_text_unnamed=tuple(w.alt_text_unnamed), shapes=tuple(w.shapes),
         )
         plan[split] = (spec, sizes[split])
     return plan
@@ -111,7 +121,7 @@ def build_world(cfg: Config, out: str | Path, progress: bool = True, splits: Seq
         (writer.staging / _FINGERPRINT).unlink(missing_ok=True)
         writer.close({
             "name": split, "source": "qclip world", "world": _fingerprint(spec, n, shard_size),
-            "seg_classes": list(SEG_CLASSES), "stuff_classes": list(STUFF_CLASSES), "hflip_safe": False,
+            "seg_classes": list(seg_classes(spec.shapes)), "stuff_classes": list(STUFF_CLASSES), "hflip_safe": False,
             "fields": ["image", "json", "txt"] + (["seg.png", "depth.npy"] if spec.with_dense else []),
         })
     seconds = time.time() - t0
@@ -147,13 +157,14 @@ def write_preview(world_dir: str | Path, path: str | Path, n: int = 6) -> Path:
         raise ValueError(f"{src}: no samples to preview (set world.n_val > 0)")
     from .palette import class_legend, mask_cmap
 
-    cmap = mask_cmap(len(SEG_CLASSES))
+    classes = ShardReader(src).manifest.get("seg_classes") or []
+    cmap = mask_cmap(len(classes))
     fig, axes = plt.subplots(len(samples), 4, figsize=(13, 2.4 * len(samples)),
                              gridspec_kw={"width_ratios": [1, 1, 1, 2.6]})
     axes = np.atleast_2d(axes)
     for row, s in zip(axes, samples):
         row[0].imshow(s.pil())
-        row[1].imshow(s.seg, cmap=cmap, vmin=-0.5, vmax=len(SEG_CLASSES) - 0.5, interpolation="nearest")
+        row[1].imshow(s.seg, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, interpolation="nearest")
         im = row[2].imshow(s.depth, cmap="viridis")
         fig.colorbar(im, ax=row[2], fraction=0.046, label="depth (m)")
         raw = s.captions.get("raw") or ["(empty)"]
@@ -166,7 +177,7 @@ def write_preview(world_dir: str | Path, path: str | Path, n: int = 6) -> Path:
         row[0].set_ylabel(s.key, fontsize=7)
     axes[0, 0].set_title("image")
     axes[0, 1].set_title("class mask")
-    class_legend(fig, list(SEG_CLASSES), y=0.0)
+    class_legend(fig, list(classes), y=0.0)
     axes[0, 2].set_title("depth")
     axes[0, 3].set_title("captions")
     fig.tight_layout()

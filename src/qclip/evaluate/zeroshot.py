@@ -20,15 +20,17 @@ from PIL import Image
 from ..data.images import BadImage, open_image
 from ..data.shards import ShardReader, is_dataset
 from ..data.skips import SkipCounter
-from ..data.world import SEG_CLASSES, SHAPES
+from ..data.world import SHAPES, STUFF_CLASSES
+from ..data.world_shards import world_shapes
 from ..models import ClipBundle
 
 _IMG_EXT = (".jpg", ".jpeg", ".png", ".webp")
 
 
-def world_label(seg: np.ndarray) -> int | None:
-    """Index into SHAPES of the shape with the most pixels; None if no object is visible."""
-    counts = np.bincount(seg[seg < len(SEG_CLASSES)].ravel(), minlength=len(SEG_CLASSES))[2:]
+def world_label(seg: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> int | None:
+    """Index into the world's `shapes` of the shape with the most pixels; None if no object is visible."""
+    n = len(STUFF_CLASSES) + len(shapes)
+    counts = np.bincount(seg[seg < n].ravel(), minlength=n)[len(STUFF_CLASSES):]
     return int(counts.argmax()) if counts.sum() else None
 
 
@@ -37,12 +39,12 @@ def labelled_images(data: str | Path, max_samples: int = 0,
     """(class names, images, labels) from a world dataset or an ImageFolder layout."""
     data, images, labels = Path(data), [], []
     if is_dataset(data):
-        classes = list(SHAPES)
+        classes = list(world_shapes(data))
         for s in ShardReader(data):
             if s.seg is None:
                 raise ValueError(f"{data}: sample {s.key} has no mask to label it; use the world's dense or val split "
                                  f"or an ImageFolder layout")
-            y = world_label(s.seg)
+            y = world_label(s.seg, tuple(classes))
             if y is not None:
                 images.append(s.pil())
                 labels.append(y)

@@ -36,6 +36,7 @@ from ..atomic import atomic_write_json
 from ..config import STUDY_METHODS, Config
 from ..data.shards import ShardReader
 from ..data.world import COLOURS, SHAPES
+from ..data.world_shards import world_shapes
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir
 from ..models.dense_encoder import DenseEncoder
@@ -44,23 +45,28 @@ from ..provenance import write_run_info
 from .shard_dataset import seeded_cpu_rng
 
 METHODS = tuple(m.name for m in STUDY_METHODS.values() if m.kind == "baseline")
-LABELS = [(c, s) for c in COLOURS for s in SHAPES]  # 32 object classes
+def object_classes(shapes: tuple[str, ...] = SHAPES) -> list[tuple[str, str]]:
+    """The supervised baseline's classes: (colour, shape) pairs, 32 in the default world."""
+    return [(c, s) for c in COLOURS for s in shapes]
+
+
 MASK_RATIO = 0.6  # SimMIM's ratio for its ViT setting
 MAE_MASK_RATIO = 0.75  # MAE's
 
 
-def object_labels(scene: dict) -> np.ndarray:
-    y = np.zeros(len(LABELS), np.float32)
+def object_labels(scene: dict, shapes: tuple[str, ...] = SHAPES) -> np.ndarray:
+    classes = object_classes(shapes)
+    y = np.zeros(len(classes), np.float32)
     for o in scene["objects"]:
         if o["visible"]:
-            y[LABELS.index((o["colour"], o["shape"]))] = 1.0
+            y[classes.index((o["colour"], o["shape"]))] = 1.0
     return y
 
 
 BOX_CELL = 16  # px: the `boxes` baseline's grid cell
 
 
-def box_targets(scene: dict, size: int) -> np.ndarray:
+def box_targets(scene: dict, size: int, shapes: tuple[str, ...] = SHAPES) -> np.ndarray:
     """(size/16)^2 grid of class ids: 1 + the shape index of the visible object whose box covers the cell's
     centre (the smaller box where boxes overlap: it is the one in front more often), 0 for background."""
     g = size // BOX_CELL
@@ -71,11 +77,12 @@ def box_targets(scene: dict, size: int) -> np.ndarray:
         x0, y0, x1, y1 = o["bbox"]
         rows = (centres >= y0) & (centres < y1)
         cols = (centres >= x0) & (centres < x1)
-        y[np.ix_(rows, cols)] = 1 + SHAPES.index(o["shape"])
+        y[np.ix_(rows, cols)] = 1 + shapes.index(o["shape"])
     return y
 
 
-def _load_pool(data: str | Path, labels_of: str, require_raw: bool, size: int = 64) -> tuple[list, torch.Tensor | None]:
+def _load_pool(data: str | Path, labels_of: str, require_raw: bool, size: int = 64,
+               shapes: tuple[str, ...] = SHAPES) -> tuple[list, torch.Tensor | None]:
     """Every image of a split, decoded once (the world is small: 10k RGB 64x64 images = 120 MB), and its labels:
     `labels_of` "objects" (multi-label), "boxes" (a grid of class ids) or "" (none).
     require_raw: only images with raw alt-text, as `pretrain.require_raw_caption` makes CLIP pretraining do."""
@@ -91,7 +98,7 @@ def _load_pool(data: str | Path, labels_of: str, require_raw: bool, size: int = 
             if scene is None:
                 raise ValueError(f"{data}: sample {s.key} has no scene graph; the {labels_of} baseline needs world "
                                  f"data")
-            labels.append(object_labels(scene) if labels_of == "objects" else box_targets(scene, size))
+            labels.append(object_labels(scene, shapes) if labels_of == "objects" else box_targets(scene, size, shapes))
     return images, (torch.from_numpy(np.stack(labels)) if labels_of else None)
 
 
@@ -178,10 +185,11 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     size = bundle.model_cfg["vision_cfg"]["image_size"]
     encoder = DenseEncoder(model.visual, f"random:{tc.model}", tc.model, size, levels=1)
     objective = method
+    shapes = world_shapes(data)
     if method == "supervised":
-        head: nn.Module = nn.Linear(bundle.model_cfg["embed_dim"], len(LABELS))
+        head: nn.Module = nn.Linear(bundle.model_cfg["embed_dim"], len(object_classes(shapes)))
     elif method == "boxes":
-        head = nn.Conv2d(encoder.info.channels[-1], 1 + len(SHAPES), 1)
+        head = nn.Conv2d(encoder.info.channels[-1], 1 + len(shapes), 1)
     elif is_open_clip_vit(model.visual):
         objective, patch = "mae", bundle.model_cfg["vision_cfg"]["patch_size"]
         head = MAEDecoder(model.visual.transformer.width, patch, size // patch)
@@ -190,7 +198,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
         head = SimMIMDecoder(encoder.info.channels[-1], encoder.info.reductions[-1])
     labels_of = {"supervised": "objects", "boxes": "boxes"}.get(method, "")
     # the curated split has no alt-text to require; box targets must stay aligned with the pixels: no crops
-    images, labels = _load_pool(data, labels_of, tc.require_raw_caption and method != "boxes", size)
+    images, labels = _load_pool(data, labels_of, tc.require_raw_caption and method != "boxes", size, shapes)
     transform = bundle.preprocess_val if method == "boxes" else bundle.preprocess_train
     params = nn.ModuleList([model.visual, head])
     image_format = memory_format(tc.channels_last)
