@@ -3,7 +3,7 @@
 Backends:
 - open_clip CoCa (any CoCa that open_clip builds: `coca_ViT-L-14:mscoco_finetuned_laion2B-s13B-b90k` on a user's
   machine, or a `local-dir:` folder such as a CoCa trained by qclip). Generation is open_clip's `CoCa.generate`,
-  which needs `transformers<4.56` (4.56 removed the BeamSearchScorer it imports): `pip install 'qclip[hf]'`.
+  which needs `transformers<4.56` (4.56 removed the BeamSearchScorer it imports; a dependency of qclip).
 - Hugging Face image-to-text models, `hf:NAME_OR_DIR` (BLIP, BLIP-2, GIT, Florence-2, ...). transformers 5 removed
   `pipeline("image-to-text")` and `AutoModelForVision2Seq`, so we pick the model class from the config's
   `model_type` and call `generate()` on whole batches. Remote code (Florence-2 before transformers had it) runs
@@ -62,7 +62,8 @@ class OpenClipCoCaCaptioner:
         from open_clip import coca_model
 
         if not coca_model._has_transformers:
-            raise CaptionerError("open_clip CoCa generation needs transformers<4.56: pip install 'qclip[hf]'")
+            raise CaptionerError("open_clip CoCa generation needs transformers<4.56: "
+                                 "pip install 'transformers>=4.45,<4.56'")
         from ..models import create_clip
 
         self.bundle = create_clip(spec, pretrained=pretrained, device=device)
@@ -119,7 +120,8 @@ class HFImageToTextCaptioner:
         try:
             import transformers
         except ImportError as e:
-            raise CaptionerError("Hugging Face captioners need transformers: pip install 'qclip[hf]'") from e
+            raise CaptionerError("Hugging Face captioners need transformers: "
+                                 "pip install 'transformers>=4.45,<4.56'") from e
         try:
             config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
         except OSError as e:
