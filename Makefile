@@ -15,7 +15,7 @@ OUT ?= runs/demo
 install: $(STAMP)
 
 # `make demo` needs the package and its dependencies only; `make test` adds the test extras (pytest, hypothesis,
-# transformers, datasets, wandb): ~35 s of the install here that the demo does not use
+# datasets, huggingface-hub, wandb): install time the demo does not need
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
