@@ -2,8 +2,9 @@
 
 Each image is a small ray-cast scene: a textured floor in perspective, a back wall, and 2-4 objects (cube,
 sphere, cylinder, cone by default; `world.shapes` picks from eight) of eight colours and two sizes, with
-occlusion, Lambert shading, cast shadows and pixel noise. Because we cast one ray per pixel centre, the class mask and the metric depth (z along the
-camera axis, as NYUv2 stores it) are exact for the very pixels of the image.
+occlusion, Lambert shading, cast shadows and pixel noise. Because we cast one ray per pixel centre, the class
+mask and the metric depth (z along the camera axis, as NYUv2 stores it) are exact for the very pixels of the
+image.
 
 Text comes in two kinds, as in the paper's setting:
 - reference descriptions, written from the scene graph (all visible objects, colours, sizes, left/right and
@@ -32,12 +33,7 @@ SHAPES = ("cube", "sphere", "cylinder", "cone")  # the default world's (`world.s
 # every shape the renderer knows; a world uses `world.shapes` of them, in that order (class ids follow it)
 ALL_SHAPES = SHAPES + ("pillar", "dome", "disc", "wedge")
 STUFF_CLASSES = ("floor", "wall")  # background: left out of the object-class mIoU
-SEG_CLASSES = STUFF_CLASSES + SHAPES  # the default world's classes; class id = index
-
-
-def seg_classes(shapes: tuple[str, ...] = SHAPES) -> tuple[str, ...]:
-    """A world's segmentation classes: background first, then its shapes (class id = index)."""
-    return STUFF_CLASSES + tuple(shapes)
+SEG_CLASSES = STUFF_CLASSES + SHAPES  # the default world's classes (`seg_classes`); class id = index
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.13, 0.12),
     "green": (0.15, 0.68, 0.2),
@@ -59,6 +55,11 @@ SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
 FOV_DEG = 55.0
 SPLIT_CODES = {"pool": 1, "curated": 2, "dense": 3, "val": 4, "dev": 5}
 _EPS = 1e-4
+
+
+def seg_classes(shapes: tuple[str, ...] = SHAPES) -> tuple[str, ...]:
+    """A world's segmentation classes: background first, then its shapes (class id = index)."""
+    return STUFF_CLASSES + tuple(shapes)
 
 
 # ---------------------------------------------------------------------------------------------------
