@@ -24,6 +24,10 @@ class ConfigError(ValueError):
     """A config file or override that cannot be applied; the message names the key and the fix."""
 
 
+# the default world's object shapes (data.world.SHAPES; config must not import data, tests/test_layers.py)
+DEFAULT_SHAPES = ("cube", "sphere", "cylinder", "cone")
+
+
 @dataclass
 class WorldConfig:
     """The embedded procedural world (`qclip world`): sizes of each split and how noisy alt-text is."""
@@ -48,7 +52,7 @@ class WorldConfig:
     alt_text_unnamed: list[str] = field(default_factory=list)
     # the object shapes of this world, from the renderer's eight (data.world.ALL_SHAPES: these four and pillar,
     # dome, disc, wedge); segmentation class ids follow this order after floor and wall
-    shapes: list[str] = field(default_factory=lambda: ["cube", "sphere", "cylinder", "cone"])
+    shapes: list[str] = field(default_factory=lambda: list(DEFAULT_SHAPES))
     descriptions_per_image: int = 5  # reference descriptions per curated image, as COCO has 5
     shard_size: int = 1000
     image_format: str = "png"  # png (lossless) or jpg
@@ -142,7 +146,7 @@ def transfer_result_keys(transfer: TransferConfig) -> dict:
 
 # world.* keys added after worlds were cached, with the value that reproduces those worlds (left out of the
 # world's key at that value, so older stage caches keep matching)
-NEUTRAL_WORLD_KEYS = {"alt_text_context": 0.0, "alt_text_unnamed": [], "shapes": ["cube", "sphere", "cylinder", "cone"]}
+NEUTRAL_WORLD_KEYS = {"alt_text_context": 0.0, "alt_text_unnamed": [], "shapes": list(DEFAULT_SHAPES)}
 
 
 def without_neutral_world_keys(d: dict) -> dict:

@@ -147,10 +147,16 @@ def _hit_sphere(O, D, c, r):
     return t, n
 
 
-def _hit_box(O, D, c, h, yaw):
+def _object_frame(O, D, c, yaw):
+    """Rays in the frame of an object at `c` turned by `yaw` about the vertical: (origins, directions, R), R the
+    local -> world rotation (normals go back with `@ R.T`)."""
     cs, sn = math.cos(yaw), math.sin(yaw)
-    R = np.array([[cs, 0, sn], [0, 1, 0], [-sn, 0, cs]])  # local -> world
-    Ol, Dl = (O - c) @ R, D @ R
+    R = np.array([[cs, 0, sn], [0, 1, 0], [-sn, 0, cs]])
+    return (O - c) @ R, D @ R, R
+
+
+def _hit_box(O, D, c, h, yaw):
+    Ol, Dl, R = _object_frame(O, D, c, yaw)
     Dl = np.where(np.abs(Dl) < 1e-9, 1e-9, Dl)
     t1, t2 = (-h - Ol) / Dl, (h - Ol) / Dl
     tnear, tfar = np.minimum(t1, t2), np.maximum(t1, t2)
@@ -212,9 +218,7 @@ def _hit_cone(O, D, cx, cz, r, height):
 def _hit_wedge(O, D, c, half_width, height, half_depth, yaw):
     """A triangular prism lying on the floor (a roof or ramp): |x| / half_width + y / height <= 1, y >= 0,
     |z| <= half_depth in its own frame; hit as the intersection of its five half-spaces."""
-    cs, sn = math.cos(yaw), math.sin(yaw)
-    R = np.array([[cs, 0, sn], [0, 1, 0], [-sn, 0, cs]])  # local -> world
-    Ol, Dl = (O - c) @ R, D @ R
+    Ol, Dl, R = _object_frame(O, D, c, yaw)
     planes = np.array([[1 / half_width, 1 / height, 0], [-1 / half_width, 1 / height, 0], [0, -1, 0],
                        [0, 0, 1], [0, 0, -1]])  # n . p <= d
     d = np.array([1.0, 1.0, 0.0, half_depth, half_depth])

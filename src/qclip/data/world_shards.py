@@ -149,7 +149,8 @@ def write_preview(world_dir: str | Path, path: str | Path, n: int = 6) -> Path:
     world_dir, path = Path(world_dir), Path(path)
     src = world_dir / "val" if is_dataset(world_dir / "val") else world_dir / "dense"
     samples: list[Sample] = []
-    for s in ShardReader(src):
+    reader = ShardReader(src)
+    for s in reader:
         samples.append(s)
         if len(samples) >= n:
             break
@@ -157,7 +158,7 @@ def write_preview(world_dir: str | Path, path: str | Path, n: int = 6) -> Path:
         raise ValueError(f"{src}: no samples to preview (set world.n_val > 0)")
     from .palette import class_legend, mask_cmap
 
-    classes = ShardReader(src).manifest.get("seg_classes") or []
+    classes = reader.manifest.get("seg_classes") or []
     cmap = mask_cmap(len(classes))
     fig, axes = plt.subplots(len(samples), 4, figsize=(13, 2.4 * len(samples)),
                              gridspec_kw={"width_ratios": [1, 1, 1, 2.6]})

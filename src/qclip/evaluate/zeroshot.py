@@ -20,7 +20,7 @@ from PIL import Image
 from ..data.images import BadImage, open_image
 from ..data.shards import ShardReader, is_dataset
 from ..data.skips import SkipCounter
-from ..data.world import SHAPES, STUFF_CLASSES
+from ..data.world import SHAPES, STUFF_CLASSES, seg_classes
 from ..data.world_shards import world_shapes
 from ..models import ClipBundle
 
@@ -29,7 +29,7 @@ _IMG_EXT = (".jpg", ".jpeg", ".png", ".webp")
 
 def world_label(seg: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> int | None:
     """Index into the world's `shapes` of the shape with the most pixels; None if no object is visible."""
-    n = len(STUFF_CLASSES) + len(shapes)
+    n = len(seg_classes(shapes))
     counts = np.bincount(seg[seg < n].ravel(), minlength=n)[len(STUFF_CLASSES):]
     return int(counts.argmax()) if counts.sum() else None
 

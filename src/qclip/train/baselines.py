@@ -22,6 +22,7 @@ so `qclip transfer --encoder OUT` reads baselines and CLIP runs alike.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -45,9 +46,10 @@ from ..provenance import write_run_info
 from .shard_dataset import seeded_cpu_rng
 
 METHODS = tuple(m.name for m in STUDY_METHODS.values() if m.kind == "baseline")
-def object_classes(shapes: tuple[str, ...] = SHAPES) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=None)  # read once per labelled image: one list per world, not per image
+def object_classes(shapes: tuple[str, ...] = SHAPES) -> tuple[tuple[str, str], ...]:
     """The supervised baseline's classes: (colour, shape) pairs, 32 in the default world."""
-    return [(c, s) for c in COLOURS for s in shapes]
+    return tuple((c, s) for c in COLOURS for s in shapes)
 
 
 MASK_RATIO = 0.6  # SimMIM's ratio for its ViT setting
