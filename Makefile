@@ -1,6 +1,8 @@
 # Two entry points: `make demo` runs the main job, `make test` runs the test suite.
 # Both create .venv if missing and install qclip with its dependencies (`make test` adds the test extras);
-# both are idempotent.
+# both are idempotent. Installs go through uv (from PyPI): the same releases as pip, resolved from pip's own
+# index settings (tools/uv_flags.py), in ~25 s where pip took ~110 s here (benchmarks/RESULTS.md, run P);
+# `make demo INSTALLER=pip` installs with pip alone, and pip takes over wherever uv cannot be installed or fails.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,6 +11,11 @@ TEST_STAMP := $(VENV)/.qclip-test-installed
 # torch/torchvision pins: the releases this machine family has on disk (CUDA build; runs on CPU too).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 OUT ?= runs/demo
+INSTALLER ?= uv
+# `$(call pip_install,ARGS)`: uv when INSTALLER=uv and it installs, else pip
+pip_install = { test "$(INSTALLER)" = uv && $(PY) -m pip install -q uv && \
+	$(VENV)/bin/uv pip install -q --python $(PY) $$($(PY) tools/uv_flags.py) $(1); } || \
+	{ $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q $(1); }
 
 .PHONY: demo test install clean
 
@@ -18,13 +25,11 @@ install: $(STAMP)
 # datasets, huggingface-hub, wandb): install time the demo does not need
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PINS)
-	$(PY) -m pip install -q -e .
+	$(call pip_install,$(TORCH_PINS) -e .)
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[test]'
+	$(call pip_install,-e '.[test]')
 	touch $(TEST_STAMP)
 
 demo: install
