@@ -202,10 +202,12 @@ def test_distillation_from_stored_teacher_embeddings(world, tmp_path):
 
     # pure distillation (λ = 1): the distill loss falls as the student copies the teacher's similarities
     run = tmp_path / "kd"
-    pretrain(train_cfg("pretrain.distill_weight=1.0", "pretrain.steps=30", "pretrain.log_every=1", "pretrain.model=qclip-mci-tiny"),
-             tmp_path / "with_teacher", run, progress=False)
+    s = pretrain(train_cfg("pretrain.distill_weight=1.0", "pretrain.steps=30", "pretrain.log_every=1",
+                           "pretrain.model=qclip-mci-tiny"), tmp_path / "with_teacher", run, progress=False)
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05, losses
+    # the one-line summary's loss: the last fifth of the logged steps, not the last (noisy) batch
+    assert s["late_loss"] == pytest.approx(sum(losses[-6:]) / 6) and s["final_loss"] == losses[-1]
     # λ = 0 is plain CLIP: the same first-step loss as a run without a teacher
     a = pretrain(train_cfg("pretrain.steps=1", "pretrain.distill_weight=0.0"), world / "curated", tmp_path / "c0", progress=False)
     with pytest.raises(Exception, match="no usable|fewer than one batch"):
@@ -368,6 +370,7 @@ def test_push_to_hub_stages_a_loadable_folder_and_uploads_it(world, tmp_path, mo
             "summary.json"} <= {p.name for p in staged.iterdir()}
     card = (staged / "README.md").read_text()
     assert "library_name: open_clip" in card and 'create_model_and_transforms("hf-hub:me/qclip-tiny")' in card
+    assert "1 steps, contrastive loss" in card and "over the last fifth" in card  # from the run's summary.json
     open_clip.create_model_and_transforms(f"local-dir:{staged}")  # what hf-hub: will load
     calls = []
 

@@ -26,8 +26,12 @@ def model_card(repo_id: str, model_dir: Path, run_dir: Path | None) -> str:
     vision = cfg.get("model_cfg", {}).get("vision_cfg", {})
     tower = vision.get("timm_model_name") or f"ViT (width {vision.get('width')}, patch {vision.get('patch_size')})"
     summary = json.loads((run_dir / "summary.json").read_text()) if run_dir and (run_dir / "summary.json").is_file() else {}
-    trained = (f"{summary['steps']} steps, final contrastive loss {summary['final_loss']:.3f}"
-               if "steps" in summary and "final_loss" in summary else "see run.json")
+    if "steps" in summary and "late_loss" in summary:
+        trained = f"{summary['steps']} steps, contrastive loss {summary['late_loss']:.3f} over the last fifth of them"
+    elif "steps" in summary and "final_loss" in summary:  # a run from before late_loss was recorded
+        trained = f"{summary['steps']} steps, final contrastive loss {summary['final_loss']:.3f}"
+    else:
+        trained = "see run.json"
     uses_qclip = "qclip" in json.dumps(cfg)
     return f"""---
 library_name: open_clip

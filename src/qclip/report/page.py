@@ -169,7 +169,7 @@ def contrastive_learning_table(pretrain_dirs: dict[str, Path]) -> list[list[str]
 
     import yaml
 
-    from ..train.pretrain import chance_loss
+    from ..train.pretrain import chance_loss, late_loss
     from .plots import logged_losses
 
     t = [["run", "loss", "late loss (last fifth)", "chance", "late / chance", "verdict"]]
@@ -185,8 +185,7 @@ def contrastive_learning_table(pretrain_dirs: dict[str, Path]) -> list[list[str]
             continue
         loss = cfg.get("loss", "clip")
         chance = chance_loss(loss, int(cfg.get("batch_size", 0)) * int(summary.get("world_size", 1)))
-        late = losses[-max(1, len(losses) // 5):]
-        mean = sum(late) / len(late)
+        mean = late_loss(losses)
         t.append([label, loss, f"{mean:.3f}", f"{chance:.3f}", f"{mean / chance:.2f}",
                   "left chance" if mean / chance < LEARNED_BELOW else "near chance: did not learn"])
     return t

@@ -161,6 +161,13 @@ def chance_loss(loss: str, batch: int) -> float:
     return math.log(batch)
 
 
+def late_loss(losses: list[float]) -> float:
+    """The mean of the last fifth of a run's logged losses: where a run ended, which its last batch alone says
+    too noisily (a CLIP run's last logged batch read 0.99 where this mean read 0.45)."""
+    late = losses[-max(1, len(losses) // 5):]
+    return sum(late) / len(late)
+
+
 def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = True, start_mode: str = "auto") -> dict:
     """start_mode: "auto" resumes a run folder started with the same settings (else starts); "resume" fails when
     there is nothing to resume; "fresh" first removes a previous run's outputs (`RUN_OUTPUTS`) from `out`."""
@@ -185,8 +192,8 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
         done = json.loads((out / "summary.json").read_text())
         if done.get("steps") == tc.steps:  # finished with these settings: nothing to do, nothing overwritten
             if is_main:
-                print(f"pretrain: {out} already finished {tc.steps} steps with these settings (final loss "
-                      f"{done.get('final_loss', float('nan')):.3f}); model in {out / 'model'}")
+                print(f"pretrain: {out} already finished {tc.steps} steps with these settings (late loss "
+                      f"{done.get('late_loss', done.get('final_loss', float('nan'))):.3f}); model in {out / 'model'}")
             return done
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     np.random.seed(cfg.seed)
@@ -329,15 +336,17 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     if is_main:
         save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model", bundle.qclip_cfg)
         metrics_f.close()
+        logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        summary["late_loss"] = late_loss([p["loss"] for p in logged if "loss" in p] or [last_loss])
         tb.close()
         if wandb_run is not None:
-            wandb_run.summary.update({"final_loss": last_loss, "steps": step})
+            wandb_run.summary.update({"final_loss": last_loss, "late_loss": summary["late_loss"], "steps": step})
             wandb_run.finish()
         atomic_write_json(out / "summary.json", summary)
         prune_checkpoints(out / "checkpoints", tc.keep_checkpoints)  # finished: RUN/model is the result
         chance = chance_loss(tc.loss, tc.batch_size * world)
-        print(f"pretrain: {step} steps, final loss {last_loss:.3f} (chance: {chance:.3f}), {summary['seconds']:.0f}s; "
-              f"model in {out / 'model'}")
+        print(f"pretrain: {step} steps, loss over the last fifth {summary['late_loss']:.3f} (last batch "
+              f"{last_loss:.3f}; chance {chance:.3f}), {summary['seconds']:.0f}s; model in {out / 'model'}")
     if world > 1:
         dist.barrier()
     return summary
