@@ -21,7 +21,9 @@ def main() -> None:
     for line in listed.splitlines():
         key, _, value = line.partition("=")
         flag = FLAGS.get(key.rsplit(".", 1)[-1])
-        for v in value.strip().strip("'\"").split() if flag else []:
+        if flag is None:
+            continue
+        for v in value.strip().strip("'\"").split():
             if (flag, v) not in seen:
                 seen.append((flag, v))
     # pip takes the newest release over every index; uv's default takes the first index that has the package
