@@ -120,7 +120,9 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     assert len(dense) == 6 * 2 * 2 and all(r["encoder"] == "qclip-mci-tiny" for r in dense)
     assert {r["task"] for r in results["rows"]} >= {"retrieval", "zeroshot"}
     seg = [r for r in dense if r["task"] == "segmentation"]
-    assert all(len(r["metrics"]["IoU_per_class"]) == 6 and "object_mIoU" in r["metrics"] for r in seg)
+    n_classes = 2 + len(results["config"]["world"]["shapes"])  # floor, wall and the demo world's eight shapes
+    assert n_classes == 10 and all(len(r["metrics"]["IoU_per_class"]) == n_classes and "object_mIoU" in r["metrics"]
+                                   for r in seg)
     assert all(r["probe"]["converged"] in (True, False, None) for r in dense)
     assert "synthetic:tiny" in results["caption_quality"] and "raw" in results["caption_quality"]
     # the confound arm: a second captioner without region (box) supervision, its own recaptioned pool and quality

@@ -169,8 +169,7 @@ def contrastive_learning_table(pretrain_dirs: dict[str, Path]) -> list[list[str]
 
     import yaml
 
-    from ..train.pretrain import chance_loss, late_loss
-    from .plots import logged_losses
+    from ..train.pretrain import chance_loss, late_loss, logged_losses
 
     t = [["run", "loss", "late loss (last fifth)", "chance", "late / chance", "verdict"]]
     for label, d in sorted(pretrain_dirs.items()):

@@ -98,18 +98,10 @@ def bar_chart(rows: list[dict], task: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def logged_losses(run_dir: Path) -> list[dict]:
-    """The logged points of a pretraining folder's metrics.jsonl that carry a `loss` (CLIP or a baseline's
-    objective), in order; [] without the file."""
-    f = Path(run_dir) / "metrics.jsonl"
-    if not f.is_file():
-        return []
-    pts = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return [p for p in pts if "loss" in p]
-
-
 def training_curves(runs: dict[str, Path], path: Path) -> Path:
     """runs: label -> pretraining folder with metrics.jsonl (CLIP: `loss`; baselines: `loss`)."""
+    from ..train.pretrain import logged_losses
+
     plt = _plt()
     fig, ax = plt.subplots(1, 1, figsize=(6, 3.6))
     named, seeds = set(), len({label.split("/")[0] for label in runs})

@@ -161,6 +161,16 @@ def chance_loss(loss: str, batch: int) -> float:
     return math.log(batch)
 
 
+def logged_losses(run_dir: str | Path) -> list[dict]:
+    """The logged points of a pretraining folder's metrics.jsonl (this loop writes it) that carry a `loss` (CLIP or
+    a baseline's objective), in order; [] without the file."""
+    f = Path(run_dir) / "metrics.jsonl"
+    if not f.is_file():
+        return []
+    pts = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return [p for p in pts if "loss" in p]
+
+
 def late_loss(losses: list[float]) -> float:
     """The mean of the last fifth of a run's logged losses: where a run ended, which its last batch alone says
     too noisily (a CLIP run's last logged batch read 0.99 where this mean read 0.45)."""
@@ -336,8 +346,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     if is_main:
         save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model", bundle.qclip_cfg)
         metrics_f.close()
-        logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        summary["late_loss"] = late_loss([p["loss"] for p in logged if "loss" in p] or [last_loss])
+        summary["late_loss"] = late_loss([p["loss"] for p in logged_losses(out)] or [last_loss])
         tb.close()
         if wandb_run is not None:
             wandb_run.summary.update({"final_loss": last_loss, "late_loss": summary["late_loss"], "steps": step})
