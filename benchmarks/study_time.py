@@ -8,7 +8,8 @@
 Runs the study with `--fresh` (no cached stage may hide a cost) and reads the per-stage seconds that `qclip run`
 itself records in results.json (`stage_seconds`). Prints every stage, the total per stage kind (world, captioner,
 recaption, pretrain, transfer, the rest = evaluation + report + process start) and the wall time of the whole
-command as measured here.
+command as measured here. A run that took stages from its stage cache lists them apart, with the seconds they took
+when they ran (`stage_seconds_cached`), and does not count them in its total.
 """
 from __future__ import annotations
 
@@ -57,6 +58,15 @@ def main() -> None:
     print(f"\n{'stage kind':<40}{'seconds':>10}{'share':>8}")
     for k, s in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"{k:<40}{s:>10.1f}{s / total:>8.0%}")
+    cached: dict[str, float] = res.get("stage_seconds_cached", {})
+    if cached:
+        print(f"\n{len(cached)} stages from the stage cache, not in the total above; seconds when they ran:")
+        cached_kinds: dict[str, float] = defaultdict(float)
+        for name, s in cached.items():
+            cached_kinds[name.split()[0]] += s
+        for k, s in sorted(cached_kinds.items(), key=lambda kv: -kv[1]):
+            print(f"{k:<40}{s:>10.1f}")
+        print(f"{'sum':<40}{sum(cached.values()):>10.1f}")
     target_s = args.target_minutes * 60
     verdict = "within" if total <= target_s else "OVER"
     print(f"{'total' + (' (command wall time)' if wall is not None else ' (qclip run wall_seconds)'):<40}"

@@ -159,6 +159,10 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     assert "world" in run["stages_reused"] and "captioner" in run["stages_reused"]
     assert f"in {out / 'world'}, from the stage cache" in res2.stdout  # not the first run's "generated ... in"
     assert any(s.startswith("pretrain-") for s in run["stages_reused"])
+    # the reused stages keep the seconds they took when they ran: a cached re-run still says what the study cost
+    cached = json.loads((out / "results.json").read_text())["stage_seconds_cached"]
+    assert {"world", "captioner", "pretrain seed0/qclip-mci-tiny-clip-raw"} <= set(cached)
+    assert all(cached[k] == v for k, v in results["stage_seconds"].items() if not k.startswith("transfer")), cached
 
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()

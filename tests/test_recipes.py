@@ -133,7 +133,7 @@ def test_a_preset_edited_in_place_does_not_reuse_its_old_stages(tmp_path, monkey
     from qclip.study import StageCache, _pretrain_stage, method_config, study_method
 
     class Recorder(StageCache):
-        def run(self, name, key, out_dir, fn):  # records nothing, trains nothing
+        def run(self, name, key, out_dir, fn, label=""):  # records nothing, trains nothing
             return {"retrieval": {}, "zeroshot": {}}
 
     cfg = load_config(ROOT / "configs" / "demo.yaml")
@@ -144,7 +144,7 @@ def test_a_preset_edited_in_place_does_not_reuse_its_old_stages(tmp_path, monkey
             m = study_method(name, cfg.study.mix_p)
             mcfg = method_config(cfg, "qclip-mci-tiny", m, 0)
             k = _pretrain_stage(mcfg, m, "qclip-mci-tiny", f"seed0/{name}", tmp_path, tmp_path / "world",
-                                {"world": "w", "recaption": {}}, cache, lambda _n, f: f, False)[1]
+                                {"world": "w", "recaption": {}}, cache, False)[1]
             out.append(k)
         return out
 

@@ -36,22 +36,32 @@ CAPTIONER_ID = "tiny"
 
 
 class StageCache:
-    """OUT/stages/NAME.json = {"key", "result"}; a matching key means the stage's output is current."""
+    """OUT/stages/NAME.json = {"key", "result", "seconds"}; a matching key means the stage's output is current.
+
+    `seconds` maps each stage this run computed to its wall time; `cached_seconds` each stage it took from the
+    cache to the time that stage took when it ran (records written before qclip stored it have none), so a
+    re-run that reuses every stage still reports what the stages cost."""
 
     def __init__(self, out: Path, fresh: bool) -> None:
         self.dir, self.fresh, self.ran, self.reused = out / "stages", fresh, [], []
+        self.seconds: dict[str, float] = {}
+        self.cached_seconds: dict[str, float] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
     def key(*parts: object) -> str:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def run(self, name: str, key: str, out_dir: Path | None, fn: Callable[[], dict]) -> dict:
-        rec, started = self.dir / f"{name}.json", self.dir / f"{name}.started"
+    def run(self, name: str, key: str, out_dir: Path | None, fn: Callable[[], dict], label: str = "") -> dict:
+        """The stage's result: from OUT/stages/NAME.json when its key matches, else `fn()` (timed under `label`,
+        default NAME, in `seconds`) and recorded."""
+        rec, started, label = self.dir / f"{name}.json", self.dir / f"{name}.started", label or name
         if not self.fresh and rec.is_file():
             r = json.loads(rec.read_text())
             if r["key"] == key:
                 self.reused.append(name)
+                if r.get("seconds") is not None:
+                    self.cached_seconds[label] = r["seconds"]
                 return r["result"]
         # a leftover output from another key (or --fresh) is stale: remove it; same key = a killed run: resume
         same = started.is_file() and started.read_text() == key and not self.fresh
@@ -59,8 +69,10 @@ class StageCache:
             remove_tree(out_dir)
         rec.unlink(missing_ok=True)
         started.write_text(key)
+        t = time.time()
         result = fn()
-        atomic_write_json(rec, {"key": key, "result": result})
+        self.seconds[label] = round(time.time() - t, 2)
+        atomic_write_json(rec, {"key": key, "result": result, "seconds": self.seconds[label]})
         started.unlink(missing_ok=True)
         self.ran.append(name)
         return result
@@ -151,18 +163,8 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     git_commit()  # read now: results.json records the tree this run's code came from
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, fresh)
-    wall: dict[str, float] = {}
     world_dir = out / "world"
-
-    def timed(name: str, fn: Callable[[], dict]) -> Callable[[], dict]:
-        def run() -> dict:
-            t = time.time()
-            r = fn()
-            wall[name] = round(time.time() - t, 2)
-            return r
-        return run
-
-    keys, quality = _data_stages(cfg, out, cache, timed, progress, log, given_folder)
+    keys, quality = _data_stages(cfg, out, cache, progress, log, given_folder)
     rows: list[dict] = []
     pretrain_dirs: dict[str, Path] = {}
     for s in range(cfg.study.seeds):
@@ -173,18 +175,18 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
                 tag = f"seed{mcfg.seed}/{enc}-{name}"
                 log(f"[3/5] pretrain {tag}")
                 spec, pretrain_key, pre_rows = _pretrain_stage(mcfg, method, enc, tag, out, world_dir, keys, cache,
-                                                               timed, progress)
+                                                               progress)
                 rows += pre_rows
                 if method.kind != "random":  # keyed per seed, as `qclip report` finds them: one curve/row per seed
                     pretrain_dirs[tag] = Path(spec)
-                rows += _transfer_stage(mcfg, spec, pretrain_key, enc, name, tag, out, world_dir, cache, timed,
-                                        progress, log)
+                rows += _transfer_stage(mcfg, spec, pretrain_key, enc, name, tag, out, world_dir, cache, progress,
+                                        log)
 
     log("[5/5] report")
-    record = write_run_info(out, cfg, "run", {"stages_run": cache.ran, "stages_reused": cache.reused,
-                                              "stage_seconds": wall})
+    timings = {"stage_seconds": cache.seconds, "stage_seconds_cached": cache.cached_seconds}
+    record = write_run_info(out, cfg, "run", {"stages_run": cache.ran, "stages_reused": cache.reused, **timings})
     results = {"rows": rows, "config": to_dict(cfg), "versions": record["versions"], "hardware": record["hardware"],
-               "git_commit": record["git_commit"], "seeds": cfg.study.seeds, "stage_seconds": wall,
+               "git_commit": record["git_commit"], "seeds": cfg.study.seeds, **timings,
                "caption_quality": quality, "wall_seconds": round(time.time() - t0, 2)}
     atomic_write_json(out / "results.json", results)
     from .report.build import build_report
@@ -193,7 +195,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     return results
 
 
-def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: bool, log,
+def _data_stages(cfg: Config, out: Path, cache: StageCache, progress: bool, log,
                  given_folder: Path | None = None) -> tuple[dict, dict]:
     """1. the world; 2. the captioner on the curated split, the recaptioned pool and its caption quality.
     With a method that reads another captioner's captions (STUDY_CAPTIONERS, e.g. captions-only), that captioner
@@ -214,8 +216,7 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
     # others exist, so later keys do not): a study that needs the curated split later generates only that one
     stage_key = world_key if splits == SPLITS else cache.key(world_key, list(splits))
     log("[1/5] world")
-    info = cache.run("world", stage_key, None, timed("world", lambda: build_world(cfg, world_dir, progress=progress,
-                                                                                  splits=splits)))
+    info = cache.run("world", stage_key, None, lambda: build_world(cfg, world_dir, progress=progress, splits=splits))
     log("      " + summary_line(info, None if "world" in cache.ran else world_dir))
     if not (out / "world_preview.png").is_file():
         write_preview(world_dir, out / "world_preview.png")
@@ -239,8 +240,8 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
         else:
             spec, pretrained, cid = f"local-dir:{cap_dir / 'model'}", None, CAPTIONER_ID
             captioner_key = cache.key("captioner", world_key, asdict(ccfg.captioner), cfg.seed)
-            cap = cache.run(f"captioner{suffix}", captioner_key, cap_dir, timed(
-                f"captioner{suffix}", lambda: train_captioner(ccfg, world_dir / "curated", cap_dir, progress)))
+            cap = cache.run(f"captioner{suffix}", captioner_key, cap_dir,
+                            lambda: train_captioner(ccfg, world_dir / "curated", cap_dir, progress))
             log(f"      captioner{suffix}: {cap['steps']} steps, caption loss {cap['caption_loss']:.3f}")
         recaption_keys[variant] = cache.key("recaption", captioner_key, study.captions_per_image,
                                             study.caption_sampling, study.caption_beams)
@@ -253,8 +254,7 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, timed, progress: boo
             s["quality"] = dataset_quality(pool_dir, max_samples=2000)
             return {k: v for k, v in s.items() if k != "skips"}
 
-        rec = cache.run(f"recaption{suffix}", recaption_keys[variant], pool_dir, timed(f"recaption{suffix}",
-                                                                                      do_recaption))
+        rec = cache.run(f"recaption{suffix}", recaption_keys[variant], pool_dir, do_recaption)
         for kind, q in rec["quality"].items():
             if variant != "main" and not kind.startswith("synthetic"):
                 continue  # raw and reference are the same pool's
@@ -288,7 +288,7 @@ def captioned_pool(variant: str) -> str:
 
 
 def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: Path, world_dir: Path,
-                    keys: dict, cache: StageCache, timed, progress: bool) -> tuple[str, str, list[dict]]:
+                    keys: dict, cache: StageCache, progress: bool) -> tuple[str, str, list[dict]]:
     """3. pretrain one (encoder, method, seed): returns the encoder spec for transfer, the stage's cache key
     (transfer depends on it) and the CLIP run's retrieval / zero-shot rows."""
     from .evaluate.retrieval import retrieval_metrics
@@ -307,8 +307,8 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
     if method.kind == "baseline":
         pretrain_key = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain, text_tower=False),
                                  model_cfg, seed)
-        cache.run(stage, pretrain_key, run_dir, timed(f"pretrain {tag}", lambda: train_baseline(
-            mcfg, method.name, world_dir / method.split, run_dir, progress)))
+        cache.run(stage, pretrain_key, run_dir, lambda: train_baseline(
+            mcfg, method.name, world_dir / method.split, run_dir, progress), label=f"pretrain {tag}")
         return str(run_dir), pretrain_key, []
     data = out / captioned_pool(method.captioner) if method.captioner else world_dir / "pool"
     pretrain_key = cache.key("pretrain", method.name,
@@ -322,14 +322,14 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
         r["zeroshot"] = zero_shot_classification(b, world_dir / "val")
         return r
 
-    r = cache.run(stage, pretrain_key, run_dir, timed(f"pretrain {tag}", do_pretrain))
+    r = cache.run(stage, pretrain_key, run_dir, do_pretrain, label=f"pretrain {tag}")
     rows = [{"method": method.name, "encoder": enc, "task": task, "data_fraction": 1.0, "seed": seed,
              "metrics": r[task]} for task in ("retrieval", "zeroshot")]
     return str(run_dir), pretrain_key, rows
 
 
 def _transfer_stage(mcfg: Config, spec: str, pretrain_key: str, enc: str, method: str, tag: str, out: Path,
-                    world_dir: Path, cache: StageCache, timed, progress: bool, log) -> list[dict]:
+                    world_dir: Path, cache: StageCache, progress: bool, log) -> list[dict]:
     """4. transfer one encoder to every task at every labelled fraction; the tasks share its frozen features."""
     from .transfer.run import FeatureMemo, run_transfer
 
@@ -339,8 +339,8 @@ def _transfer_stage(mcfg: Config, spec: str, pretrain_key: str, enc: str, method
         t_dir = study_run_dir(out, "transfer", mcfg.seed, enc, method, task)
         transfer_key = cache.key("transfer", pretrain_key, transfer_result_keys(tcfg.transfer), mcfg.seed)
         r = cache.run(f"transfer-{tag.replace('/', '-')}-{task}", transfer_key, t_dir,
-                      timed(f"transfer {tag} {task}",
-                            lambda: run_transfer(tcfg, spec, world_dir, t_dir, progress, memo)))
+                      lambda: run_transfer(tcfg, spec, world_dir, t_dir, progress, memo),
+                      label=f"transfer {tag} {task}")
         for x in r["results"]:
             rows.append({"method": method, "encoder": enc, "task": task, "data_fraction": x["data_fraction"],
                          "seed": mcfg.seed, "metrics": x["metrics"],
