@@ -125,7 +125,8 @@ def test_the_study_ties_every_image_size_to_the_worlds():
 
 
 def test_a_preset_edited_in_place_does_not_reuse_its_old_stages(tmp_path, monkeypatch):
-    """The stage cache keys a model by its config's content, not its name: a changed preset retrains."""
+    """The stage cache keys a model by its config's content, not its name: a changed preset retrains. And by the
+    world: random init's transfer rows are not reused from another world."""
     import copy
 
     import open_clip
@@ -138,18 +139,20 @@ def test_a_preset_edited_in_place_does_not_reuse_its_old_stages(tmp_path, monkey
 
     cfg = load_config(ROOT / "configs" / "demo.yaml")
 
-    def keys() -> list[str]:
+    def keys(world: str = "w") -> list[str]:
         cache, out = Recorder(tmp_path, fresh=False), []
         for name in ("random", "clip-raw", "mim"):
             m = study_method(name, cfg.study.mix_p)
             mcfg = method_config(cfg, "qclip-mci-tiny", m, 0)
             k = _pretrain_stage(mcfg, m, "qclip-mci-tiny", f"seed0/{name}", tmp_path, tmp_path / "world",
-                                {"world": "w", "recaption": {}}, cache, False)[1]
+                                {"world": world, "recaption": {}}, cache, False)[1]
             out.append(k)
         return out
 
     before = keys()
     assert before == keys()  # the same config: the same keys
+    # another world: every stage key changes, random init's too (it keys the transfers, which read the world)
+    assert all(a != b for a, b in zip(before, keys("w2")))
     edited = copy.deepcopy(open_clip.get_model_config("qclip-mci-tiny"))
     edited["text_cfg"]["layers"] += 1
     monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "qclip-mci-tiny", edited)

@@ -301,7 +301,9 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
     # the model by content, not by name: a preset edited in place (e.g. its text tower) must not reuse old stages
     model_cfg = resolve_model_cfg(mcfg.pretrain.model, mcfg.pretrain.text_tower, mcfg.pretrain.image_size)[1]
     if method.kind == "random":
-        return f"random:{enc}", cache.key("random", enc, model_cfg["vision_cfg"]), []
+        # the untrained tower is the same in every world, but the key also keys its transfers, which read the
+        # world's labelled splits: without the world, a study re-run in another world reused the old world's rows
+        return f"random:{enc}", cache.key("random", enc, model_cfg["vision_cfg"], keys["world"]), []
     run_dir, seed = study_run_dir(out, "pretrain", mcfg.seed, enc, method.name), mcfg.seed
     stage = f"pretrain-{tag.replace('/', '-')}"
     if method.kind == "baseline":
