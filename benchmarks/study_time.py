@@ -24,6 +24,14 @@ from pathlib import Path
 from qclip_cli import ROOT, qclip  # benchmarks/qclip_cli.py, beside this script
 
 
+def by_kind(stages: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage kind: the first word of a stage's name (world, captioner, recaption, pretrain, transfer)."""
+    kinds: dict[str, float] = defaultdict(float)
+    for name, s in stages.items():
+        kinds[name.split()[0]] += s
+    return kinds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
@@ -50,9 +58,7 @@ def main() -> None:
     print(f"{'stage':<52}{'seconds':>10}")
     for name, s in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"{name:<52}{s:>10.1f}")
-    kinds: dict[str, float] = defaultdict(float)
-    for name, s in stages.items():
-        kinds[name.split()[0]] += s
+    kinds = by_kind(stages)
     total = wall if wall is not None else res["wall_seconds"]
     kinds["rest (evaluation, report, start-up)"] = total - sum(stages.values())
     print(f"\n{'stage kind':<40}{'seconds':>10}{'share':>8}")
@@ -61,10 +67,7 @@ def main() -> None:
     cached: dict[str, float] = res.get("stage_seconds_cached", {})
     if cached:
         print(f"\n{len(cached)} stages from the stage cache, not in the total above; seconds when they ran:")
-        cached_kinds: dict[str, float] = defaultdict(float)
-        for name, s in cached.items():
-            cached_kinds[name.split()[0]] += s
-        for k, s in sorted(cached_kinds.items(), key=lambda kv: -kv[1]):
+        for k, s in sorted(by_kind(cached).items(), key=lambda kv: -kv[1]):
             print(f"{k:<40}{s:>10.1f}")
         print(f"{'sum':<40}{sum(cached.values()):>10.1f}")
     target_s = args.target_minutes * 60
