@@ -24,7 +24,7 @@ from qclip_cli import ROOT  # benchmarks/qclip_cli.py, beside this script
 
 sys.path.insert(0, str(ROOT / "src"))
 from qclip.models import create_clip  # noqa: E402
-from qclip.optim import memory_format  # noqa: E402
+from qclip.optim import to_memory_format  # noqa: E402
 
 SETTINGS = ("eager", "channels_last", "compile", "channels_last+compile", "bf16")
 
@@ -32,8 +32,7 @@ SETTINGS = ("eager", "channels_last", "compile", "channels_last+compile", "bf16"
 def step_times(model_name: str, setting: str, batch: int, steps: int, size: int = 64) -> list[float]:
     torch.manual_seed(0)
     model = create_clip(model_name, output_dict=True).model
-    fmt = memory_format("channels_last" in setting)  # what pretrain.channels_last does
-    model.to(memory_format=fmt)
+    fmt = to_memory_format(model, "channels_last" in setting)  # what pretrain.channels_last does
     fwd = torch.compile(model) if "compile" in setting else model
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if setting == "bf16" else contextlib.nullcontext()
     opt = torch.optim.AdamW(model.parameters(), 1e-3, fused=True)

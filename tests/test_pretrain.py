@@ -88,6 +88,30 @@ def test_channels_last_changes_speed_not_the_result(world, tmp_path):
     assert losses[True] == pytest.approx(losses[False], rel=1e-4), losses
 
 
+def test_channels_last_gradients_equal_nchw():
+    """The MCi's weight gradients in NHWC equal NCHW's. Its stem's strided 1x1 shortcut (3 input channels) stays
+    NCHW: oneDNN's NHWC kernel for that shape corrupts the heap on an AVX2 CPU (this test then aborts) and is
+    the same code on AVX-512 (uxlfoundation/oneDNN #6035)."""
+    from qclip.optim import to_memory_format
+
+    x = torch.randn(8, 3, 64, 64)
+    grads = {}
+    for cl in (True, False):
+        torch.manual_seed(0)
+        visual = create_clip("qclip-mci-tiny").model.visual
+        fmt = to_memory_format(visual, cl)
+        visual(x.contiguous(memory_format=fmt)).square().mean().backward()
+        grads[cl] = {n: p.grad for n, p in visual.named_parameters()}
+        if cl:
+            shortcut = visual.trunk.stem[0].conv_scale.conv
+            assert shortcut.kernel_size == (1, 1) and shortcut.stride == (2, 2) and shortcut.in_channels == 3
+            assert shortcut.weight.is_contiguous()  # kept NCHW
+            assert visual.trunk.stem[0].conv_kxk[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    scale = max(g.abs().max().item() for g in grads[False].values())
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-3, atol=1e-5 * scale, msg=name)
+
+
 def _run(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "qclip", "pretrain", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)

@@ -32,10 +32,34 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def memory_format(channels_last: bool) -> torch.memory_format:
-    """`pretrain.channels_last`: NHWC weights and images, which oneDNN's CPU convolutions run faster (the MCi's
-    step 0.270 -> 0.178 s, benchmarks/train_step.py); a no-op for 2-d weights (the text tower, a ViT's blocks)."""
-    return torch.channels_last if channels_last else torch.contiguous_format
+def to_memory_format(module: torch.nn.Module, channels_last: bool) -> torch.memory_format:
+    """`pretrain.channels_last`: put `module`'s convolution weights in NHWC, which oneDNN's CPU convolutions run
+    faster (the MCi's step 0.270 -> 0.178 s on an AVX-512 Xeon, benchmarks/train_step.py; level on an AVX2 EPYC),
+    and return the memory format its image batches take. A no-op for 2-d weights (the text tower, a ViT's blocks).
+
+    One exception stays NCHW: a strided 1x1 convolution with fewer than 16 input channels per group (the MCi
+    stem's 3 -> 32 shortcut). oneDNN's NHWC 1x1 backward-weights kernel writes past its stride-reduction buffer
+    when the input channels are fewer than its channel block (8 on AVX2, 16 on AVX-512; uxlfoundation/oneDNN
+    #6035): with torch 2.14.1 on an AVX2 CPU the first backward step aborts with heap corruption. Its input and
+    output are converted around it (forward hooks: the state dict and the arithmetic are unchanged)."""
+    if not channels_last:
+        return torch.contiguous_format
+    module.to(memory_format=torch.channels_last)
+    for conv in module.modules():
+        if isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (1, 1) and max(conv.stride) > 1 \
+                and conv.in_channels // conv.groups < 16:
+            conv.to(memory_format=torch.contiguous_format)
+            conv.register_forward_pre_hook(_nchw_input)
+            conv.register_forward_hook(_nhwc_output)
+    return torch.channels_last
+
+
+def _nchw_input(conv: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
+
+
+def _nhwc_output(conv: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    return out.contiguous(memory_format=torch.channels_last)
 
 
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator):

@@ -41,7 +41,7 @@ from ..data.world_shards import world_shapes
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir
 from ..models.dense_encoder import DenseEncoder
-from ..optim import adamw, epoch_batches, lr_lambda, memory_format, optimizer_step, param_groups
+from ..optim import adamw, epoch_batches, lr_lambda, optimizer_step, param_groups, to_memory_format
 from ..provenance import write_run_info
 from .shard_dataset import seeded_cpu_rng
 
@@ -203,8 +203,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     images, labels = _load_pool(data, labels_of, tc.require_raw_caption and method != "boxes", size, shapes)
     transform = bundle.preprocess_val if method == "boxes" else bundle.preprocess_train
     params = nn.ModuleList([model.visual, head])
-    image_format = memory_format(tc.channels_last)
-    params.to(memory_format=image_format)  # as pretraining (pretrain.channels_last)
+    image_format = to_memory_format(params, tc.channels_last)  # as pretraining (pretrain.channels_last)
     opt = adamw(param_groups(params, tc.weight_decay), tc.lr, (tc.beta1, tc.beta2), tc.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
     write_run_info(out, cfg, f"baseline-{method}", {"data": str(data), "samples": len(images),

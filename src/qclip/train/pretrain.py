@@ -37,11 +37,11 @@ from ..optim import (
     adamw,
     load_checkpoint,
     lr_lambda,
-    memory_format,
     optimizer_step,
     param_groups,
     prune_checkpoints,
     save_checkpoint,
+    to_memory_format,
 )
 from ..provenance import write_run_info
 from .losses import build_loss, contrastive_loss
@@ -218,8 +218,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     model = bundle.model
     if tc.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    image_format = memory_format(tc.channels_last)
-    model.to(memory_format=image_format)  # 4-d weights only: the text tower is unchanged
+    image_format = to_memory_format(model, tc.channels_last)  # 4-d weights only: the text tower is unchanged
 
     # data: this rank's shards, the caption policy applied when indexing
     policy = CaptionPolicy.parse(tc.caption_policy)
