@@ -104,8 +104,9 @@ class PretrainConfig:
     # SimMIM (the MCi's masked image modeling baseline): the side of a masked square in pixels, 60% of them masked
     mim_mask_patch: int = 8
     compile: bool = False
-    # convolution weights and images in NHWC: an MCi step 0.270 -> 0.178 s on 2 CPU cores, a ViT's unchanged
-    # (benchmarks/train_step.py; benchmarks/RESULTS.md, run H); as timm's --channels-last
+    # convolution weights and images in NHWC: an MCi step 0.270 -> 0.178 s on an AVX-512 Xeon's 2 cores, level on
+    # an AVX2 EPYC's, a ViT's unchanged (benchmarks/train_step.py; benchmarks/RESULTS.md, run H); as timm's
+    # --channels-last. Strided 1x1 convolutions with few input channels stay NCHW (qclip.optim.to_memory_format)
     channels_last: bool = True
     workers: int = 2
     cache_mb: float = 512.0  # decoded images + tokenized captions kept per loader worker (a small dataset: once)
