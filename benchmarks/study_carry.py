@@ -42,14 +42,14 @@ def pack(run: Path, dest: Path) -> None:
     records = finished_stages(run)
     if not records:
         raise SystemExit(f"{run}/stages has no finished pretraining or transfer stage to carry")
-    first_seed = min(int(r.stem.split("-")[1].removeprefix("seed")) for r in records)
+    seeds = sorted({r.stem.split("-")[1] for r in records}, key=lambda s: int(s.removeprefix("seed")))
     (dest / "stages").mkdir(parents=True, exist_ok=True)
     for r in records:
         shutil.copy2(r, dest / "stages" / r.name)
         src = stage_dir(run, r.stem)
         if not src.is_dir():
             continue  # random init pretrains nothing
-        keep_predictions = f"seed{first_seed}" == src.parent.name  # ~0.7 MB per method
+        keep_predictions = seeds[0] == src.parent.name  # ~0.7 MB per method
         for f in sorted(p for p in src.rglob("*") if p.is_file()):
             rel = f.relative_to(run)
             if (f.suffix in HEAVY or "checkpoints" in rel.parts or "model" in rel.parts or "tb" in rel.parts
@@ -57,16 +57,14 @@ def pack(run: Path, dest: Path) -> None:
                 continue
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dest / rel)
-    for name in ("world_preview.png",):
-        if (run / name).is_file():
-            shutil.copy2(run / name, dest / name)
+    if (run / "world_preview.png").is_file():
+        shutil.copy2(run / "world_preview.png", dest / "world_preview.png")
     lines = []
     for d in DATA_DIRS:
         # the shards (tar members carry a fixed mtime); manifests are left out: they record when they were written
         for f in sorted((run / d).rglob("*.tar")):
             lines.append(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(run).as_posix()}")
     (dest / "data.sha256").write_text("\n".join(lines) + "\n")
-    seeds = sorted({r.stem.split("-")[1] for r in records})
     (dest / "carried.json").write_text(json.dumps({"from": str(run), "stages": [r.stem for r in records],
                                                    "seeds": seeds}, indent=1) + "\n")
     print(f"carried {len(records)} finished stages ({', '.join(seeds)}) of {run} to {dest}; "
