@@ -68,13 +68,46 @@ def test_a_mim_mask_patch_that_does_not_divide_the_image_fails_before_any_stage(
                                          "pretrain.mim_mask_patch=12"]))
 
 
-@pytest.mark.parametrize("model, objective", [("qclip-vit-tiny", "mae"), ("qclip-mci-tiny", "simmim")])
-def test_mim_baseline_picks_its_objective_and_writes_a_model(world_dir, tmp_path, model, objective):
-    cfg = load_config(None, [f"pretrain.model={model}", "pretrain.steps=3", "pretrain.batch_size=8", "pretrain.warmup_steps=1"])
+@pytest.mark.parametrize("model, hierarchical, objective", [("qclip-vit-tiny", "spark", "mae"),
+                                                               ("qclip-mci-tiny", "simmim", "simmim"),
+                                                               ("qclip-mci-tiny", "spark", "spark")])
+def test_mim_baseline_picks_its_objective_and_writes_a_model(world_dir, tmp_path, model, hierarchical, objective):
+    cfg = load_config(None, [f"pretrain.model={model}", "pretrain.steps=3", "pretrain.batch_size=8",
+                             "pretrain.warmup_steps=1", f"pretrain.mim_hierarchical={hierarchical}"])
     s = train_baseline(cfg, "mim", world_dir / "pool", tmp_path / "run", progress=False)
     assert s["objective"] == objective and np.isfinite(s["final_loss"])
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["objective"] == objective
     assert (tmp_path / "run" / "model" / "open_clip_config.json").is_file()
+
+
+def test_spark_keeps_masked_cells_empty_in_the_fine_stages_and_leaves_a_dense_tower():
+    from qclip.models.dense_encoder import DenseEncoder
+    from qclip.train.baselines import SparKDecoder, cell_visibility, sparse_stage_hooks
+
+    torch.manual_seed(0)
+    visual = create_clip("qclip-mci-tiny").model.visual.eval()
+    enc = DenseEncoder(visual, "random:qclip-mci-tiny", "qclip-mci-tiny", 64, levels=4)
+    assert enc.info.reductions == [4, 8, 16, 32]
+    x = torch.randn(2, 3, 64, 64)
+    dense = [f.clone() for f in enc(x)]
+    mask = random_patch_mask(2, 64, 8, torch.Generator().manual_seed(1))
+    visible = cell_visibility(mask, enc.info.reductions, 8)
+    assert visible[2] is None and visible[3] is None  # 16- and 32-px cells mix masked and visible pixels
+    state = {"mask": mask}
+    hooks = sparse_stage_hooks(visual, enc.info.reductions, 8, state)
+    assert len(hooks) == 3  # the stem (stride 4), stage 0 (4), stage 1 (8)
+    with torch.no_grad():
+        feats = enc(x * (1 - mask))
+    for f, v in zip(feats[:2], visible[:2]):
+        assert (f * (1 - v)).abs().max() == 0 and (f * v).abs().max() > 0
+    pred = SparKDecoder(enc.info.channels, enc.info.reductions)(feats, visible)
+    assert pred.shape == x.shape
+    for h in hooks:
+        h.remove()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(enc(x), dense))  # no hook left behind
+    with pytest.raises(ValueError, match="mim_hierarchical=simmim"):
+        sparse_stage_hooks(create_clip("qclip-vit-tiny").model.visual, [4, 8, 16, 32], 8, state)
 
 
 def test_box_targets_label_the_cells_a_box_covers():

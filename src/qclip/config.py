@@ -103,6 +103,10 @@ class PretrainConfig:
     grad_checkpointing: bool = False
     # SimMIM (the MCi's masked image modeling baseline): the side of a masked square in pixels, 60% of them masked
     mim_mask_patch: int = 8
+    # masked image modeling for hierarchical towers (ViTs always get MAE): simmim (a 1x1 conv on the deepest map,
+    # L1 on masked pixels) | spark (SparK: masked cells kept empty through the early stages, a light UNet over every
+    # level with mask tokens, per-square normalised pixels; benchmarks/RESULTS.md, "SparK for the MCi")
+    mim_hierarchical: str = "simmim"
     compile: bool = False
     # convolution weights and images in NHWC: an MCi step 0.270 -> 0.178 s on an AVX-512 Xeon's 2 cores, level on
     # an AVX2 EPYC's, a ViT's unchanged (benchmarks/train_step.py; benchmarks/RESULTS.md, run H); as timm's
@@ -125,7 +129,7 @@ PERFORMANCE_KEYS = ("workers", "cache_mb", "threads", "log_every", "checkpoint_e
 
 # pretrain.* keys added after runs were cached, with the value that reproduces those runs: at that value a key is
 # left out of result_keys, so older stage caches and run folders keep matching
-NEUTRAL_KEYS = {"text_lr_mult": 1.0, "mim_mask_patch": 8}
+NEUTRAL_KEYS = {"text_lr_mult": 1.0, "mim_mask_patch": 8, "mim_hierarchical": "simmim"}
 
 
 # pretrain.* keys that act on the text tower only: a tower trained without one (the baselines) ignores them.
@@ -133,7 +137,7 @@ NEUTRAL_KEYS = {"text_lr_mult": 1.0, "mim_mask_patch": 8}
 TEXT_ONLY_KEYS = ("text_lr_mult",)
 
 # pretrain.* keys that only masked image modeling reads: a CLIP run ignores them
-MIM_ONLY_KEYS = ("mim_mask_patch",)
+MIM_ONLY_KEYS = ("mim_mask_patch", "mim_hierarchical")
 
 
 def transfer_result_keys(transfer: TransferConfig) -> dict:
@@ -520,6 +524,7 @@ def validate(cfg: Config) -> None:
          "pretrain.batch_size must be a multiple of pretrain.accum_steps"),
         (cfg.pretrain.steps >= 1, "pretrain.steps must be >= 1"),
         (cfg.pretrain.mim_mask_patch >= 1, "pretrain.mim_mask_patch must be >= 1 (pixels)"),
+        (cfg.pretrain.mim_hierarchical in ("simmim", "spark"), "pretrain.mim_hierarchical must be 'simmim' or 'spark'"),
         (cfg.pretrain.loss in ("clip", "siglip"), "pretrain.loss must be 'clip' or 'siglip'"),
         (0.0 <= cfg.pretrain.distill_weight <= 1.0, "pretrain.distill_weight must be in [0, 1]"),
         (cfg.pretrain.distill_weight == 0 or cfg.pretrain.loss == "clip", "distillation needs pretrain.loss=clip"),

@@ -12,7 +12,12 @@ CLIP pretraining (`pretrain.*`), so methods differ only in their training signal
   patch's pixels (normalised per patch), MSE on the dropped patches. Hierarchical towers (MCi/FastViT) cannot
   drop tokens, so they get SimMIM (Xie et al., 2022): random 8x8 patches of the input are replaced by zeros
   (the normalised mean), a 1x1 conv + pixel shuffle on the deepest feature map predicts the pixels, L1 loss
-  on the masked pixels only. `summary.json` records which (`objective`).
+  on the masked pixels only. With `pretrain.mim_hierarchical=spark` they get SparK (Tian et al., 2023), masked
+  modeling built for convolutions: the masked cells are kept empty (zero) after the stem and every stage whose
+  cells lie inside one masked square (dense convolutions standing in for sparse ones, as SparK and ConvNeXt V2's
+  FCMAE do), and a light UNet decoder merges every level top-down, masked cells filled with a learned mask token
+  per level, to predict each masked square's pixels normalised per square (MSE). `summary.json` records which
+  (`objective`).
 
 Every baseline sees the same images through the same random-resized-crop transform as CLIP pretraining
 (`preprocess_train`), and with `pretrain.require_raw_caption` the same subset of the pool.
@@ -121,6 +126,57 @@ class SimMIMDecoder(nn.Module):
         return F.pixel_shuffle(self.proj(feat), self.stride)
 
 
+class SparKDecoder(nn.Module):
+    """SparK's hierarchical decoder: each level "densified" (its masked cells set to a learned mask token, then a
+    1x1 projection), merged top-down from the deepest (upsample, add, 3x3 conv block), pixels predicted at the
+    finest level's stride by a 1x1 conv + pixel shuffle."""
+
+    def __init__(self, channels: list[int], reductions: list[int], width: int = 64) -> None:
+        super().__init__()
+        self.stride = reductions[0]
+        self.mask_tokens = nn.ParameterList([nn.Parameter(torch.zeros(1, c, 1, 1)) for c in channels])
+        for t in self.mask_tokens:
+            nn.init.trunc_normal_(t, std=0.02)
+        self.densify = nn.ModuleList([nn.Conv2d(c, width, 1) for c in channels])
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False),
+                                                   nn.BatchNorm2d(width), nn.ReLU6()) for _ in channels])
+        self.pred = nn.Conv2d(width, 3 * self.stride * self.stride, 1)
+
+    def forward(self, feats: list[torch.Tensor], visible: list[torch.Tensor | None]) -> torch.Tensor:
+        x = None
+        for i in reversed(range(len(feats))):
+            f = feats[i]
+            if visible[i] is not None:  # a level whose cells each lie inside one square: fill the masked ones
+                f = f * visible[i] + self.mask_tokens[i] * (1 - visible[i])
+            f = self.densify[i](f)
+            x = f if x is None else F.interpolate(x, size=f.shape[-2:], mode="nearest") + f
+            x = self.blocks[i](x)
+        return F.pixel_shuffle(self.pred(x), self.stride)
+
+
+def cell_visibility(mask: torch.Tensor, reductions: list[int], patch: int) -> list[torch.Tensor | None]:
+    """Per level, (n, 1, h, w) with 1 where the cell is visible, for levels whose stride divides the masked
+    square's side (each cell inside one square); None for coarser levels, whose cells mix masked and visible."""
+    return [1 - F.max_pool2d(mask, r) if patch % r == 0 else None for r in reductions]
+
+
+def sparse_stage_hooks(visual: nn.Module, reductions: list[int], patch: int, state: dict) -> list:
+    """Forward hooks that zero the masked cells of the stem's and each fine stage's output (`state["mask"]`, the
+    current batch's pixel mask): SparK's sparse convolution, emulated on a dense tower. Returns the handles."""
+    trunk = getattr(visual, "trunk", visual)
+    if not (hasattr(trunk, "stem") and hasattr(trunk, "stages") and len(trunk.stages) == len(reductions)):
+        raise ValueError(f"pretrain.mim_hierarchical=spark needs a timm tower with `stem` and one `stages` entry per "
+                         f"level ({type(trunk).__name__} has not); use pretrain.mim_hierarchical=simmim")
+
+    def hook(stride: int):
+        def zero_masked(module: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+            return out * (1 - F.max_pool2d(state["mask"], stride)).to(out.dtype)
+        return zero_masked
+
+    modules = [(trunk.stem, reductions[0])] + list(zip(trunk.stages, reductions))
+    return [m.register_forward_hook(hook(r)) for m, r in modules if patch % r == 0]
+
+
 def is_open_clip_vit(visual: nn.Module) -> bool:
     return all(hasattr(visual, a) for a in ("conv1", "class_embedding", "positional_embedding", "transformer"))
 
@@ -195,6 +251,11 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     elif is_open_clip_vit(model.visual):
         objective, patch = "mae", bundle.model_cfg["vision_cfg"]["patch_size"]
         head = MAEDecoder(model.visual.transformer.width, patch, size // patch)
+    elif tc.mim_hierarchical == "spark":
+        objective, mask_state = "spark", {}
+        encoder = DenseEncoder(model.visual, f"random:{tc.model}", tc.model, size, levels=4)
+        head = SparKDecoder(encoder.info.channels, encoder.info.reductions)
+        hooks = sparse_stage_hooks(model.visual, encoder.info.reductions, tc.mim_mask_patch, mask_state)
     else:
         objective = "simmim"
         head = SimMIMDecoder(encoder.info.channels[-1], encoder.info.reductions[-1])
@@ -229,6 +290,14 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
             target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
             masked = torch.ones(target.shape[:2]).scatter(1, keep, 0.0)  # 1 = dropped
             loss = (((head(visible, keep) - target) ** 2).mean(-1) * masked).sum() / masked.sum()
+        elif objective == "spark":
+            mask = mask_state["mask"] = random_patch_mask(len(idx), size, tc.mim_mask_patch, gen)
+            pred = head(encoder(x * (1 - mask)), cell_visibility(mask, encoder.info.reductions, tc.mim_mask_patch))
+            target = patchify(x, tc.mim_mask_patch)
+            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+            masked = patchify(mask, tc.mim_mask_patch)[..., 0]  # 1 = a masked square
+            err = ((patchify(pred, tc.mim_mask_patch) - target) ** 2).mean(-1)
+            loss = (err * masked).sum() / masked.sum().clamp(min=1)
         else:
             mask = random_patch_mask(len(idx), size, tc.mim_mask_patch, gen)
             pred = head(encoder(x * (1 - mask))[-1])
@@ -238,6 +307,9 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
         optimizer_step(opt, sched, params.parameters(), tc.grad_clip)
         metrics.append({"step": step + 1, "loss": loss.item()})
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    if objective == "spark":
+        for h in hooks:  # the saved tower is an ordinary dense one
+            h.remove()
     save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model", bundle.qclip_cfg)
     with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(m) + "\n" for m in metrics)
