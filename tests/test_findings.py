@@ -146,7 +146,9 @@ def test_report_notes_are_written_from_the_runs_config():
     results = {"config": {"study": {"methods": ["clip-raw", "mim"]},
                           "transfer": {"mode": "probe", "steps": 7, "data_fractions": [0.1, 1.0], "val_split": "dev"}}}
     text = notes(results)
-    assert "clip-raw, CLIP on the pool's raw alt-text" in text and "SimMIM" in text
+    assert "clip-raw, CLIP on the pool's raw alt-text" in text and "SimMIM for hierarchical" in text
+    spark = notes({**results, "config": {**results["config"], "pretrain": {"mim_hierarchical": "spark"}}})
+    assert "MAE for ViTs, SparK for hierarchical towers" in spark and "SimMIM" not in spark
     assert "clip-synthetic" not in text and "boxes" not in text  # only the methods this run has
     assert "probe head per labelled fraction (0.1, 1;" in text and "for 7 steps" in text and "'s dev split" in text
 

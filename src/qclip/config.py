@@ -101,7 +101,7 @@ class PretrainConfig:
     grad_clip: float = 1.0  # 0 disables
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     grad_checkpointing: bool = False
-    # SimMIM (the MCi's masked image modeling baseline): the side of a masked square in pixels, 60% of them masked
+    # masked image modeling on a hierarchical tower (SimMIM, SparK): the side of a masked square in pixels, 60% masked
     mim_mask_patch: int = 8
     # masked image modeling for hierarchical towers (ViTs always get MAE): simmim (a 1x1 conv on the deepest map,
     # L1 on masked pixels) | spark (SparK: masked cells kept empty through the early stages, a light UNet over every
@@ -253,7 +253,7 @@ class StudyConfig:
     """`qclip run`: which encoders and methods to compare, on which tasks; every method gets the same pool
     images and the same `pretrain.*` budget. Methods: clip-raw, clip-synthetic, clip-mix (pretrain.caption_policy
     raw / synthetic / mix:mix_p), random (no pretraining), supervised (object labels), mim (MAE for ViTs,
-    SimMIM for hierarchical towers)."""
+    SimMIM or SparK for hierarchical towers: pretrain.mim_hierarchical)."""
 
     encoders: list[str] = field(default_factory=lambda: ["qclip-vit-tiny", "qclip-mci-tiny"])
     methods: list[str] = field(default_factory=lambda: ["clip-raw", "clip-synthetic", "clip-mix", "random",
@@ -324,7 +324,8 @@ STUDY_METHODS: dict[str, StudyMethod] = {m.name: m for m in (
     StudyMethod("clip-reference", "clip", "reference", about="CLIP on the world's reference descriptions (an oracle)"),
     StudyMethod("random", "random", about="the untrained tower"),
     StudyMethod("supervised", "baseline", about="a multi-label classifier of the scene's objects"),
-    StudyMethod("mim", "baseline", about="masked image modeling (MAE for ViTs, SimMIM for hierarchical towers)"),
+    StudyMethod("mim", "baseline",
+                about="masked image modeling (MAE for ViTs, {mim_hierarchical} for hierarchical towers)"),
     # the captioner's box supervision given to the image tower directly: the confound's other arm
     StudyMethod("boxes", "baseline", split="curated",
                 about="a per-cell classifier of the curated split's object boxes (the captioner's region supervision "

@@ -127,11 +127,12 @@ def check_image_sizes(cfg: Config) -> None:
         vision = resolve_model_cfg(enc, t.text_tower)[1]["vision_cfg"]
         model_size = t.image_size or vision.get("image_size", size)
         sizes[f"the image size of {enc} (pretrain.image_size, else its model config)"] = model_size
-        # SimMIM (mim on a tower without ViT patches) masks squares of pretrain.mim_mask_patch px: fail here,
+        # SimMIM and SparK (mim on a tower without ViT patches) mask squares of pretrain.mim_mask_patch px: fail here,
         # not at its first training step after the world, captions and other runs
         if "mim" in cfg.study.methods and "patch_size" not in vision and side(model_size) % t.mim_mask_patch:
             raise ConfigError(f"pretrain.mim_mask_patch = {t.mim_mask_patch} does not divide {enc}'s image size "
-                              f"{side(model_size)}: SimMIM masks whole squares; pick a divisor of {side(model_size)}")
+                              f"{side(model_size)}: masked image modeling masks whole squares; pick a divisor of "
+                              f"{side(model_size)}")
     wrong = [f"{k} = {v}" for k, v in sizes.items() if side(v) != size]
     if wrong:
         raise ConfigError(f"the study uses world.image_size = {size} throughout, but {'; '.join(wrong)}: set them "

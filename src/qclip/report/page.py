@@ -19,8 +19,10 @@ def notes(results: dict) -> str:
               "study sets, only pool images that have alt-text, so every method sees the very same images), the image "
               "tower and its initialisation for a given seed, the augmentation (open_clip's random-resized-crop train "
               "transform, for the baselines too) and the pretraining budget. ")
+    # which masked image modeling a hierarchical tower got (results written before the key: SimMIM)
+    mim = {"spark": "SparK"}.get(cfg.get("pretrain", {}).get("mim_hierarchical", "simmim"), "SimMIM")
     about = "Methods differ only in the training signal: " + "; ".join(
-        f"{m}, {STUDY_METHODS[m].about}" for m in methods) + ". " if methods else ""
+        f"{m}, {STUDY_METHODS[m].about.format(mim_hierarchical=mim)}" for m in methods) + ". " if methods else ""
     fractions = ", ".join(f"{f:g}" for f in transfer.get("data_fractions", []))
     probe = (f"Transfer trains a fresh {transfer.get('mode', '?')} head per labelled fraction ({fractions}; nested "
              f"subsets, the same for every method at a given seed) for {transfer.get('steps', '?')} steps and "
