@@ -49,10 +49,14 @@ def test_simmim_masks_squares_of_the_configured_side(patch):
 def test_mim_mask_patch_keys_the_baseline_not_clip():
     from qclip.config import result_keys
 
-    default, coarse = (load_config(None, [f"pretrain.mim_mask_patch={p}"]).pretrain for p in (8, 16))
-    assert result_keys(default) == result_keys(coarse)  # a CLIP run keeps its stage cache
-    assert result_keys(default, text_tower=False) != result_keys(coarse, text_tower=False)
-    assert "mim_mask_patch" not in result_keys(default, text_tower=False)  # baselines cached before the key match
+    default, coarse, spark = (load_config(None, [o]).pretrain for o in (
+        "pretrain.mim_mask_patch=8", "pretrain.mim_mask_patch=16", "pretrain.mim_hierarchical=spark"))
+    for other in (coarse, spark):
+        assert result_keys(default) == result_keys(other)  # a CLIP run keeps its stage cache
+        assert result_keys(default, text_tower=False) == result_keys(other, text_tower=False)  # supervised too
+        assert result_keys(default, text_tower=False, masked=True) != result_keys(other, text_tower=False, masked=True)
+    # masked image modeling cached before the keys existed still matches
+    assert not {"mim_mask_patch", "mim_hierarchical"} & set(result_keys(default, text_tower=False, masked=True))
 
 
 def test_a_mim_mask_patch_that_does_not_divide_the_image_fails_before_any_stage():

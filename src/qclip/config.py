@@ -167,12 +167,12 @@ def world_result_keys(world: WorldConfig) -> dict:
     return without_neutral_world_keys(dataclasses.asdict(world))
 
 
-def result_keys(train: PretrainConfig, text_tower: bool = True) -> dict:
-    """The pretrain.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS): for a CLIP run
-    (text_tower=True) without MIM_ONLY_KEYS, for a run without a text tower without TEXT_ONLY_KEYS."""
+def result_keys(train: PretrainConfig, text_tower: bool = True, masked: bool = False) -> dict:
+    """The pretrain.* settings that decide a pretraining's result (all but PERFORMANCE_KEYS): TEXT_ONLY_KEYS only
+    for a run with a text tower (CLIP), MIM_ONLY_KEYS only for masked image modeling (`masked`)."""
     return {k: v for k, v in dataclasses.asdict(train).items()
             if k not in PERFORMANCE_KEYS and not (k in NEUTRAL_KEYS and v == NEUTRAL_KEYS[k])
-            and k not in (MIM_ONLY_KEYS if text_tower else TEXT_ONLY_KEYS)}
+            and (text_tower or k not in TEXT_ONLY_KEYS) and (masked or k not in MIM_ONLY_KEYS)}
 
 
 @dataclass

@@ -308,7 +308,9 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
     run_dir, seed = study_run_dir(out, "pretrain", mcfg.seed, enc, method.name), mcfg.seed
     stage = f"pretrain-{tag.replace('/', '-')}"
     if method.kind == "baseline":
-        pretrain_key = cache.key("baseline", method.name, keys["world"], result_keys(mcfg.pretrain, text_tower=False),
+        # a supervised run ignores the masked-modeling keys: changing them re-runs only masked image modeling
+        pretrain_key = cache.key("baseline", method.name, keys["world"],
+                                 result_keys(mcfg.pretrain, text_tower=False, masked=method.name == "mim"),
                                  model_cfg, seed)
         cache.run(stage, pretrain_key, run_dir, lambda: train_baseline(
             mcfg, method.name, world_dir / method.split, run_dir, progress), label=f"pretrain {tag}")
