@@ -97,7 +97,7 @@ def test_spark_keeps_masked_cells_empty_in_the_fine_stages_and_leaves_a_dense_to
     mask = random_patch_mask(2, 64, 8, torch.Generator().manual_seed(1))
     visible = cell_visibility(mask, enc.info.reductions, 8)
     assert visible[2] is None and visible[3] is None  # 16- and 32-px cells mix masked and visible pixels
-    state = {"mask": mask}
+    state = {"visible": visible}
     hooks = sparse_stage_hooks(visual, enc.info.reductions, 8, state)
     assert len(hooks) == 3  # the stem (stride 4), stage 0 (4), stage 1 (8)
     with torch.no_grad():

@@ -161,20 +161,21 @@ def cell_visibility(mask: torch.Tensor, reductions: list[int], patch: int) -> li
 
 
 def sparse_stage_hooks(visual: nn.Module, reductions: list[int], patch: int, state: dict) -> list:
-    """Forward hooks that zero the masked cells of the stem's and each fine stage's output (`state["mask"]`, the
-    current batch's pixel mask): SparK's sparse convolution, emulated on a dense tower. Returns the handles."""
+    """Forward hooks that zero the masked cells of the stem's and each fine stage's output (`state["visible"]`,
+    the current batch's `cell_visibility`): SparK's sparse convolution, emulated on a dense tower. Returns the
+    handles."""
     trunk = getattr(visual, "trunk", visual)
     if not (hasattr(trunk, "stem") and hasattr(trunk, "stages") and len(trunk.stages) == len(reductions)):
         raise ValueError(f"pretrain.mim_hierarchical=spark needs a timm tower with `stem` and one `stages` entry per "
                          f"level ({type(trunk).__name__} has not); use pretrain.mim_hierarchical=simmim")
 
-    def hook(stride: int):
+    def hook(level: int):
         def zero_masked(module: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
-            return out * (1 - F.max_pool2d(state["mask"], stride)).to(out.dtype)
+            return out * state["visible"][level].to(out.dtype)
         return zero_masked
 
-    modules = [(trunk.stem, reductions[0])] + list(zip(trunk.stages, reductions))
-    return [m.register_forward_hook(hook(r)) for m, r in modules if patch % r == 0]
+    modules = [(trunk.stem, 0)] + list(zip(trunk.stages, range(len(reductions))))  # the stem at level 0's stride
+    return [m.register_forward_hook(hook(i)) for m, i in modules if patch % reductions[i] == 0]
 
 
 def is_open_clip_vit(visual: nn.Module) -> bool:
@@ -213,6 +214,12 @@ def mae_encode(visual: nn.Module, x: torch.Tensor, ratio: float, gen: torch.Gene
     cls = (visual.class_embedding + pos[0]).expand(b, 1, w)
     t = visual.ln_post(visual.transformer(visual.ln_pre(torch.cat([cls, t], 1))))
     return t[:, 1:], keep
+
+
+def normalised_patches(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """MAE's and SparK's target: each patch's pixels less their mean, over their standard deviation."""
+    t = patchify(x, patch)
+    return (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -286,15 +293,15 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
             loss = F.cross_entropy(logits, target)
         elif objective == "mae":
             visible, keep = mae_encode(model.visual, x, MAE_MASK_RATIO, gen)
-            target = patchify(x, patch)
-            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+            target = normalised_patches(x, patch)
             masked = torch.ones(target.shape[:2]).scatter(1, keep, 0.0)  # 1 = dropped
             loss = (((head(visible, keep) - target) ** 2).mean(-1) * masked).sum() / masked.sum()
         elif objective == "spark":
-            mask = mask_state["mask"] = random_patch_mask(len(idx), size, tc.mim_mask_patch, gen)
-            pred = head(encoder(x * (1 - mask)), cell_visibility(mask, encoder.info.reductions, tc.mim_mask_patch))
-            target = patchify(x, tc.mim_mask_patch)
-            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+            mask = random_patch_mask(len(idx), size, tc.mim_mask_patch, gen)
+            # computed once a step: the hooks and the decoder read the same per-level visibility
+            mask_state["visible"] = cell_visibility(mask, encoder.info.reductions, tc.mim_mask_patch)
+            pred = head(encoder(x * (1 - mask)), mask_state["visible"])
+            target = normalised_patches(x, tc.mim_mask_patch)
             masked = patchify(mask, tc.mim_mask_patch)[..., 0]  # 1 = a masked square
             err = ((patchify(pred, tc.mim_mask_patch) - target) ** 2).mean(-1)
             loss = (err * masked).sum() / masked.sum().clamp(min=1)
