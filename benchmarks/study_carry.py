@@ -32,10 +32,13 @@ def finished_stages(run: Path) -> list[Path]:
             if not r.stem.startswith(DATA_STAGES) and not r.with_suffix(".started").exists()]
 
 
-def stage_dir(run: Path, stage: str) -> Path:
-    """`pretrain-seed0-ENC-METHOD` -> RUN/pretrain/seed0/ENC-METHOD (the study's folder layout)."""
-    kind, seed, rest = stage.split("-", 2)
-    return run / kind / seed / rest
+def stage_dir(run: Path, record: Path) -> Path | None:
+    """The stage's output folder, as the study recorded it (`dir`, relative to the run)."""
+    rec = json.loads(record.read_text())
+    if "dir" not in rec:
+        raise SystemExit(f"{record} predates the stage records' `dir`: re-run the study's command with --out {run} "
+                         f"(every finished stage is reused and its record gains `dir`), then pack again")
+    return run / rec["dir"] if rec["dir"] else None
 
 
 def pack(run: Path, dest: Path) -> None:
@@ -46,8 +49,8 @@ def pack(run: Path, dest: Path) -> None:
     (dest / "stages").mkdir(parents=True, exist_ok=True)
     for r in records:
         shutil.copy2(r, dest / "stages" / r.name)
-        src = stage_dir(run, r.stem)
-        if not src.is_dir():
+        src = stage_dir(run, r)
+        if src is None or not src.is_dir():
             continue  # random init pretrains nothing
         keep_predictions = seeds[0] == src.parent.name  # ~0.7 MB per method
         for f in sorted(p for p in src.rglob("*") if p.is_file()):

@@ -112,6 +112,11 @@ def test_spark_keeps_masked_cells_empty_in_the_fine_stages_and_leaves_a_dense_to
         assert all(torch.equal(a, b) for a, b in zip(enc(x), dense))  # no hook left behind
     with pytest.raises(ValueError, match="mim_hierarchical=simmim"):
         sparse_stage_hooks(create_clip("qclip-vit-tiny").model.visual, [4, 8, 16, 32], 8, state)
+    trunk = getattr(visual, "trunk", visual)
+    trunk.stem = torch.nn.Sequential(trunk.stem, torch.nn.AvgPool2d(2))  # a stem at stride 8, not level 0's 4
+    sparse_stage_hooks(visual, enc.info.reductions, 8, state)
+    with pytest.raises(ValueError, match="stem outputs .* stem at the first stage's stride"), torch.no_grad():
+        enc(x * (1 - mask))
 
 
 def test_box_targets_label_the_cells_a_box_covers():

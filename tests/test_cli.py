@@ -163,6 +163,9 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     cached = json.loads((out / "results.json").read_text())["stage_seconds_cached"]
     assert {"world", "captioner", "pretrain seed0/qclip-mci-tiny-clip-raw"} <= set(cached)
     assert all(cached[k] == v for k, v in results["stage_seconds"].items() if not k.startswith("transfer")), cached
+    # each stage record names its output folder, as benchmarks/study_carry.py reads it
+    rec = json.loads((out / "stages" / "pretrain-seed0-qclip-mci-tiny-clip-raw.json").read_text())
+    assert rec["dir"] == "pretrain/seed0/qclip-mci-tiny-clip-raw" and (out / rec["dir"]).is_dir()
 
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
@@ -214,3 +217,18 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"qclip {__version__}"
+
+
+def test_a_stage_record_without_its_folder_gains_it_when_reused(tmp_path):
+    from qclip.study import StageCache
+
+    cache = StageCache(tmp_path, fresh=False)
+    assert cache.run("transfer-a", "k1", tmp_path / "transfer" / "a", lambda: {"x": 1}) == {"x": 1}
+    rec = tmp_path / "stages" / "transfer-a.json"
+    old = {k: v for k, v in json.loads(rec.read_text()).items() if k != "dir"}  # as written before `dir` existed
+    rec.write_text(json.dumps(old))
+    again = StageCache(tmp_path, fresh=False)
+    assert again.run("transfer-a", "k1", tmp_path / "transfer" / "a", lambda: {"x": 2}) == {"x": 1}  # reused
+    assert json.loads(rec.read_text()) == {**old, "dir": "transfer/a"}
+    assert again.run("world", "k", None, lambda: {}) == {} and json.loads(
+        (tmp_path / "stages" / "world.json").read_text())["dir"] is None

@@ -36,7 +36,9 @@ CAPTIONER_ID = "tiny"
 
 
 class StageCache:
-    """OUT/stages/NAME.json = {"key", "result", "seconds"}; a matching key means the stage's output is current.
+    """OUT/stages/NAME.json = {"key", "result", "seconds", "dir"}; a matching key means the stage's output is
+    current. `dir` is the stage's output folder relative to OUT (null for none), so tools that move a run's stages
+    (benchmarks/study_carry.py) read the layout instead of re-deriving it.
 
     `seconds` maps each stage this run computed to its wall time; `cached_seconds` each stage it took from the
     cache to the time that stage took when it ran (records written before qclip stored it have none), so a
@@ -52,6 +54,13 @@ class StageCache:
     def key(*parts: object) -> str:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def relative(self, out_dir: Path | None) -> str | None:
+        """`out_dir` relative to OUT, or None where the stage writes no folder of its own under OUT."""
+        try:
+            return out_dir.resolve().relative_to(self.dir.parent.resolve()).as_posix() if out_dir else None
+        except ValueError:
+            return None
+
     def run(self, name: str, key: str, out_dir: Path | None, fn: Callable[[], dict], label: str = "") -> dict:
         """The stage's result: from OUT/stages/NAME.json when its key matches, else `fn()` (timed under `label`,
         default NAME, in `seconds`) and recorded."""
@@ -60,6 +69,8 @@ class StageCache:
             r = json.loads(rec.read_text())
             if r["key"] == key:
                 self.reused.append(name)
+                if "dir" not in r:  # a record written before `dir` existed: add it, the key and result unchanged
+                    atomic_write_json(rec, {**r, "dir": self.relative(out_dir)})
                 if r.get("seconds") is not None:
                     self.cached_seconds[label] = r["seconds"]
                 return r["result"]
@@ -72,7 +83,8 @@ class StageCache:
         t = time.time()
         result = fn()
         self.seconds[label] = round(time.time() - t, 2)
-        atomic_write_json(rec, {"key": key, "result": result, "seconds": self.seconds[label]})
+        atomic_write_json(rec, {"key": key, "result": result, "seconds": self.seconds[label],
+                                "dir": self.relative(out_dir)})
         started.unlink(missing_ok=True)
         self.ran.append(name)
         return result

@@ -169,13 +169,20 @@ def sparse_stage_hooks(visual: nn.Module, reductions: list[int], patch: int, sta
         raise ValueError(f"pretrain.mim_hierarchical=spark needs a timm tower with `stem` and one `stages` entry per "
                          f"level ({type(trunk).__name__} has not); use pretrain.mim_hierarchical=simmim")
 
-    def hook(level: int):
+    def hook(level: int, name: str):
         def zero_masked(module: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
-            return out * state["visible"][level].to(out.dtype)
+            visible = state["visible"][level]
+            if visible.shape[-2:] != out.shape[-2:]:  # a mask at the wrong stride would hide the wrong cells
+                raise ValueError(f"pretrain.mim_hierarchical=spark: the tower's {name} outputs "
+                                 f"{tuple(out.shape[-2:])} cells, but level {level} (stride {reductions[level]}) has "
+                                 f"{tuple(visible.shape[-2:])}; SparK needs the stem at the first stage's stride. "
+                                 f"Use pretrain.mim_hierarchical=simmim for this tower")
+            return out * visible.to(out.dtype)
         return zero_masked
 
-    modules = [(trunk.stem, 0)] + list(zip(trunk.stages, range(len(reductions))))  # the stem at level 0's stride
-    return [m.register_forward_hook(hook(i)) for m, i in modules if patch % reductions[i] == 0]
+    # the stem is masked at level 0's stride: true of FastViT/MCi and ConvNeXt, checked at the first forward
+    modules = [(trunk.stem, 0, "stem")] + [(m, i, f"stage {i}") for i, m in enumerate(trunk.stages)]
+    return [m.register_forward_hook(hook(i, name)) for m, i, name in modules if patch % reductions[i] == 0]
 
 
 def is_open_clip_vit(visual: nn.Module) -> bool:
