@@ -36,7 +36,7 @@ demo: install
 	$(VENV)/bin/qclip run --config configs/demo.yaml --out $(OUT)
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
