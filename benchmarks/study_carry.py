@@ -45,14 +45,15 @@ def pack(run: Path, dest: Path) -> None:
     records = finished_stages(run)
     if not records:
         raise SystemExit(f"{run}/stages has no finished pretraining or transfer stage to carry")
-    seeds = sorted({r.stem.split("-")[1] for r in records}, key=lambda s: int(s.removeprefix("seed")))
+    seed_of = {r: r.stem.split("-")[1] for r in records}  # `pretrain-seed0-...`: the study names stages by seed
+    seeds = sorted(set(seed_of.values()), key=lambda s: int(s.removeprefix("seed")))
     (dest / "stages").mkdir(parents=True, exist_ok=True)
     for r in records:
         shutil.copy2(r, dest / "stages" / r.name)
         src = stage_dir(run, r)
         if src is None or not src.is_dir():
             continue  # random init pretrains nothing
-        keep_predictions = seeds[0] == src.parent.name  # ~0.7 MB per method
+        keep_predictions = seeds[0] == seed_of[r]  # ~0.7 MB per method
         for f in sorted(p for p in src.rglob("*") if p.is_file()):
             rel = f.relative_to(run)
             if (f.suffix in HEAVY or "checkpoints" in rel.parts or "model" in rel.parts or "tb" in rel.parts
