@@ -19,28 +19,30 @@ import math
 import statistics
 from pathlib import Path
 
+from qclip.report.findings import one_encoder, seed_values
 from qclip.report.page import SHAPES_ABOVE, shape_learning_ratios
 
 RANDOM, RAW, SYNTH, MIM, SUPERVISED = "random", "clip-raw", "clip-synthetic", "mim", "supervised"
 
 
 def load_rows(paths: list[Path], encoder: str = "") -> list[dict]:
+    """One encoder's rows, each method from the first file that has it."""
     rows: list[dict] = []
     seen: set[str] = set()
     for path in paths:
-        file_rows = [r for r in json.loads(path.read_text())["rows"] if not encoder or r["encoder"] == encoder]
+        file_rows = one_encoder(json.loads(path.read_text())["rows"], encoder, str(path))
         new = {r["method"] for r in file_rows} - seen
         rows += [r for r in file_rows if r["method"] in new]
         seen |= new
+    if len({r["encoder"] for r in rows}) > 1:
+        raise ValueError(f"{', '.join(map(str, paths))} hold different encoders; pick one")
     return rows
 
 
 def criteria(rows: list[dict]) -> list[tuple[str, bool, str]]:
     def mean(method: str, task: str, fraction: float = 1.0, key: str = "") -> float:
-        key = key or ("mIoU" if task == "segmentation" else "RMSE")
-        vals = [r["metrics"][key] for r in rows
-                if r["method"] == method and r["task"] == task and math.isclose(r["data_fraction"], fraction)]
-        return statistics.mean(vals) if vals else math.nan
+        vals = seed_values(rows, method, task, fraction, key or None)
+        return statistics.mean(vals.values()) if vals else math.nan
 
     out: list[tuple[str, bool, str]] = []
     obj = {m: mean(m, "segmentation", key="object_mIoU") for m in (SYNTH, SUPERVISED, RANDOM)}
@@ -85,12 +87,10 @@ def main() -> None:
     ap.add_argument("results", nargs="+", type=Path, help="results.json of finished studies")
     ap.add_argument("--encoder", default="", help="score this encoder's rows (required when a study has several)")
     args = ap.parse_args()
-    rows = load_rows(args.results, args.encoder)
-    if not rows:
-        raise SystemExit(f"--encoder {args.encoder}: no rows for it in {', '.join(map(str, args.results))}")
-    encoders = sorted({r["encoder"] for r in rows})
-    if len(encoders) > 1:
-        raise SystemExit(f"the results hold {len(encoders)} encoders ({', '.join(encoders)}); pick one with --encoder")
+    try:
+        rows = load_rows(args.results, args.encoder)
+    except ValueError as e:
+        raise SystemExit(f"{e} with --encoder") from None
     found = criteria(rows)
     for name, ok, detail in found:
         print(f"{'holds' if ok else 'FAILS'}  {name}: {detail}")

@@ -19,6 +19,8 @@ import math
 import statistics
 from pathlib import Path
 
+from qclip.report.findings import one_encoder, seed_values
+
 TASK_OF = {"mIoU": "segmentation", "object_mIoU": "segmentation", "RMSE": "depth"}
 LABEL = {"mIoU": "mIoU", "object_mIoU": "object mIoU", "RMSE": "depth RMSE"}
 
@@ -32,20 +34,13 @@ def cell(values: list[float], summary: str) -> str:
     return " / ".join(f"{v:.3f}" for v in values) + f" = {statistics.mean(values):.3f}"
 
 
-def seed_values(rows: list[dict], method: str, metric: str, fraction: float) -> list[float]:
-    hits = sorted((r["seed"], r["metrics"][metric]) for r in rows
-                  if r["method"] == method and r["task"] == TASK_OF[metric]
-                  and math.isclose(r["data_fraction"], fraction) and metric in r["metrics"])
-    return [v for _, v in hits]
-
-
 def table(rows: list[dict], metrics: list[str], fraction: float, summary: str) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows if r["task"] in TASK_OF.values()))
     head = [f"{LABEL[m]}" + ("" if math.isclose(fraction, 1.0) else f" @{fraction:g}") for m in metrics]
     lines = ["| method | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(metrics)]
     for method in methods:
-        lines.append(f"| {method} | " + " | ".join(cell(seed_values(rows, method, m, fraction), summary)
-                                                  for m in metrics) + " |")
+        cells = [cell(list(seed_values(rows, method, TASK_OF[m], fraction, m).values()), summary) for m in metrics]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -58,14 +53,10 @@ def main() -> None:
     ap.add_argument("--summary", choices=("seeds", "mean_std"), default="seeds")
     args = ap.parse_args()
     rows = json.loads(args.results.read_text())["rows"]
-    encoders = sorted({r["encoder"] for r in rows})
-    if args.encoder:
-        if args.encoder not in encoders:
-            raise SystemExit(f"--encoder {args.encoder}: not in {args.results} (it has {', '.join(encoders)})")
-        rows = [r for r in rows if r["encoder"] == args.encoder]
-    elif len(encoders) > 1:
-        raise SystemExit(f"{args.results} holds {len(encoders)} encoders ({', '.join(encoders)}); "
-                         "pick one with --encoder")
+    try:
+        rows = one_encoder(rows, args.encoder, str(args.results))
+    except ValueError as e:
+        raise SystemExit(f"{e} with --encoder") from None
     seeds = sorted({r["seed"] for r in rows})
     shown = "each seed, then the mean" if args.summary == "seeds" else "mean ± std over seeds"
     print(f"{args.results}: seeds {', '.join(map(str, seeds))}; {shown}")

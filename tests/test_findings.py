@@ -5,7 +5,16 @@ import math
 
 import pytest
 
-from qclip.report.findings import check_table, checks, data_efficiency, finding_lines, findings, paired_test
+from qclip.report.findings import (
+    check_table,
+    checks,
+    data_efficiency,
+    finding_lines,
+    findings,
+    one_encoder,
+    paired_test,
+    seed_values,
+)
 
 
 def _rows(method: str, task: str, values: list[float], fraction: float = 1.0, enc: str = "e") -> list[dict]:
@@ -26,6 +35,28 @@ def test_paired_test_matches_scipy_and_is_paired():
     assert t["ci95"][0] > 0  # the interval excludes 0
     # lower is better (RMSE): sign flips the difference
     assert paired_test({0: 1.0, 1: 1.1}, {0: 1.2, 1: 1.25}, -1)["mean_diff"] == pytest.approx(0.175)
+
+
+def test_seed_values_reads_one_method_task_and_fraction_in_seed_order():
+    rows = (_rows("mim", "segmentation", [0.5, 0.6]) + _rows("mim", "segmentation", [0.9, 0.9], fraction=0.1)
+            + _rows("mim", "depth", [1.0, 1.2]))
+    rows[0], rows[1] = rows[1], rows[0]  # results.json order is not seed order
+    assert seed_values(rows, "mim", "segmentation", 1.0) == {0: 0.5, 1: 0.6}
+    assert list(seed_values(rows, "mim", "segmentation", 1.0)) == [0, 1]
+    assert seed_values(rows, "mim", "segmentation", 0.1) == {0: 0.9, 1: 0.9}
+    assert seed_values(rows, "mim", "depth", 1.0, "RMSE") == {0: 1.0, 1: 1.2}
+    assert seed_values(rows, "mim", "depth", 1.0, "object_mIoU") == {}  # a metric the rows lack
+    assert seed_values(rows, "random", "depth", 1.0) == {}
+
+
+def test_one_encoder_picks_the_only_encoder_or_names_the_choices():
+    rows = _rows("mim", "depth", [1.0], enc="a") + _rows("mim", "depth", [2.0], enc="b")
+    assert one_encoder(rows, "b") == rows[1:]
+    assert one_encoder(rows[:1]) == rows[:1]
+    with pytest.raises(ValueError, match=r"2 encoders \(a, b\); pick one"):
+        one_encoder(rows, source="x.json")
+    with pytest.raises(ValueError, match="'c': not in x.json, which has a, b"):
+        one_encoder(rows, "c", source="x.json")
 
 
 def test_every_comparison_is_a_check_and_failures_are_listed():

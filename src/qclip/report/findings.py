@@ -47,6 +47,31 @@ def aggregate(rows: list[dict], metric: str | None = None) -> dict[tuple, dict]:
     return out
 
 
+def one_encoder(rows: list[dict], encoder: str = "", source: str = "the results") -> list[dict]:
+    """The rows of one encoder: `encoder`, or the only one the rows hold. Why: every comparison is within one
+    encoder, so a study of several (configs/full.yaml) is read one at a time. A ValueError names the choices and
+    ends "pick one ...", so a command line can add its flag."""
+    encoders = sorted({r["encoder"] for r in rows})
+    if encoder:
+        if encoder not in encoders:
+            raise ValueError(f"encoder {encoder!r}: not in {source}, which has {', '.join(encoders) or 'no rows'}; "
+                             "pick one of those")
+        return [r for r in rows if r["encoder"] == encoder]
+    if len(encoders) > 1:
+        raise ValueError(f"{source} holds {len(encoders)} encoders ({', '.join(encoders)}); pick one")
+    return rows
+
+
+def seed_values(rows: list[dict], method: str, task: str, fraction: float, metric: str | None = None
+                ) -> dict[int, float]:
+    """{seed: value}, in seed order, of `method` on `task` at labelled `fraction` in one encoder's rows: the task's
+    headline metric, or `metric` (e.g. object_mIoU). Empty where the rows have none."""
+    for (_, m, t, f), a in aggregate(rows, metric).items():
+        if m == method and t == task and math.isclose(f, fraction):
+            return a["by_seed"]
+    return {}
+
+
 def paired_test(a: dict[int, float], b: dict[int, float], sign: int) -> dict:
     """Paired comparison over the seeds both have: d = sign * (a - b), so d > 0 means a is better."""
     seeds = sorted(set(a) & set(b))
