@@ -21,7 +21,7 @@ pip_install = { test "$(INSTALLER)" = uv && $(PY) -m pip install -q uv && \
 
 install: $(STAMP)
 
-# `make demo` needs the package and its dependencies only; `make test` adds the test extras (pytest, hypothesis,
+# `make demo` needs the package and its dependencies only; `make test` adds the test extras (pytest, pytest-xdist, hypothesis,
 # datasets, huggingface-hub, wandb): install time the demo does not need
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,10 @@ $(TEST_STAMP): $(STAMP)
 demo: install
 	$(VENV)/bin/qclip run --config configs/demo.yaml --out $(OUT)
 
+# one pytest worker per core (pytest-xdist), each test at one torch thread: the suite is mostly process starts and
+# tiny trainings, so two workers on two cores take ~2/3 of the serial time without oversubscribing them
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
