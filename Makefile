@@ -21,8 +21,8 @@ pip_install = { test "$(INSTALLER)" = uv && $(PY) -m pip install -q uv && \
 
 install: $(STAMP)
 
-# `make demo` needs the package and its dependencies only; `make test` adds the test extras (pytest, pytest-xdist, hypothesis,
-# datasets, huggingface-hub, wandb): install time the demo does not need
+# `make demo` needs the package and its dependencies only; `make test` adds the test extras (pytest, pytest-xdist,
+# hypothesis, datasets, huggingface-hub, wandb): install time the demo does not need
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(call pip_install,$(TORCH_PINS) -e .)
