@@ -40,8 +40,8 @@ def load_rows(paths: list[Path], encoder: str = "") -> list[dict]:
 
 
 def criteria(rows: list[dict]) -> list[tuple[str, bool, str]]:
-    def mean(method: str, task: str, fraction: float = 1.0, key: str = "") -> float:
-        vals = seed_values(rows, method, task, fraction, key or None)
+    def mean(method: str, task: str, fraction: float = 1.0, key: str | None = None) -> float:
+        vals = seed_values(rows, method, task, fraction, key)
         return statistics.mean(vals.values()) if vals else math.nan
 
     out: list[tuple[str, bool, str]] = []
