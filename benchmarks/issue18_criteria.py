@@ -94,7 +94,7 @@ def main() -> None:
     found = criteria(rows)
     for name, ok, detail in found:
         print(f"{'holds' if ok else 'FAILS'}  {name}: {detail}")
-    seeds = {m: len({r["seed"] for r in rows if r["method"] == m}) for m in sorted({r["method"] for r in rows})}
+    seeds = {m: len({r.get("seed", 0) for r in rows if r["method"] == m}) for m in sorted({r["method"] for r in rows})}
     print(f"{sum(ok for _, ok, _ in found)} of {len(found)} hold; seeds per method: {seeds}")
 
 

@@ -57,7 +57,7 @@ def main() -> None:
         rows = one_encoder(rows, args.encoder, str(args.results))
     except ValueError as e:
         raise SystemExit(f"{e} with --encoder") from None
-    seeds = sorted({r["seed"] for r in rows})
+    seeds = sorted({r.get("seed", 0) for r in rows})
     shown = "each seed, then the mean" if args.summary == "seeds" else "mean ± std over seeds"
     print(f"{args.results}: seeds {', '.join(map(str, seeds))}; {shown}")
     print(table(rows, args.metrics, args.fraction, args.summary))

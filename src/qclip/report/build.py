@@ -61,7 +61,7 @@ def qualitative_grid(out: Path, rows: list[dict], task: str, path: Path) -> Path
     rs = [r for r in rows if r["task"] == task]
     if not rs:
         return None
-    enc, seed, frac = rs[0]["encoder"], min(r["seed"] for r in rs), max(r["data_fraction"] for r in rs)
+    enc, seed, frac = rs[0]["encoder"], min(r.get("seed", 0) for r in rs), max(r["data_fraction"] for r in rs)
     methods = list(dict.fromkeys(r["method"] for r in rs if r["encoder"] == enc))
     examples: dict[str, list[dict]] = {}
     for m in methods:

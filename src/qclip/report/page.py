@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..config import STUDY_METHODS
-from .findings import TEST, check_table, finding_lines, findings, headline_table, markdown_table
+from .findings import TEST, aggregate, check_table, finding_lines, findings, headline_table, markdown_table
 
 
 def notes(results: dict) -> str:
@@ -132,17 +132,16 @@ SHAPES_ABOVE = 1.3
 def shape_learning_ratios(rows: list[dict]) -> dict[tuple[str, str], list[tuple[int, float]]]:
     """(encoder, method) -> [(seed, object-class mIoU / random init's of the same seed and encoder)], at the
     largest labelled fraction, for every pretrained method."""
-    seg = [r for r in rows if r["task"] == "segmentation" and "object_mIoU" in r["metrics"]]
-    if not seg:
+    agg = {k: a for k, a in aggregate(rows, "object_mIoU").items() if k[2] == "segmentation"}
+    if not agg:
         return {}
-    top = max(r["data_fraction"] for r in seg)
-    base = {(r["encoder"], r.get("seed", 0)): r["metrics"]["object_mIoU"] for r in seg
-            if r["method"] == "random" and r["data_fraction"] == top}
+    top = max(k[3] for k in agg)
     acc: dict[tuple, list[tuple[int, float]]] = {}
-    for r in sorted(seg, key=lambda r: r.get("seed", 0)):
-        b = base.get((r["encoder"], r.get("seed", 0)))
-        if r["method"] != "random" and r["data_fraction"] == top and b:
-            acc.setdefault((r["encoder"], r["method"]), []).append((r.get("seed", 0), r["metrics"]["object_mIoU"] / b))
+    for (enc, m, _, f), a in agg.items():
+        base = agg.get((enc, "random", "segmentation", f), {}).get("by_seed", {})
+        ratios = [(s, v / base[s]) for s, v in a["by_seed"].items() if base.get(s)]
+        if m != "random" and f == top and ratios:
+            acc[(enc, m)] = ratios
     return acc
 
 
