@@ -445,22 +445,49 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config) -> Any:
-    """Defaults <- YAML file <- dotted overrides, validated as a whole."""
+BASE_KEY = "_base_"
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """`child` over `base`: mappings merge key by key, anything else (values, lists) is replaced whole, as in
+    mmsegmentation's `_base_` configs."""
+    out = dict(base)
+    for k, v in child.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_tree(p: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The YAML mapping of `p`, over the files its `_base_` names (a path or a list of paths, relative to `p`;
+    later ones win). Why: a config that differs from another in three keys says only those three
+    (configs/headline.yaml is configs/demo.yaml plus the headline's budget), so the shared world stays one text."""
+    if not p.is_file():
+        what = f"config file '{p}'" + (f" (the {BASE_KEY} of '{chain[-1]}')" if chain else "")
+        raise ConfigError(f"{what} does not exist (see configs/ for examples)")
+    if p.resolve() in chain:
+        raise ConfigError(f"config file '{chain[-1]}': its {BASE_KEY} chain comes back to '{p}' "
+                          f"({' -> '.join(str(c) for c in chain)}); remove the loop")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{p}' is not valid YAML: {' '.join(str(e).split())}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping at the top level, got {type(loaded).__name__}")
+    bases = loaded.pop(BASE_KEY, [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"config file '{p}': {BASE_KEY} must be a file path or a list of them, got {bases!r}")
     tree: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' does not exist (see configs/ for examples)")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{p}' is not valid YAML: {' '.join(str(e).split())}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file '{p}' must hold a mapping at the top level, got {type(loaded).__name__}")
-        tree = loaded
+    for b in bases:
+        tree = _merge(tree, _read_tree(p.parent / b, (*chain, p.resolve())))
+    return _merge(tree, loaded)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config) -> Any:
+    """Defaults <- YAML file (over the files its `_base_` names) <- dotted overrides, validated as a whole."""
+    tree: dict = _read_tree(Path(path)) if path is not None else {}
     if cls is Config:
         tree = _renamed_sections(tree, str(path))
     for key, value in parse_overrides(overrides):
