@@ -19,8 +19,9 @@ SMALL_TRANSFER = ["transfer.image_size=32", "transfer.steps=2", "transfer.batch_
 
 
 def test_every_recipe_has_a_test():
-    # the study configs (demo, full, headline) are tested as studies: test_cli.py, test_config.py
-    found = {p.name for p in (ROOT / "configs").glob("*.yaml")} - {"demo.yaml", "full.yaml", "headline.yaml"}
+    # the study configs are tested as studies (test_cli.py) and as the demo plus their keys (test_config.py)
+    studies = {"demo.yaml", "full.yaml", "headline.yaml", "vit.yaml"}
+    found = {p.name for p in (ROOT / "configs").glob("*.yaml")} - studies
     assert found == set(RECIPES)
 
 
@@ -115,7 +116,7 @@ def test_the_study_ties_every_image_size_to_the_worlds():
     from qclip.config import ConfigError
     from qclip.study import check_image_sizes
 
-    for name in ("demo.yaml", "full.yaml", "headline.yaml"):
+    for name in ("demo.yaml", "full.yaml", "headline.yaml", "vit.yaml"):
         check_image_sizes(load_config(ROOT / "configs" / name))
     with pytest.raises(ConfigError, match="transfer.image_size = 128: set them to 64"):
         check_image_sizes(load_config(ROOT / "configs" / "demo.yaml", ["transfer.image_size=128"]))
