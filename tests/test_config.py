@@ -96,6 +96,12 @@ def test_base_config_errors_name_the_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("_base_: {x: 1}\n")
     with pytest.raises(ConfigError, match="must be a file path or a list"):
         load_config(tmp_path / "bad.yaml")
+    # a base in the old section name ('train') merges under its child's 'pretrain'
+    (tmp_path / "old.yaml").write_text("train:\n  batch_size: 16\n")
+    (tmp_path / "new.yaml").write_text("_base_: old.yaml\npretrain:\n  lr: 0.002\n")
+    with pytest.warns(DeprecationWarning):
+        cfg = load_config(tmp_path / "new.yaml")
+    assert (cfg.pretrain.batch_size, cfg.pretrain.lr) == (16, 0.002)
     (tmp_path / "typo.yaml").write_text("wrld:\n  n_pool: 3\n")
     (tmp_path / "uses_typo.yaml").write_text("_base_: typo.yaml\n")
     with pytest.raises(ConfigError, match="unknown config key 'wrld'"):  # a base's keys are checked too

@@ -457,10 +457,11 @@ def _merge(base: dict, child: dict) -> dict:
     return out
 
 
-def _read_tree(p: Path, chain: tuple[Path, ...] = ()) -> dict:
+def _read_tree(p: Path, chain: tuple[Path, ...] = (), renamed: bool = False) -> dict:
     """The YAML mapping of `p`, over the files its `_base_` names (a path or a list of paths, relative to `p`;
-    later ones win). Why: a config that differs from another in three keys says only those three
-    (configs/headline.yaml is configs/demo.yaml plus the headline's budget), so the shared world stays one text."""
+    later ones win; `renamed`: each file's old section names are read as the new ones before merging). Why: a
+    config that differs from another in a few keys says only those (configs/headline.yaml is configs/demo.yaml
+    plus the headline's budget), so the shared world stays one text."""
     if not p.is_file():
         what = f"config file '{p}'" + (f" (the {BASE_KEY} of '{chain[-1]}')" if chain else "")
         raise ConfigError(f"{what} does not exist (see configs/ for examples)")
@@ -481,15 +482,13 @@ def _read_tree(p: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"config file '{p}': {BASE_KEY} must be a file path or a list of them, got {bases!r}")
     tree: dict = {}
     for b in bases:
-        tree = _merge(tree, _read_tree(p.parent / b, (*chain, p.resolve())))
-    return _merge(tree, loaded)
+        tree = _merge(tree, _read_tree(p.parent / b, (*chain, p.resolve()), renamed))
+    return _merge(tree, _renamed_sections(loaded, str(p)) if renamed else loaded)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), cls: type = Config) -> Any:
     """Defaults <- YAML file (over the files its `_base_` names) <- dotted overrides, validated as a whole."""
-    tree: dict = _read_tree(Path(path)) if path is not None else {}
-    if cls is Config:
-        tree = _renamed_sections(tree, str(path))
+    tree: dict = _read_tree(Path(path), renamed=cls is Config) if path is not None else {}
     for key, value in parse_overrides(overrides):
         if cls is Config and (key == "train" or key.startswith("train.")):
             _deprecated(f"override '{key}=...'", f"pretrain{key[len('train'):]}")
