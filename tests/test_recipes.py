@@ -12,6 +12,8 @@ from PIL import Image
 from qclip.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# the study configs: tested as studies (test_cli.py) and as the demo plus their keys (test_config.py)
+STUDY_CONFIGS = ("demo.yaml", "full.yaml", "headline.yaml", "vit.yaml")
 RECIPES = ("pretrain_vit_b16_datacomp.yaml", "transfer_ade20k_upernet.yaml", "transfer_nyuv2_depth.yaml")
 SMALL_TRANSFER = ["transfer.image_size=32", "transfer.steps=2", "transfer.batch_size=2", "transfer.warmup_steps=1",
                   "transfer.decoder_width=16", "transfer.eval_batch_size=2", "transfer.workers=1",
@@ -19,9 +21,7 @@ SMALL_TRANSFER = ["transfer.image_size=32", "transfer.steps=2", "transfer.batch_
 
 
 def test_every_recipe_has_a_test():
-    # the study configs are tested as studies (test_cli.py) and as the demo plus their keys (test_config.py)
-    studies = {"demo.yaml", "full.yaml", "headline.yaml", "vit.yaml"}
-    found = {p.name for p in (ROOT / "configs").glob("*.yaml")} - studies
+    found = {p.name for p in (ROOT / "configs").glob("*.yaml")} - set(STUDY_CONFIGS)
     assert found == set(RECIPES)
 
 
@@ -116,7 +116,7 @@ def test_the_study_ties_every_image_size_to_the_worlds():
     from qclip.config import ConfigError
     from qclip.study import check_image_sizes
 
-    for name in ("demo.yaml", "full.yaml", "headline.yaml", "vit.yaml"):
+    for name in STUDY_CONFIGS:
         check_image_sizes(load_config(ROOT / "configs" / name))
     with pytest.raises(ConfigError, match="transfer.image_size = 128: set them to 64"):
         check_image_sizes(load_config(ROOT / "configs" / "demo.yaml", ["transfer.image_size=128"]))

@@ -138,9 +138,11 @@ def shape_learning_ratios(rows: list[dict]) -> dict[tuple[str, str], list[tuple[
     top = max(k[3] for k in agg)
     acc: dict[tuple, list[tuple[int, float]]] = {}
     for (enc, m, _, f), a in agg.items():
+        if m == "random" or f != top:
+            continue
         base = agg.get((enc, "random", "segmentation", f), {}).get("by_seed", {})
         ratios = [(s, v / base[s]) for s, v in a["by_seed"].items() if base.get(s)]
-        if m != "random" and f == top and ratios:
+        if ratios:
             acc[(enc, m)] = ratios
     return acc
 
