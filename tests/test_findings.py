@@ -253,3 +253,21 @@ def test_report_says_which_seeds_learned_shapes(tmp_path):
     assert shape_learning_table([r for r in rows if r["method"] != "random"]) == []
     md, _ = write_report(tmp_path, {"rows": rows}, {}, [])
     assert "## Did the pretraining learn shapes?" in md.read_text()
+
+
+def test_report_counts_the_probes_that_converged(tmp_path):
+    from qclip.report.page import probe_convergence_table, write_report
+
+    def row(method, fraction, seed, drop):
+        return {"encoder": "e", "method": method, "task": "segmentation", "data_fraction": fraction, "seed": seed,
+                "metrics": {"mIoU": 0.5}, "probe": {"loss_drop_last_fifth_pct": drop, "converged": drop <= 5.0}}
+
+    rows = [row("clip-raw", 1.0, 0, 0.4), row("clip-raw", 0.1, 1, 7.5), row("clip-raw", 1.0, 1, -0.2),
+            row("random", 1.0, 0, 1.0),
+            {"encoder": "e", "method": "clip-raw", "task": "retrieval", "data_fraction": 1.0, "metrics": {}}]
+    t = probe_convergence_table(rows)
+    assert t[1] == ["e", "segmentation", "clip-raw", "2 of 3", "7.5% (fraction 0.1, seed 1)"]
+    assert t[2] == ["e", "segmentation", "random", "1 of 1", "1.0% (fraction 1, seed 0)"]
+    assert len(t) == 3
+    assert probe_convergence_table([{**r, "probe": {}} for r in rows]) == []  # rows from before it was recorded
+    assert "## Did the probes converge?" in write_report(tmp_path, {"rows": rows}, {}, [])[0].read_text()

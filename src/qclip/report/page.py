@@ -97,6 +97,27 @@ def probe_selection_table(rows: list[dict]) -> list[list[str]]:
     return t
 
 
+def probe_convergence_table(rows: list[dict]) -> list[list[str]]:
+    """Did each probe converge? Per (encoder, task, method): how many of its probes (fractions x seeds) had a
+    training loss that fell by at most 5% over the last fifth of their steps (`transfer.run.convergence`), and
+    the largest such fall, with where it was. Why: a probe still learning measures its schedule, not the
+    features; the curves figure shows one seed, this counts all of them."""
+    acc: dict[tuple, list[tuple[float, float, int, bool]]] = {}
+    for r in rows:
+        p = r.get("probe") or {}
+        if p.get("converged") is not None:
+            acc.setdefault((r["encoder"], r["task"], r["method"]), []).append(
+                (p.get("loss_drop_last_fifth_pct") or 0.0, r["data_fraction"], r.get("seed", 0), p["converged"]))
+    if not acc:
+        return []
+    t = [["encoder", "task", "method", "probes converged", "largest loss fall over the last fifth"]]
+    for (enc, task, m), probes in acc.items():
+        drop, frac, seed, _ = max(probes)
+        t.append([enc, task, m, f"{sum(c for *_, c in probes)} of {len(probes)}",
+                  f"{drop:.1f}% (fraction {frac:g}, seed {seed})"])
+    return t
+
+
 def pretraining_table(rows: list[dict]) -> list[list[str]]:
     """Zero-shot classification and retrieval of the CLIP runs (mean over seeds), with the majority-class rate."""
     acc: dict[tuple, dict[str, list]] = {}
@@ -212,6 +233,8 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
         (f"IoU per class at the full labelled set{over}", "", per_class_table(rows)),
         ("Probe weight decay chosen", "The weight decay of the head kept at each labelled fraction, chosen on the "
          "selection split (seeds in order, separated by /).", probe_selection_table(rows)),
+        ("Did the probes converge?", "A probe converged when its training loss fell by at most 5% over the last "
+         "fifth of its steps (the curves: figure 'probe training curves').", probe_convergence_table(rows)),
         (f"Zero-shot classification and retrieval of the CLIP runs{over}",
          "top1: zero-shot accuracy on the validation split's largest object; chance_top1: always guessing the "
          "most frequent class; chance_R@1: retrieval by chance (1 / number of images).", pretraining_table(rows)),
