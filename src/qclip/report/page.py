@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..config import STUDY_METHODS
+from ..transfer.run import CONVERGED_MAX_DROP_PCT
 from .findings import TEST, aggregate, check_table, finding_lines, findings, headline_table, markdown_table
 
 
@@ -99,7 +100,8 @@ def probe_selection_table(rows: list[dict]) -> list[list[str]]:
 
 def probe_convergence_table(rows: list[dict]) -> list[list[str]]:
     """Did each probe converge? Per (encoder, task, method): how many of its probes (fractions x seeds) had a
-    training loss that fell by at most 5% over the last fifth of their steps (`transfer.run.convergence`), and
+    training loss that fell by at most CONVERGED_MAX_DROP_PCT over the last fifth of their steps (as recorded by
+    `transfer.run.convergence`), and
     the largest such fall, with where it was. Why: a probe still learning measures its schedule, not the
     features; the curves figure shows one seed, this counts all of them."""
     acc: dict[tuple, list[tuple[float, float, int, bool]]] = {}
@@ -233,8 +235,9 @@ def write_report(out: Path, results: dict, figures: dict[str, Path], caption_exa
         (f"IoU per class at the full labelled set{over}", "", per_class_table(rows)),
         ("Probe weight decay chosen", "The weight decay of the head kept at each labelled fraction, chosen on the "
          "selection split (seeds in order, separated by /).", probe_selection_table(rows)),
-        ("Did the probes converge?", "A probe converged when its training loss fell by at most 5% over the last "
-         "fifth of its steps (the curves: figure 'probe training curves').", probe_convergence_table(rows)),
+        ("Did the probes converge?", f"A probe converged when its training loss fell by at most "
+         f"{CONVERGED_MAX_DROP_PCT:g}% over the last fifth of its steps (the curves: figure 'probe training "
+         "curves').", probe_convergence_table(rows)),
         (f"Zero-shot classification and retrieval of the CLIP runs{over}",
          "top1: zero-shot accuracy on the validation split's largest object; chance_top1: always guessing the "
          "most frequent class; chance_R@1: retrieval by chance (1 / number of images).", pretraining_table(rows)),

@@ -246,10 +246,14 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
     return head, losses
 
 
+CONVERGED_MAX_DROP_PCT = 5.0  # a probe whose loss still falls more than this over its last fifth had not converged
+
+
 def convergence(losses: list[float]) -> dict:
     """How much the training loss still fell over the last fifth of the steps (mean of its second half against
-    mean of its first half, which smooths batch noise): a probe that still falls by more than 5% there had not
-    converged, and its metric says more about the schedule than about the features."""
+    mean of its first half, which smooths batch noise): a probe that still falls by more than
+    CONVERGED_MAX_DROP_PCT percent there had not converged, and its metric says more about the schedule than
+    about the features."""
     n = len(losses)
     k = max(1, n // 10)
     if n < 10:
@@ -257,7 +261,7 @@ def convergence(losses: list[float]) -> dict:
     start, end = losses[n - 2 * k:n - k], losses[n - k:]
     a, b = sum(start) / len(start), sum(end) / len(end)
     drop = (a - b) / abs(a) * 100 if a else 0.0
-    return {"loss_drop_last_fifth_pct": round(drop, 3), "converged": drop <= 5.0}
+    return {"loss_drop_last_fifth_pct": round(drop, 3), "converged": drop <= CONVERGED_MAX_DROP_PCT}
 
 
 def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Path, progress: bool = True,
