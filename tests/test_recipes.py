@@ -38,8 +38,12 @@ def test_full_study_is_the_demo_with_every_encoder_and_method():
     assert set(full.study.methods) == set(STUDY_METHODS) - {"clip-reference", "clip-synthetic-captions-only", "boxes"}
     assert set(demo.study.methods) <= set(full.study.methods)
     assert full.study.captioner == demo.study.captioner == "assets/captioners/tiny"
-    for section in ("world", "captioner", "pretrain", "transfer"):
+    for section in ("world", "captioner", "pretrain"):
         assert asdict(getattr(demo, section)) == asdict(getattr(full, section)), section
+    # the same probes; full.yaml reads the data-efficiency curve at one more fraction than the demo
+    assert {**asdict(demo.transfer), "data_fractions": None} == {**asdict(full.transfer), "data_fractions": None}
+    assert set(demo.transfer.data_fractions) < set(full.transfer.data_fractions)
+    assert len(demo.transfer.data_fractions) >= 4  # docs/DESIGN.md: at least four points for a curve
 
 
 def test_pretrain_recipe_is_the_papers_setting():
