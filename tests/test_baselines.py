@@ -142,3 +142,64 @@ def test_boxes_baseline_trains_on_the_curated_boxes(world_dir, tmp_path):
     assert s["objective"] == "boxes" and np.isfinite(s["final_loss"]) and s["first_loss"] > 0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert "none (box targets)" in json.dumps(run)
+
+
+def _interrupt_after(monkeypatch, calls: int) -> None:
+    """The baseline's optimiser steps raise after `calls` of them: a run killed mid-way (as a SIGKILL would
+    leave it: checkpoints on disk, nothing else)."""
+    from qclip.train import baselines
+
+    real, n = baselines.optimizer_step, [0]
+
+    def step(*args, **kwargs):
+        n[0] += 1
+        if n[0] > calls:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(baselines, "optimizer_step", step)
+
+
+@pytest.mark.parametrize("model, method", [("qclip-mci-tiny", "mim"), ("qclip-vit-tiny", "mim"),
+                                           ("qclip-mci-tiny", "supervised")])
+def test_a_killed_baseline_resumes_to_the_uninterrupted_result(world_dir, tmp_path, monkeypatch, model, method):
+    from safetensors.torch import load_file
+
+    from qclip.train import baselines
+
+    # SparK on the MCi and MAE on the ViT draw their masks from the batch generator: its state is saved too
+    over = [f"pretrain.model={model}", "pretrain.steps=7", "pretrain.batch_size=8", "pretrain.warmup_steps=1",
+            "pretrain.checkpoint_every=3", "pretrain.mim_hierarchical=spark"]
+    cfg = load_config(None, over)
+    train_baseline(cfg, method, world_dir / "pool", tmp_path / "ref", progress=False)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 5)  # killed in step 6, after the checkpoint at step 3
+        with pytest.raises(KeyboardInterrupt):
+            train_baseline(cfg, method, world_dir / "pool", tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["step"] == 3
+    steps_run = []
+    real = baselines.optimizer_step
+    monkeypatch.setattr(baselines, "optimizer_step", lambda *a, **k: (steps_run.append(1), real(*a, **k))[1])
+    train_baseline(cfg, method, world_dir / "pool", tmp_path / "run", progress=False)
+    assert len(steps_run) == 4  # steps 4-7 only
+    a, b = (load_file(tmp_path / r / "model" / "open_clip_model.safetensors") for r in ("ref", "run"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    assert (tmp_path / "ref" / "metrics.jsonl").read_text() == (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert not (tmp_path / "run" / "checkpoints").exists()  # finished: the model folder is what stays
+
+
+def test_a_baseline_never_resumes_a_checkpoint_of_other_settings(world_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    base = ["pretrain.model=qclip-mci-tiny", "pretrain.steps=5", "pretrain.batch_size=8", "pretrain.warmup_steps=1",
+            "pretrain.checkpoint_every=2"]
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            train_baseline(load_config(None, base), "supervised", world_dir / "pool", tmp_path / "run",
+                           progress=False)
+    other = load_config(None, base + ["pretrain.lr=0.002"])
+    train_baseline(other, "supervised", world_dir / "pool", tmp_path / "run", progress=False)
+    train_baseline(other, "supervised", world_dir / "pool", tmp_path / "fresh", progress=False)
+    a, b = (load_file(tmp_path / r / "model" / "open_clip_model.safetensors") for r in ("fresh", "run"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -62,15 +62,23 @@ def _nhwc_output(conv: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def epoch_batches(n: int, batch_size: int, gen: torch.Generator):
+class EpochBatches:
     """Endless batches of indices into n samples: epochs of a seeded permutation, drawn from `gen` only when
-    the previous epoch runs out (so other draws from `gen` between batches keep their order)."""
-    order: list[int] = []
-    while True:
-        if len(order) < batch_size:
-            order += torch.randperm(n, generator=gen).tolist()
-        batch, order = order[:batch_size], order[batch_size:]
-        yield batch
+    the previous epoch runs out (so other draws from `gen` between batches keep their order). `order`, the
+    current epoch's indices not yet drawn, with `gen`'s state, is the position a checkpoint saves."""
+
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator) -> None:
+        self.n, self.batch_size, self.gen = n, batch_size, gen
+        self.order: list[int] = []
+
+    def __iter__(self) -> "EpochBatches":
+        return self
+
+    def __next__(self) -> list[int]:
+        if len(self.order) < self.batch_size:
+            self.order += torch.randperm(self.n, generator=self.gen).tolist()
+        batch, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
+        return batch
 
 
 def cost_estimate(what: str, seconds_per_step: float, steps_left: int) -> str:
@@ -139,12 +147,14 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, step: int, keep: int = 2) -> None:
+def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, step: int, keep: int = 2,
+                    extra: dict | None = None) -> None:
+    """extra: the loop's own state beside the model's (tensors, lists, numbers; `checkpoint_extra` reads it)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     weights, state = ckpt_dir / f"step_{step:08d}.safetensors", ckpt_dir / f"step_{step:08d}.state.pt"
     save_weights(unwrap(model).state_dict(), weights)
     atomic_write_bytes(state, torch_save_bytes({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                                "step": step, "rng": _rng_state()}))
+                                                "step": step, "rng": _rng_state(), "extra": extra or {}}))
     atomic_write_json(ckpt_dir / "latest.json", {"step": step, "weights": weights.name, "state": state.name})
     prune_checkpoints(ckpt_dir, max(1, keep))
 
@@ -171,3 +181,12 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     return int(state["step"])
+
+
+def checkpoint_extra(ckpt_dir: Path) -> dict:
+    """The `extra` saved with the latest checkpoint ({} when there is none)."""
+    latest = ckpt_dir / "latest.json"
+    if not latest.is_file():
+        return {}
+    info = json.loads(latest.read_text())
+    return torch.load(ckpt_dir / info["state"], map_location="cpu", weights_only=True).get("extra", {})

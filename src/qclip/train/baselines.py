@@ -22,7 +22,8 @@ CLIP pretraining (`pretrain.*`), so methods differ only in their training signal
 Every baseline sees the same images through the same random-resized-crop transform as CLIP pretraining
 (`preprocess_train`), and with `pretrain.require_raw_caption` the same subset of the pool.
 
-The result is an ordinary qclip model folder (`OUT/model`, the whole CLIP model with an untouched text tower),
+A killed run resumes from `OUT/checkpoints` (every `pretrain.checkpoint_every` steps) to the uninterrupted
+run's weights. The result is an ordinary qclip model folder (`OUT/model`, the whole CLIP model with an untouched text tower),
 so `qclip transfer --encoder OUT` reads baselines and CLIP runs alike.
 """
 from __future__ import annotations
@@ -38,15 +39,26 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..atomic import atomic_write_json
-from ..config import STUDY_METHODS, Config
+from ..atomic import atomic_write_json, read_json_or_none, remove_tree
+from ..config import STUDY_METHODS, Config, result_keys
 from ..data.shards import ShardReader
 from ..data.world import COLOURS, SHAPES
 from ..data.world_shards import world_shapes
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir
 from ..models.dense_encoder import DenseEncoder
-from ..optim import adamw, epoch_batches, lr_lambda, optimizer_step, param_groups, to_memory_format
+from ..optim import (
+    EpochBatches,
+    adamw,
+    checkpoint_extra,
+    load_checkpoint,
+    lr_lambda,
+    optimizer_step,
+    param_groups,
+    prune_checkpoints,
+    save_checkpoint,
+    to_memory_format,
+)
 from ..provenance import write_run_info
 from .shard_dataset import seeded_cpu_rng
 
@@ -285,10 +297,25 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
                                                     "augmentation": "none (box targets)" if method == "boxes" else
                                                     "preprocess_train (as CLIP pretraining)"})
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = epoch_batches(len(images), min(tc.batch_size, len(images)), gen)
-    metrics = []
+    batches = EpochBatches(len(images), min(tc.batch_size, len(images)), gen)
+    metrics: list[dict] = []
+    # a killed run resumes from its latest training state: weights, optimiser, schedule, RNG, the batch position
+    # (`batches.order` and `gen`, which also draws the masks) and the losses so far; crops are drawn per step
+    # from the seed, so the resumed run ends where an uninterrupted one does. Checkpoints of other settings go.
+    ckpt_dir, run_key = out / "checkpoints", {"method": method, "data": str(data), "seed": cfg.seed,
+                                              "pretrain": result_keys(tc, text_tower=False, masked=method == "mim")}
+    if read_json_or_none(ckpt_dir / "run_key.json") != json.loads(json.dumps(run_key)):
+        remove_tree(ckpt_dir)
+    start = load_checkpoint(ckpt_dir, params, opt, sched)
+    if start:
+        extra = checkpoint_extra(ckpt_dir)
+        gen.set_state(extra["gen"])
+        batches.order, metrics = list(extra["order"]), list(extra["metrics"])
+    else:
+        atomic_write_json(ckpt_dir / "run_key.json", run_key)
     params.train()
-    bar = tqdm(range(tc.steps), desc=f"pretrain {method}", unit="step", disable=not progress)
+    bar = tqdm(range(start, tc.steps), desc=f"pretrain {method}", unit="step", disable=not progress,
+               initial=start, total=tc.steps)
     for step in bar:
         idx = next(batches)
         x = augmented_batch(images, idx, transform, cfg.seed * 1_000_003 + step).contiguous(memory_format=image_format)
@@ -321,6 +348,9 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
         optimizer_step(opt, sched, params.parameters(), tc.grad_clip)
         metrics.append({"step": step + 1, "loss": loss.item()})
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps:
+            save_checkpoint(ckpt_dir, params, opt, sched, step + 1, keep=max(2, tc.keep_checkpoints),
+                            extra={"gen": gen.get_state(), "order": batches.order, "metrics": metrics})
     if objective == "spark":
         for h in hooks:  # the saved tower is an ordinary dense one
             h.remove()
@@ -330,4 +360,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     summary = {"method": method, "objective": objective, "model": tc.model, "steps": tc.steps, "first_loss": metrics[0]["loss"],
                "final_loss": metrics[-1]["loss"], "seconds": round(time.time() - t0, 2), "model_dir": str(out / "model")}
     atomic_write_json(out / "summary.json", summary)
+    prune_checkpoints(ckpt_dir, tc.keep_checkpoints)  # as CLIP pretraining: the model folder is what stays
+    if not tc.keep_checkpoints:
+        remove_tree(ckpt_dir)
     return summary

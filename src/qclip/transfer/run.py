@@ -31,9 +31,9 @@ from tqdm import tqdm
 from ..atomic import atomic_write_json, remove_tree
 from ..config import Config
 from ..optim import (
+    EpochBatches,
     StepTimer,
     adamw,
-    epoch_batches,
     load_checkpoint,
     lr_lambda,
     optimizer_step,
@@ -189,7 +189,7 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
     gen = torch.Generator().manual_seed(seed)
     flip_gen = torch.Generator().manual_seed(seed + 1)
     bs = min(cfg.batch_size, len(train))
-    batches = list(itertools.islice(epoch_batches(len(train), bs, gen), cfg.steps))
+    batches = list(itertools.islice(EpochBatches(len(train), bs, gen), cfg.steps))
     losses: list[float] = []
     # one module for checkpoints: the encoder only when it trains
     trained = nn.ModuleDict({"head": head, **({"encoder": encoder} if finetune else {})})
