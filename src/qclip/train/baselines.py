@@ -23,8 +23,8 @@ Every baseline sees the same images through the same random-resized-crop transfo
 (`preprocess_train`), and with `pretrain.require_raw_caption` the same subset of the pool.
 
 A killed run resumes from `OUT/checkpoints` (every `pretrain.checkpoint_every` steps) to the uninterrupted
-run's weights. The result is an ordinary qclip model folder (`OUT/model`, the whole CLIP model with an untouched text tower),
-so `qclip transfer --encoder OUT` reads baselines and CLIP runs alike.
+run's weights. The result is an ordinary qclip model folder (`OUT/model`, the whole CLIP model with an untouched
+text tower), so `qclip transfer --encoder OUT` reads baselines and CLIP runs alike.
 """
 from __future__ import annotations
 
