@@ -114,7 +114,7 @@ class PretrainConfig:
     channels_last: bool = True
     workers: int = 2
     cache_mb: float = 512.0  # decoded images + tokenized captions kept per loader worker (a small dataset: once)
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100  # a training state every N steps (CLIP runs and the study's baselines) to resume from
     keep_checkpoints: int = 0  # training states kept once the run has finished (0: only RUN/model; 2 while running)
     log_every: int = 10
     threads: int = 0  # torch intra-op threads; 0: torch's default
