@@ -65,7 +65,7 @@ STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "world.n_d
          "captioner.workers=0", "captioner.checkpoint_every=2", "pretrain.steps=6", "pretrain.batch_size=8",
          "pretrain.warmup_steps=1", "pretrain.workers=0", "pretrain.checkpoint_every=2", "transfer.steps=3",
          "transfer.batch_size=4", "transfer.decoder_width=8", "transfer.data_fractions=[1.0]",
-         "study.caption_beams=1", "study.encoders=[qclip-mci-tiny]", "study.methods=[clip-raw,clip-synthetic,random]",
+         "study.caption_beams=1", "study.encoders=[qclip-mci-tiny]", "study.methods=[clip-raw,clip-synthetic,random,mim]",
          "study.tasks=[segmentation]", "study.captioner="]  # the study trains (and resumes) its captioner
 
 
@@ -89,8 +89,16 @@ def test_study_killed_three_times_equals_uninterrupted(tmp_path):
 
     kills = [kill_when(_qclip([*args, "--out", str(out)]), stages_done, t, d, timeout=600) for t, d in plan]
     assert sum(kills) >= 2, f"plan {plan}: the runs finished before they could be killed"
+    # and once inside the masked image modeling baseline, after its first training state: it resumes there
+    mim_ckpt = out / "pretrain" / "seed0" / "qclip-mci-tiny-mim" / "checkpoints" / "latest.json"
+
+    def mim_step() -> int:
+        return json.loads(mim_ckpt.read_text())["step"] if mim_ckpt.is_file() else -1
+
+    assert kill_when(_qclip([*args, "--out", str(out)]), mim_step, 2, 0.0, timeout=600), "mim was not killed"
     final = _qclip([*args, "--out", str(out)])
     text = final.communicate(timeout=600)[0]
     assert final.returncode == 0, text[-3000:]
+    assert "pretrain mim (spark): resuming at step" in text, text[-3000:]
     assert _rows(out) == _rows(tmp_path / "ref"), f"plan {plan}: results differ from the uninterrupted run"
     assert (out / "report.html").is_file()

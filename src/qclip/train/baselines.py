@@ -311,6 +311,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
         extra = checkpoint_extra(ckpt_dir)
         gen.set_state(extra["gen"])
         batches.order, metrics = list(extra["order"]), list(extra["metrics"])
+        print(f"pretrain {method} ({objective}): resuming at step {start} of {tc.steps} from {ckpt_dir}")
     else:
         atomic_write_json(ckpt_dir / "run_key.json", run_key)
     params.train()
