@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write_bytes, atomic_write_json
+from .atomic import atomic_write_bytes, atomic_write_json, read_json_or_none, remove_tree
 from .models.checkpoint import load_weights, save_weights, torch_save_bytes, unwrap
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,7 +149,8 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, step: int, keep: int = 2,
                     extra: dict | None = None) -> None:
-    """extra: the loop's own state beside the model's (tensors, lists, numbers; `checkpoint_extra` reads it)."""
+    """extra: the loop's own state beside the model's (tensors, lists, numbers; `load_checkpoint(extra=...)`
+    reads it back)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     weights, state = ckpt_dir / f"step_{step:08d}.safetensors", ckpt_dir / f"step_{step:08d}.state.pt"
     save_weights(unwrap(model).state_dict(), weights)
@@ -169,8 +170,9 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
         w.with_name(w.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
 
 
-def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
-    """Restore the latest checkpoint; returns its step (0 when there is none)."""
+def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler, extra: dict | None = None) -> int:
+    """Restore the latest checkpoint; returns its step (0 when there is none). `extra`, when given, is filled
+    with the loop's own state saved beside it (`save_checkpoint(extra=...)`)."""
     latest = ckpt_dir / "latest.json"
     if not latest.is_file():
         return 0
@@ -180,13 +182,14 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer, scheduler) -> int:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
+    if extra is not None:
+        extra.update(state.get("extra", {}))
     return int(state["step"])
 
 
-def checkpoint_extra(ckpt_dir: Path) -> dict:
-    """The `extra` saved with the latest checkpoint ({} when there is none)."""
-    latest = ckpt_dir / "latest.json"
-    if not latest.is_file():
-        return {}
-    info = json.loads(latest.read_text())
-    return torch.load(ckpt_dir / info["state"], map_location="cpu", weights_only=True).get("extra", {})
+def drop_checkpoints_of_other_settings(ckpt_dir: Path, run_key: dict) -> None:
+    """Checkpoints resume only the settings that wrote them: `ckpt_dir` is removed when its run_key.json records
+    other settings (the caller then records `run_key` there before its first checkpoint)."""
+    recorded = ckpt_dir / "run_key.json"
+    if recorded.is_file() and read_json_or_none(recorded) != json.loads(json.dumps(run_key)):
+        remove_tree(ckpt_dir)

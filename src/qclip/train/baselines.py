@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..atomic import atomic_write_json, read_json_or_none, remove_tree
+from ..atomic import atomic_write_json, remove_tree
 from ..config import STUDY_METHODS, Config, result_keys
 from ..data.shards import ShardReader
 from ..data.world import COLOURS, SHAPES
@@ -50,7 +50,7 @@ from ..models.dense_encoder import DenseEncoder
 from ..optim import (
     EpochBatches,
     adamw,
-    checkpoint_extra,
+    drop_checkpoints_of_other_settings,
     load_checkpoint,
     lr_lambda,
     optimizer_step,
@@ -304,16 +304,14 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     # from the seed, so the resumed run ends where an uninterrupted one does. Checkpoints of other settings go.
     ckpt_dir, run_key = out / "checkpoints", {"method": method, "data": str(data), "seed": cfg.seed,
                                               "pretrain": result_keys(tc, text_tower=False, masked=method == "mim")}
-    if read_json_or_none(ckpt_dir / "run_key.json") != json.loads(json.dumps(run_key)):
-        remove_tree(ckpt_dir)
-    start = load_checkpoint(ckpt_dir, params, opt, sched)
+    drop_checkpoints_of_other_settings(ckpt_dir, run_key)
+    atomic_write_json(ckpt_dir / "run_key.json", run_key)
+    extra: dict = {}
+    start = load_checkpoint(ckpt_dir, params, opt, sched, extra)
     if start:
-        extra = checkpoint_extra(ckpt_dir)
         gen.set_state(extra["gen"])
         batches.order, metrics = list(extra["order"]), list(extra["metrics"])
         print(f"pretrain {method} ({objective}): resuming at step {start} of {tc.steps} from {ckpt_dir}")
-    else:
-        atomic_write_json(ckpt_dir / "run_key.json", run_key)
     params.train()
     bar = tqdm(range(start, tc.steps), desc=f"pretrain {method}", unit="step", disable=not progress,
                initial=start, total=tc.steps)

@@ -28,12 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..atomic import atomic_write_json, remove_tree
+from ..atomic import atomic_write_json
 from ..config import Config
 from ..optim import (
     EpochBatches,
     StepTimer,
     adamw,
+    drop_checkpoints_of_other_settings,
     load_checkpoint,
     lr_lambda,
     optimizer_step,
@@ -308,8 +309,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         sub = TransferDataset(train_ds, idx, t.image_size, info.mean, info.std, train=True, scale_range=scales)
         ckpt_dir = out / name / "checkpoints"
         run_key = {"encoder": encoder_spec, "data": str(data), "seed": cfg.seed, "transfer": asdict(t)}
-        if (ckpt_dir / "run_key.json").is_file() and json.loads((ckpt_dir / "run_key.json").read_text()) != run_key:
-            remove_tree(ckpt_dir)  # checkpoints of another setting: start afresh rather than resume them
+        drop_checkpoints_of_other_settings(ckpt_dir, run_key)  # another setting's: start afresh, never resume them
         if t.checkpoint_every:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(ckpt_dir / "run_key.json", run_key)
