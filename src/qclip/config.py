@@ -144,6 +144,8 @@ def transfer_result_keys(transfer: TransferConfig) -> dict:
     """The transfer.* settings a transfer stage's key hashes: without a probe grid, select_split is unused and
     both keys are left out (transfer stages cached before the grid existed keep matching)."""
     d = dataclasses.asdict(transfer)
+    if not d["allow_shared_splits"]:  # added after stages were cached; False reproduces them
+        del d["allow_shared_splits"]
     if not transfer.probe_weight_decays:
         del d["probe_weight_decays"], d["select_split"]
     return d
@@ -246,6 +248,28 @@ class TransferConfig:
     threads: int = 0  # torch threads; 0 = torch's default
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N; bf16 autocast on CUDA
     checkpoint_every: int = 0  # > 0: save every N iterations under RUN/<fraction>/checkpoints and resume there
+    # train on the evaluation images: only when asked (a check, an overfitting test). Without it, train and
+    # evaluation splits that share an image are refused before anything trains
+    allow_shared_splits: bool = False
+
+
+@dataclass
+class DenseDataConfig:
+    """One dense dataset of a study on your own data (`study.dense`): where it is, what it labels, which splits
+    train, choose and report, and the transfer recipe it is fine-tuned or probed with."""
+
+    name: str = ""  # how the report and results.json name it (e.g. ade20k, nyuv2)
+    path: str = ""  # the dataset's root folder (relative paths: to the working directory)
+    task: str = "segmentation"  # segmentation | depth
+    layout: str = "auto"  # auto | ade20k | voc | nyu | folder | qclip
+    train_split: str = ""  # "" = the layout's default (ade20k/voc/folder: train; nyu: train; qclip: dense)
+    val_split: str = ""  # the reported split; "" = the layout's default (ade20k/voc/folder: val; nyu: test)
+    select_split: str = ""  # held-out split a probe grid chooses on; never the reported one
+    num_classes: int = 0  # 0 = the layout's (ADE20k 150, VOC 21) or max id + 1
+    # the transfer recipe: a config file whose `transfer:` section applies (e.g. configs/transfer_ade20k_upernet.yaml;
+    # relative paths: to the study config's folder, then the working directory), then these transfer.* overrides
+    recipe: str = ""
+    transfer: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -273,6 +297,17 @@ class StudyConfig:
     # per-encoder `pretrain.*` overrides, e.g. {qclip-mci-tiny: {steps: 200}}: every method of that encoder
     # (CLIP policies and baselines) gets the same overridden budget, so methods stay comparable per encoder
     encoder_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # --- your own data (all empty: the embedded world) ---
+    # the image-text pool CLIP pretrains on: a qclip dataset (`qclip ingest ...` writes one); "" = the world's pool
+    pool: str = ""
+    # a qclip dataset with reference captions the in-repo captioner trains on when study.captioner is "";
+    # "" = the world's curated split
+    curated: str = ""
+    # dense datasets to transfer to, each with its task, layout, splits and recipe; [] = the world's dense/val
+    dense: list[DenseDataConfig] = field(default_factory=list)
+    # baselines given as encoders instead of trained here, name -> any `qclip transfer --encoder` spec, e.g.
+    # {mae: timm:vit_base_patch16_224.mae, supervised-in21k: timm:vit_base_patch16_224.augreg_in21k}
+    given: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -495,8 +530,49 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), c
             key = "pretrain" + key[len("train"):]
         _set_dotted(tree, key, value, cls)
     cfg = from_dict(cls, tree)
+    if cls is Config and path is not None:
+        _resolve_recipes(cfg, Path(path).parent)
     validate(cfg)
     return cfg
+
+
+def _resolve_recipes(cfg: Config, config_dir: Path) -> None:
+    """study.dense[].recipe relative to the study config's folder when the file is there (as `_base_`), else as
+    given (relative to the working directory)."""
+    for d in cfg.study.dense:
+        if d.recipe and not Path(d.recipe).is_absolute() and (config_dir / d.recipe).is_file():
+            d.recipe = str(config_dir / d.recipe)
+
+
+# methods that need the world's labels (scene graphs, object boxes, reference descriptions of the pool)
+WORLD_ONLY_METHODS = {"supervised": "object labels", "boxes": "object boxes",
+                      "clip-reference": "reference descriptions of every pool image",
+                      "clip-synthetic-captions-only": "a second captioner trained without the world's object boxes"}
+
+
+def dense_transfer(cfg: Config, d: DenseDataConfig) -> TransferConfig:
+    """The transfer settings of one `study.dense` dataset: the study's `transfer` section, then the recipe
+    file's `transfer:` section, then the dataset's own `transfer` overrides, then its task, layout and splits."""
+    tree = to_dict(cfg.transfer)
+    if d.recipe:
+        recipe = _read_tree(Path(d.recipe))
+        unknown = set(recipe) - {"transfer", "seed"}
+        if unknown:
+            raise ConfigError(f"study.dense '{d.name}': recipe '{d.recipe}' has sections {sorted(unknown)}; a "
+                              "transfer recipe holds a `transfer:` section (e.g. configs/transfer_ade20k_upernet.yaml)")
+        tree = _merge(tree, recipe.get("transfer") or {})
+    tree = _merge(tree, d.transfer)
+    entry = {"task": d.task, "layout": d.layout, "train_split": d.train_split, "val_split": d.val_split,
+             "num_classes": d.num_classes}
+    tree.update({k: v for k, v in entry.items() if v or k == "task"})
+    if d.select_split:
+        tree["select_split"] = d.select_split
+    return from_dict(TransferConfig, tree, prefix=f"study.dense[{d.name}].transfer")
+
+
+def uses_own_data(cfg: Config) -> bool:
+    """Whether the study reads a user's pool (else it generates the embedded world and trains on its pool)."""
+    return bool(cfg.study.pool)
 
 
 # sections renamed, old spelling -> new: the old one is still read, with a warning, for one release
@@ -619,6 +695,7 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    _validate_study_data(cfg)
     for enc, train in cfg.study.encoder_train.items():
         key = f"study.encoder_train.{enc}"
         if enc not in cfg.study.encoders:
@@ -630,6 +707,54 @@ def validate(cfg: Config) -> None:
             validate(dataclasses.replace(cfg, pretrain=merged, study=dataclasses.replace(cfg.study, encoder_train={})))
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
+
+
+def _validate_study_data(cfg: Config) -> None:
+    """study.pool / curated / dense / given: what is named must fit together before anything runs."""
+    st = cfg.study
+    for name, spec in st.given.items():
+        if name in STUDY_METHODS or name in st.methods:
+            raise ConfigError(f"study.given: '{name}' is the name of a method trained here; name the given "
+                              f"encoder otherwise (e.g. '{name}-given')")
+        if not spec:
+            raise ConfigError(f"study.given.{name}: empty encoder spec; give a model folder, MODEL:TAG or timm:NAME")
+    if st.pool:
+        needs = [f"{m} ({WORLD_ONLY_METHODS[m]})" for m in st.methods if m in WORLD_ONLY_METHODS]
+        if needs:
+            raise ConfigError(f"study.methods: {', '.join(needs)} exist only on the embedded world, not on "
+                              f"study.pool '{st.pool}'; drop them, or give such a baseline as an encoder "
+                              "(study.given, e.g. {supervised-in21k: timm:vit_base_patch16_224.augreg_in21k})")
+        if not st.dense:
+            raise ConfigError("study.pool names your own pool, so study.dense must name the dense datasets to "
+                              "transfer to (the world's dense splits belong to the world)")
+        if not st.captioner and not st.curated and any(STUDY_METHODS[m].captioner for m in st.methods):
+            raise ConfigError("study.pool needs a captioner: set study.captioner (hf:NAME, an open_clip CoCa with "
+                              "study.captioner_pretrained, or a captioner folder) or study.curated (a qclip dataset "
+                              "with reference captions to train the in-repo captioner on)")
+    if st.curated and st.captioner:
+        raise ConfigError(f"study.curated '{st.curated}' trains the in-repo captioner, but study.captioner "
+                          f"'{st.captioner}' is given: drop one")
+    names = [d.name for d in st.dense]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"study.dense: every dataset needs its own name, got {names}")
+    tasks = [d.task for d in st.dense]
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"study.dense: one dataset per task, got tasks {tasks} (the report compares methods per "
+                          "task); run a second study for another dataset of the same task")
+    for d in st.dense:
+        where = f"study.dense '{d.name}'"
+        if not d.path:
+            raise ConfigError(f"{where}: path is empty; name the dataset's root folder")
+        if d.layout not in ("auto", "ade20k", "voc", "nyu", "folder", "qclip"):
+            raise ConfigError(f"{where}: layout '{d.layout}' is not auto, ade20k, voc, nyu, folder or qclip")
+        t = dense_transfer(cfg, d)
+        try:
+            validate(dataclasses.replace(cfg, transfer=t, study=StudyConfig()))
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if t.val_split and t.select_split == t.val_split and t.probe_weight_decays:
+            raise ConfigError(f"{where}: select_split '{t.select_split}' is the reported split; choose the probe "
+                              "grid on another held-out split")
 
 
 def _train_with(cfg: Config, encoder: str) -> PretrainConfig:

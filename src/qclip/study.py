@@ -6,9 +6,15 @@ the report. Each stage is cached by a content hash of its config section and of 
 after a change redoes only what the change reaches; a killed stage resumes (its own checkpoints / finished
 shards); `--fresh` ignores the cache. With `study.seeds > 1`, pretraining and transfer run once per seed and
 the report shows mean +- std.
+
+On your own data (`study.pool`, `study.dense`) the world is not generated: the pool is a qclip dataset, the
+captioner is given or trained on `study.curated`, and every encoder transfers to each `study.dense` dataset with
+that dataset's recipe. Baselines given as encoders (`study.given`) are transferred beside the methods trained here.
+Every input is opened and checked before the first stage trains (`preflight`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -23,11 +29,14 @@ from .config import (
     STUDY_METHODS,
     Config,
     ConfigError,
+    DenseDataConfig,
     StudyMethod,
+    dense_transfer,
     encoder_train,
     result_keys,
     to_dict,
     transfer_result_keys,
+    uses_own_data,
     world_result_keys,
 )
 from .report.build import study_run_dir
@@ -132,13 +141,17 @@ def check_image_sizes(cfg: Config) -> None:
     def side(v: int | list[int]) -> int:  # an image size given as one side or (height, width)
         return v if isinstance(v, int) else max(v)
 
-    size = cfg.world.image_size
-    sizes = {"captioner.image_size": cfg.captioner.image_size, "transfer.image_size": cfg.transfer.image_size}
+    size, own = cfg.world.image_size, uses_own_data(cfg)
+    # on your own data nothing is tied to the world's size: each dense dataset has its recipe's image size
+    sizes = {} if own else {"captioner.image_size": cfg.captioner.image_size}
+    if not cfg.study.dense and not own:
+        sizes["transfer.image_size"] = cfg.transfer.image_size
     for enc in cfg.study.encoders:
         t = encoder_train(cfg, enc).pretrain
         vision = resolve_model_cfg(enc, t.text_tower)[1]["vision_cfg"]
         model_size = t.image_size or vision.get("image_size", size)
-        sizes[f"the image size of {enc} (pretrain.image_size, else its model config)"] = model_size
+        if not own:
+            sizes[f"the image size of {enc} (pretrain.image_size, else its model config)"] = model_size
         # SimMIM and SparK (mim on a tower without ViT patches) mask squares of pretrain.mim_mask_patch px: fail here,
         # not at its first training step after the world, captions and other runs
         if "mim" in cfg.study.methods and "patch_size" not in vision and side(model_size) % t.mim_mask_patch:
@@ -173,6 +186,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     check_image_sizes(cfg)
     # a given captioner's folder is checked before any stage runs, so a wrong path fails before the world renders
     given_folder = given_captioner_folder(cfg.study.captioner) if cfg.study.captioner else None
+    preflight(cfg, log)
     git_commit()  # read now: results.json records the tree this run's code came from
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, fresh)
@@ -194,6 +208,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
                     pretrain_dirs[tag] = Path(spec)
                 rows += _transfer_stage(mcfg, spec, pretrain_key, enc, name, tag, out, world_dir, cache, progress,
                                         log)
+        rows += _given_stage(cfg, cfg.seed + s, out, world_dir, keys, cache, progress, log)
 
     log("[5/5] report")
     timings = {"stage_seconds": cache.seconds, "stage_seconds_cached": cache.cached_seconds}
@@ -206,6 +221,105 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
 
     build_report(out, results, pretrain_dirs)
     return results
+
+
+# samples of a pool or curated set read before training to prove it holds captions (the whole set at real scale
+# would take minutes; a pool whose first thousand samples have none is not usable)
+PREFLIGHT_SAMPLES = 1000
+
+
+def preflight(cfg: Config, log: Callable[[str], None] = print) -> None:
+    """Open and check every input the study names before any stage trains: the pool and curated datasets (a qclip
+    dataset with captions), each dense dataset's splits (layout, sizes, class ids, disjoint splits) and a given
+    hub captioner (loadable here). Raises ConfigError naming the input and the fix."""
+    from .data.dense import DenseDataError
+    from .data.shards import ShardReader, is_dataset
+    from .train.shard_dataset import has_raw_caption
+    from .transfer.dataset import check_disjoint, open_split, open_splits
+
+    st = cfg.study
+    for key, path, kind in (("study.pool", st.pool, "raw"), ("study.curated", st.curated, "reference")):
+        if not path:
+            continue
+        if not is_dataset(path):
+            raise ConfigError(f"{key} '{path}' is not a qclip dataset (no manifest.json); `qclip ingest table|coco|"
+                              f"img2dataset|hf ... --out DIR` writes one from your images and captions")
+        seen = found = 0
+        for smp in ShardReader(path):
+            seen += 1
+            found += bool(has_raw_caption(smp.meta) if kind == "raw" else smp.captions.get("reference"))
+            if found or seen >= PREFLIGHT_SAMPLES:
+                break
+        if not found:
+            what = ("raw captions (alt-text): every method trains on the images that have one"
+                    if kind == "raw" else "reference captions to train the captioner on")
+            raise ConfigError(f"{key} '{path}': none of its first {seen} samples has {what}. Check the caption "
+                              f"column given to `qclip ingest table` (--caption-column)" + (
+                                  "" if kind == "raw" else ", or give study.captioner instead"))
+    for d in st.dense:
+        t = dense_transfer(cfg, d)
+        try:
+            layout, train, val = open_splits(d.path, t.layout, t.task, t.train_split, t.val_split, t.max_depth,
+                                             t.num_classes)
+            check_disjoint(d.path, train, val, "evaluation", t.allow_shared_splits)
+            sizes = f"train '{train.split}' {len(train)}, val '{val.split}' {len(val)}"
+            if t.probe_weight_decays:
+                select = open_split(d.path, layout, t.task, t.select_split, t.max_depth, t.num_classes)
+                if select.split == val.split:
+                    raise DenseDataError(f"select_split '{select.split}' is the reported split; choose the probe "
+                                         "grid on another held-out split")
+                check_disjoint(d.path, train, select, "selection", t.allow_shared_splits)
+                check_disjoint(d.path, select, val, "evaluation", t.allow_shared_splits)
+                sizes += f", select '{select.split}' {len(select)}"
+        except (DenseDataError, ValueError) as e:
+            raise ConfigError(f"study.dense '{d.name}' ({d.path}): {e}") from None
+        log(f"      dense {d.name}: {t.task}, {layout} layout, {sizes} images; {t.mode} at {t.image_size} px, "
+            f"{t.steps} steps")
+    if st.captioner and given_captioner_folder(st.captioner) is None and _captioner_stage_needed(cfg):
+        _check_captioner_loads(st.captioner, st.captioner_pretrained)
+
+
+def _captioner_stage_needed(cfg: Config) -> bool:
+    return any(STUDY_METHODS[m].captioner == "main" for m in cfg.study.methods)
+
+
+def _check_captioner_loads(spec: str, pretrained: str) -> None:
+    """A hub captioner (hf:NAME, an open_clip CoCa + tag) must load here before the study starts: on an offline
+    machine the download fails, and it should fail now, not after the pool is read."""
+    from .captions.captioners import create_captioner
+    from .models.factory import model_spec
+
+    try:
+        create_captioner(model_spec(spec), pretrained=pretrained or None, captioner_id=study_captioner_id(spec))
+    except Exception as e:  # any loader's failure: offline, wrong name, missing extra
+        msg = " ".join(str(e).split())[:400]
+        raise ConfigError(f"study.captioner '{spec}'" + (f" ({pretrained})" if pretrained else "") + " cannot be "
+                          f"loaded here: {type(e).__name__}: {msg}. On a machine without the hub, download it "
+                          "where there is one (huggingface-cli download NAME, or open_clip's pretrained file) and "
+                          "give its local folder (hf:/path/to/model, local-dir:PATH), or set HF_HOME to a "
+                          "cache that holds it") from None
+
+
+def dataset_fingerprint(path: Path) -> str:
+    """A qclip dataset's identity: its manifest (per-shard sample counts and sha256), read in a millisecond."""
+    return hashlib.sha256((Path(path) / "manifest.json").read_bytes()).hexdigest()
+
+
+def dense_fingerprint(d: DenseDataConfig) -> dict:
+    """A dense dataset's identity for the transfer stage's key: its folder and what lies in it (names, sizes and
+    mtimes, or a qclip manifest), so a dataset replaced at the same path is not mistaken for the old one."""
+    import os
+
+    root = Path(d.path).resolve()
+    if (root / "manifest.json").is_file():
+        return {"path": str(root), "manifest": dataset_fingerprint(root)}
+    h = hashlib.sha256()
+    for base, dirs, files in os.walk(root):
+        dirs.sort()
+        for f in sorted(files):
+            st = os.stat(os.path.join(base, f))
+            h.update(f"{os.path.relpath(os.path.join(base, f), root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return {"path": str(root), "files": h.hexdigest()}
 
 
 def _data_stages(cfg: Config, out: Path, cache: StageCache, progress: bool, log,
@@ -223,18 +337,31 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, progress: bool, log,
     from .models.factory import model_spec
 
     study, world_dir = cfg.study, out / "world"
-    world_key = cache.key("world", world_result_keys(cfg.world), cfg.seed)  # what later stages' keys build on
-    splits = world_splits(cfg)
-    # the stage's own key names the splits when some are left out (a split's samples do not depend on which
-    # others exist, so later keys do not): a study that needs the curated split later generates only that one
-    stage_key = world_key if splits == SPLITS else cache.key(world_key, list(splits))
-    log("[1/5] world")
-    info = cache.run("world", stage_key, None, lambda: build_world(cfg, world_dir, progress=progress, splits=splits))
-    log("      " + summary_line(info, None if "world" in cache.ran else world_dir))
-    if not (out / "world_preview.png").is_file():
-        write_preview(world_dir, out / "world_preview.png")
+    own = uses_own_data(cfg)
+    if own:  # your pool: no world; every later key builds on the pool's identity instead of the world's
+        pool_dir = Path(study.pool)
+        world_key = cache.key("pool", dataset_fingerprint(pool_dir))
+        n = json.loads((pool_dir / "manifest.json").read_text()).get("num_samples", "?")
+        log(f"[1/5] pool: {pool_dir} ({n} samples; the world is not generated)")
+        curated_dir = Path(study.curated) if study.curated else None
+    else:
+        world_key = cache.key("world", world_result_keys(cfg.world), cfg.seed)  # what later stages' keys build on
+        splits = world_splits(cfg)
+        # the stage's own key names the splits when some are left out (a split's samples do not depend on which
+        # others exist, so later keys do not): a study that needs the curated split later generates only that one
+        stage_key = world_key if splits == SPLITS else cache.key(world_key, list(splits))
+        log("[1/5] world")
+        info = cache.run("world", stage_key, None,
+                         lambda: build_world(cfg, world_dir, progress=progress, splits=splits))
+        log("      " + summary_line(info, None if "world" in cache.ran else world_dir))
+        if not (out / "world_preview.png").is_file():
+            write_preview(world_dir, out / "world_preview.png")
+        pool_dir, curated_dir = world_dir / "pool", world_dir / "curated"
 
     given = study.captioner  # a captioner to use as it is (a pretrained one), instead of training the in-repo one
+    if own and not any(STUDY_METHODS[m].captioner for m in study.methods):
+        log("[2/5] captions: no method reads synthetic captions; the pool is not recaptioned")
+        return {"world": world_key, "recaption": {}, "pool": pool_dir}, {}
     log("[2/5] captions: " + (f"recaption the pool with {given}" if given else
                               "train the captioner on the curated split, recaption the pool"))
     variants = captioner_variants(cfg)
@@ -242,7 +369,7 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, progress: bool, log,
     for variant in variants:
         ccfg = dataclasses.replace(cfg, captioner=dataclasses.replace(cfg.captioner, **STUDY_CAPTIONERS[variant]))
         suffix = "" if variant == "main" else f"-{variant}"
-        cap_dir, pool_dir = out / f"captioner{suffix}", out / captioned_pool(variant)
+        cap_dir, captioned_dir = out / f"captioner{suffix}", out / captioned_pool(variant)
         if variant == "main" and given:
             spec, pretrained, cid = model_spec(given), study.captioner_pretrained or None, study_captioner_id(given)
             # the pool it recaptions, and the captioner by content (a folder) or by name (a hub model)
@@ -252,22 +379,24 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, progress: bool, log,
             log(f"      captioner: {spec} as given (not trained here), captions stored as synthetic:{cid}")
         else:
             spec, pretrained, cid = f"local-dir:{cap_dir / 'model'}", None, CAPTIONER_ID
-            captioner_key = cache.key("captioner", world_key, asdict(ccfg.captioner), cfg.seed)
+            captioner_key = cache.key("captioner", world_key, asdict(ccfg.captioner), cfg.seed,
+                                      *([dataset_fingerprint(curated_dir)] if own else []))
             cap = cache.run(f"captioner{suffix}", captioner_key, cap_dir,
-                            lambda: train_captioner(ccfg, world_dir / "curated", cap_dir, progress))
+                            lambda: train_captioner(ccfg, curated_dir, cap_dir, progress))
             log(f"      captioner{suffix}: {cap['steps']} steps, caption loss {cap['caption_loss']:.3f}")
         recaption_keys[variant] = cache.key("recaption", captioner_key, study.captions_per_image,
                                             study.caption_sampling, study.caption_beams)
 
         def do_recaption() -> dict:
             c = create_captioner(spec, pretrained=pretrained, captioner_id=cid)
-            s = recaption(world_dir / "pool", pool_dir, c, study.captions_per_image,
+            s = recaption(pool_dir, captioned_dir, c, study.captions_per_image,
                           Sampling(method=study.caption_sampling, num_beams=study.caption_beams),
                           study.caption_batch_size, progress, cfg.seed)
-            s["quality"] = dataset_quality(pool_dir, max_samples=2000)
+            # the world's measure reads scene graphs; a user's pool has none
+            s["quality"] = {} if own else dataset_quality(captioned_dir, max_samples=2000)
             return {k: v for k, v in s.items() if k != "skips"}
 
-        rec = cache.run(f"recaption{suffix}", recaption_keys[variant], pool_dir, do_recaption)
+        rec = cache.run(f"recaption{suffix}", recaption_keys[variant], captioned_dir, do_recaption)
         for kind, q in rec["quality"].items():
             if variant != "main" and not kind.startswith("synthetic"):
                 continue  # raw and reference are the same pool's
@@ -275,7 +404,8 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, progress: bool, log,
     for kind, q in quality.items():
         log(f"      {kind:<16} objects named correctly {q['objects_named_correctly']:.1%}, "
             f"named objects wrong {q['named_objects_wrong']:.1%}")
-    return {"world": world_key, "recaption": recaption_keys}, quality
+    # "world": the key later stages build on (the world's, or your pool's); "pool": the pool CLIP and MIM read
+    return {"world": world_key, "recaption": recaption_keys, "pool": pool_dir}, quality
 
 
 def world_splits(cfg: Config) -> tuple[str, ...]:
@@ -318,53 +448,89 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
         # world's labelled splits: without the world, a study re-run in another world reused the old world's rows
         return f"random:{enc}", cache.key("random", enc, model_cfg["vision_cfg"], keys["world"]), []
     run_dir, seed = study_run_dir(out, "pretrain", mcfg.seed, enc, method.name), mcfg.seed
+    pool_dir = Path(keys.get("pool") or world_dir / "pool")
+    own = uses_own_data(mcfg)
     stage = f"pretrain-{tag.replace('/', '-')}"
     if method.kind == "baseline":
         # a supervised run ignores the masked-modeling keys: changing them re-runs only masked image modeling
         pretrain_key = cache.key("baseline", method.name, keys["world"],
                                  result_keys(mcfg.pretrain, text_tower=False, masked=method.name == "mim"),
                                  model_cfg, seed)
+        split_dir = pool_dir if method.split == "pool" else world_dir / method.split
         cache.run(stage, pretrain_key, run_dir, lambda: train_baseline(
-            mcfg, method.name, world_dir / method.split, run_dir, progress), label=f"pretrain {tag}")
+            mcfg, method.name, split_dir, run_dir, progress), label=f"pretrain {tag}")
         return str(run_dir), pretrain_key, []
-    data = out / captioned_pool(method.captioner) if method.captioner else world_dir / "pool"
+    data = out / captioned_pool(method.captioner) if method.captioner else pool_dir
     pretrain_key = cache.key("pretrain", method.name,
                              keys["recaption"][method.captioner] if method.captioner else keys["world"],
                              result_keys(mcfg.pretrain), model_cfg, seed)
 
     def do_pretrain() -> dict:
         r = pretrain(mcfg, data, run_dir, progress=progress)
-        b = create_clip(f"local-dir:{run_dir / 'model'}")
-        r["retrieval"] = retrieval_metrics(b, world_dir / "val", "reference")
-        r["zeroshot"] = zero_shot_classification(b, world_dir / "val")
+        if not own:  # retrieval and zero-shot read the world's val split: its reference captions and object labels
+            b = create_clip(f"local-dir:{run_dir / 'model'}")
+            r["retrieval"] = retrieval_metrics(b, world_dir / "val", "reference")
+            r["zeroshot"] = zero_shot_classification(b, world_dir / "val")
         return r
 
     r = cache.run(stage, pretrain_key, run_dir, do_pretrain, label=f"pretrain {tag}")
     rows = [{"method": method.name, "encoder": enc, "task": task, "data_fraction": 1.0, "seed": seed,
-             "metrics": r[task]} for task in ("retrieval", "zeroshot")]
+             "metrics": r[task]} for task in ("retrieval", "zeroshot") if task in r]
     return str(run_dir), pretrain_key, rows
 
 
 def _transfer_stage(mcfg: Config, spec: str, pretrain_key: str, enc: str, method: str, tag: str, out: Path,
                     world_dir: Path, cache: StageCache, progress: bool, log) -> list[dict]:
-    """4. transfer one encoder to every task at every labelled fraction; the tasks share its frozen features."""
+    """4. transfer one encoder to every task at every labelled fraction; the tasks share its frozen features.
+    On your own dense datasets (study.dense): to each one, with its own recipe, keyed by its identity too."""
     from .transfer.run import FeatureMemo, run_transfer
 
     memo, rows = FeatureMemo(), []
-    for task in mcfg.study.tasks:
-        tcfg = dataclasses.replace(mcfg, transfer=dataclasses.replace(mcfg.transfer, task=task))
+    targets = ([(d.task, dense_transfer(mcfg, d), Path(d.path), d) for d in mcfg.study.dense] if mcfg.study.dense
+               else [(task, dataclasses.replace(mcfg.transfer, task=task), world_dir, None)
+                     for task in mcfg.study.tasks])
+    for task, transfer, data, dense in targets:
+        tcfg = dataclasses.replace(mcfg, transfer=transfer)
         t_dir = study_run_dir(out, "transfer", mcfg.seed, enc, method, task)
-        transfer_key = cache.key("transfer", pretrain_key, transfer_result_keys(tcfg.transfer), mcfg.seed)
+        transfer_key = cache.key("transfer", pretrain_key, transfer_result_keys(tcfg.transfer), mcfg.seed,
+                                 *([dense.name, dense_fingerprint(dense)] if dense else []))
         r = cache.run(f"transfer-{tag.replace('/', '-')}-{task}", transfer_key, t_dir,
-                      lambda: run_transfer(tcfg, spec, world_dir, t_dir, progress, memo),
+                      lambda: run_transfer(tcfg, spec, data, t_dir, progress, memo),
                       label=f"transfer {tag} {task}")
         for x in r["results"]:
             rows.append({"method": method, "encoder": enc, "task": task, "data_fraction": x["data_fraction"],
                          "seed": mcfg.seed, "metrics": x["metrics"],
+                         **({"dataset": dense.name} if dense else {}),
                          "probe": {**{k: x.get(k) for k in ("final_train_loss", "loss_drop_last_fifth_pct",
                                                             "converged")},
                                    **({"selection": x["probe_selection"]} if "probe_selection" in x else {})}})
-        log(f"[4/5] transfer {tag} {task}: " + ", ".join(
+        log(f"[4/5] transfer {tag} {task}" + (f" ({dense.name})" if dense else "") + ": " + ", ".join(
             f"{x['data_fraction']:g}: {next(iter(x['metrics'].items()))[0]} "
             f"{next(iter(x['metrics'].values())):.4f}" for x in r["results"]))
+    return rows
+
+
+def given_encoder_key(spec: str) -> str:
+    """A given encoder by content where it is a folder (its weights may be replaced there), else by its name."""
+    from .models.factory import parse_spec
+
+    name = parse_spec(spec)[1]
+    folder = next((p for p in map(Path, (spec, name, name.split("local-dir:", 1)[-1])) if p.is_dir()), None)
+    return folder_fingerprint(folder) if folder is not None else spec
+
+
+def _given_stage(cfg: Config, seed: int, out: Path, world_dir: Path, keys: dict, cache: StageCache,
+                 progress: bool, log) -> list[dict]:
+    """4'. the baselines given as encoders (study.given): transferred once per seed like the methods trained here
+    (same recipe, labelled subsets and head initialisation), not pretrained; their rows are listed under every
+    study encoder, so each comparison sees them, and carry `given` (the spec) so the report says so."""
+    rows: list[dict] = []
+    for name, spec in cfg.study.given.items():
+        c = copy.deepcopy(cfg)
+        c.seed = seed
+        tag = f"seed{seed}/given-{name}"
+        log(f"[3/5] given {tag}: {spec} (not trained here)")
+        key = cache.key("given", given_encoder_key(spec), keys["world"])
+        got = _transfer_stage(c, spec, key, "given", name, tag, out, world_dir, cache, progress, log)
+        rows += [{**r, "encoder": enc, "given": spec} for enc in cfg.study.encoders for r in got]
     return rows

@@ -63,9 +63,11 @@ def qualitative_grid(out: Path, rows: list[dict], task: str, path: Path) -> Path
         return None
     enc, seed, frac = rs[0]["encoder"], min(r.get("seed", 0) for r in rs), max(r["data_fraction"] for r in rs)
     methods = list(dict.fromkeys(r["method"] for r in rs if r["encoder"] == enc))
+    given = {r["method"] for r in rs if r.get("given")}  # transferred once, kept under the encoder name "given"
     examples: dict[str, list[dict]] = {}
     for m in methods:
-        found = sorted(study_run_dir(out, "transfer", seed, enc, m, task).glob(f"{task}-*-f{frac:g}/predictions.npz"))
+        found = sorted(study_run_dir(out, "transfer", seed, "given" if m in given else enc, m, task).glob(
+            f"{task}-*-f{frac:g}/predictions.npz"))
         if found:
             examples[m] = load_examples(found[0])
     if not examples:

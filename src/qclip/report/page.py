@@ -24,10 +24,27 @@ def notes(results: dict) -> str:
     mim = {"spark": "SparK"}.get(cfg.get("pretrain", {}).get("mim_hierarchical", "simmim"), "SimMIM")
     about = "Methods differ only in the training signal: " + "; ".join(
         f"{m}, {STUDY_METHODS[m].about.format(mim_hierarchical=mim)}" for m in methods) + ". " if methods else ""
+    given = study.get("given") or {}
+    if methods and given:
+        about += "Trained here: " + ", ".join(methods) + ". "
+    if given:
+        about += ("Given as encoders (published weights, not trained here; transferred with the same recipe, "
+                  "labelled subsets and seeds): " + "; ".join(f"{n} = {spec}" for n, spec in given.items()) + ". ")
+    if study.get("pool"):
+        shared = shared.replace("the pool images", f"the pool images (your pool, {study['pool']})", 1)
     fractions = ", ".join(f"{f:g}" for f in transfer.get("data_fractions", []))
-    probe = (f"Transfer trains a fresh {transfer.get('mode', '?')} head per labelled fraction ({fractions}; nested "
-             f"subsets, the same for every method at a given seed) for {transfer.get('steps', '?')} steps and "
-             f"evaluates on the world's {transfer.get('val_split') or 'val'} split. " if transfer else "")
+    dense = study.get("dense") or []
+    if dense:
+        probe = "Transfer, per dense dataset with its own recipe: " + "; ".join(
+            f"{d['name']} ({d['task']}, {d.get('layout', 'auto')} layout at {d['path']}; trained on "
+            f"'{d.get('train_split') or 'the layout default'}', reported on '{d.get('val_split') or 'the layout default'}'"
+            + (f", recipe {d['recipe']}" if d.get("recipe") else "") + ")" for d in dense) + (
+            ". Each trains a fresh head per labelled fraction (nested subsets, the same for every method at a given "
+            "seed) and evaluates on the whole reported split. ")
+    else:
+        probe = (f"Transfer trains a fresh {transfer.get('mode', '?')} head per labelled fraction ({fractions}; nested "
+                 f"subsets, the same for every method at a given seed) for {transfer.get('steps', '?')} steps and "
+                 f"evaluates on the world's {transfer.get('val_split') or 'val'} split. " if transfer else "")
     if transfer.get("probe_weight_decays"):  # DINOv2's linear evaluation: a head per weight decay
         grid = ", ".join(f"{w:g}" for w in transfer["probe_weight_decays"])
         probe += (f"At every fraction a head is trained per weight decay ({grid}); the one best on the "

@@ -52,7 +52,42 @@ def open_split(root: str | Path, layout: str, task: str, split: str, max_depth: 
                num_classes: int = 0) -> DenseDataset:
     """One split of a resolved layout, with the task's settings (open_splits opens train and val with it)."""
     kw: dict = {"max_depth": max_depth} if task == "depth" else ({"num_classes": num_classes} if num_classes else {})
-    return open_dense(root, layout, task, split, **kw)
+    ds = open_dense(root, layout, task, split, **kw)
+    ds.split = split
+    return ds
+
+
+def image_identities(ds: DenseDataset) -> dict[str, str]:
+    """identity -> key of every image of `ds`: the resolved file path, or the sha1 of the bytes a shard holds."""
+    out = {}
+    for p in ds.pairs:
+        src = p.image
+        ident = (hashlib.sha1(src).hexdigest() if isinstance(src, (bytes, bytearray))
+                 else str(Path(src).resolve()))
+        out[ident] = p.key
+    return out
+
+
+def check_disjoint(root: str | Path, train: DenseDataset, evaluated: DenseDataset, what: str = "evaluation",
+                   allow: bool = False) -> None:
+    """Refuse a transfer whose training split shares images with a split it is evaluated or selected on, unless
+    `allow` (transfer.allow_shared_splits): numbers measured on training images are not transfer results."""
+    if allow:
+        return
+    a, b = image_identities(train), image_identities(evaluated)
+    shared = set(a) & set(b)
+    if not shared:
+        return
+    same = len(shared) == len(a) == len(b)
+    example = b[next(iter(sorted(shared)))]
+    hint = (f"'{root}' has no '{train.split}' and '{evaluated.split}' splits of its own, so both read the same "
+            "folder. " if same else "")
+    raise DenseDataError(
+        f"{hint}The training split '{train.split}' ({len(a)} images) and the {what} split '{evaluated.split}' "
+        f"({len(b)} images) of '{root}' share {len(shared)} images (e.g. {example}). Point --data at a dataset "
+        f"with separate splits (ADE20k images/training + images/validation; NYU train/ + test/; a qclip folder "
+        f"holding one dataset per split), or name disjoint ones with transfer.train_split / transfer.val_split; "
+        f"transfer.allow_shared_splits=true evaluates on training images on purpose")
 
 
 def infer_num_classes(ds: DenseDataset) -> int:

@@ -34,6 +34,29 @@ def _timm_tower(name: str, pretrained: bool, image_size: int) -> nn.Module:
         return timm.create_model(name, pretrained=pretrained)
 
 
+def fit_position_embedding(visual: nn.Module, image_size: int) -> None:
+    """An open_clip ViT pretrained at one size, transferred at another (224 -> 512 for ADE20k): its position
+    embedding grid interpolated bicubically to the new grid, class token kept, as open_clip does when loading
+    weights (`open_clip.model.resize_pos_embed`, reused here) and mmsegmentation's ViT does (`resize_pos_embed`).
+    Other towers (timm: `img_size=` at creation; convolutional ones) are left as they are."""
+    from types import SimpleNamespace
+
+    from open_clip.model import resize_pos_embed
+
+    grid, patch = getattr(visual, "grid_size", None), getattr(visual, "patch_size", None)
+    pos = getattr(visual, "positional_embedding", None)
+    if not image_size or grid is None or patch is None or not isinstance(pos, nn.Parameter):
+        return
+    new_grid = (image_size // patch[0], image_size // patch[1])
+    if tuple(grid) == new_grid:
+        return
+    state = {"visual.positional_embedding": pos.data}
+    resize_pos_embed(state, SimpleNamespace(visual=SimpleNamespace(grid_size=new_grid)))
+    visual.positional_embedding = nn.Parameter(state["visual.positional_embedding"].to(pos.dtype),
+                                               requires_grad=pos.requires_grad)
+    visual.grid_size, visual.image_size = new_grid, (image_size, image_size)
+
+
 def _mean_std(pp: dict) -> tuple[tuple, tuple]:
     return tuple(pp.get("mean", OPENAI_MEAN)), tuple(pp.get("std", OPENAI_STD))
 
@@ -52,6 +75,7 @@ def load_encoder(spec: str, image_size: int, levels: int = 4) -> DenseEncoder:
     try:
         if (path / "open_clip_config.json").is_file():
             b = create_clip(f"local-dir:{path}")
+            fit_position_embedding(b.model.visual, image_size)
             return DenseEncoder(b.model.visual, spec, str(path), image_size, levels, *_mean_std(b.preprocess_cfg))
         if source == "random":
             arch = name
@@ -68,6 +92,7 @@ def load_encoder(spec: str, image_size: int, levels: int = 4) -> DenseEncoder:
         if ":" in spec and not path.exists():
             arch, tag = spec.split(":", 1)
             b = create_clip(arch, pretrained=tag)
+            fit_position_embedding(b.model.visual, image_size)
             return DenseEncoder(b.model.visual, spec, arch, image_size, levels, *_mean_std(b.preprocess_cfg))
     except ModelError as e:
         raise EncoderError(f"encoder '{spec}': {e}") from e

@@ -42,7 +42,15 @@ from ..optim import (
     save_checkpoint,
 )
 from ..provenance import write_run_info
-from .dataset import TransferDataset, collate, infer_num_classes, open_split, open_splits, reported_split
+from .dataset import (
+    TransferDataset,
+    check_disjoint,
+    collate,
+    infer_num_classes,
+    open_split,
+    open_splits,
+    reported_split,
+)
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
 from .heads import DenseHead, LinearProbeHead
@@ -276,6 +284,14 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     if t.probe_weight_decays and t.select_split == reported_split(layout, t.val_split):
         raise ValueError(f"transfer.select_split '{t.select_split}' is the split the results are reported on; "
                          "choose the probe grid on another held-out split (the world's: dev)")
+    check_disjoint(data, train_ds, val_ds, "evaluation", t.allow_shared_splits)
+    select_ds = None
+    if t.probe_weight_decays:  # held-out images to choose each fraction's weight decay on
+        select_ds = open_split(data, layout, t.task, t.select_split, t.max_depth, t.num_classes)
+        check_disjoint(data, train_ds, select_ds, "selection", t.allow_shared_splits)
+        check_disjoint(data, select_ds, val_ds, "evaluation", t.allow_shared_splits)
+    splits = {role: {"split": ds.split, "samples": len(ds)}
+              for role, ds in (("train", train_ds), ("val", val_ds), ("select", select_ds)) if ds is not None}
     num_classes = infer_num_classes(train_ds) if t.task == "segmentation" else 0
     device = resolve_device(t.device)
     torch.manual_seed(cfg.seed)  # a random:ARCH encoder is the same random encoder on every run
@@ -283,7 +299,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     init_state = copy.deepcopy(encoder.state_dict()) if t.mode == "finetune" else None
     info = encoder.info
     write_run_info(out, cfg, "transfer", {"encoder": encoder_spec, "data": str(data), "layout": layout,
-                                          "device": str(device),
+                                          "device": str(device), "splits": splits,
                                           "train": train_ds.summary(), "val": val_ds.summary()})
     val = TransferDataset(val_ds, list(range(len(val_ds))), t.image_size, info.mean, info.std, train=False)
     full = TransferDataset(train_ds, list(range(len(train_ds))), t.image_size, info.mean, info.std, train=True)
@@ -294,8 +310,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     if t.mode == "probe" and _feature_gb(encoder, len(val), t.image_size) <= t.max_cached_feature_gb:
         cached_val = _feature_batches(encoder, val, t.eval_batch_size, t.workers, device, memo)
     select, cached_select = None, None
-    if t.probe_weight_decays:  # held-out images to choose each fraction's weight decay on
-        select_ds = open_split(data, layout, t.task, t.select_split, t.max_depth, t.num_classes)
+    if select_ds is not None:
         select = TransferDataset(select_ds, list(range(len(select_ds))), t.image_size, info.mean, info.std,
                                  train=False)
         if _feature_gb(encoder, len(select), t.image_size) <= t.max_cached_feature_gb:
@@ -347,7 +362,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         save_examples(examples, out / name / "predictions.npz")  # every fraction's, for the report's comparisons
         results.append(run)
     summary = {"encoder": encoder_spec, "encoder_info": info.__dict__, "task": t.task, "mode": t.mode,
-               "layout": layout, "num_classes": num_classes, "results": results,
+               "layout": layout, "splits": splits, "num_classes": num_classes, "results": results,
                "skipped": {"train": train_ds.skips.as_dict(), "val": val_ds.skips.as_dict()},
                "seconds": round(time.time() - t0, 2)}
     atomic_write_json(out / "metrics.json", summary)
@@ -357,7 +372,10 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
 def format_summary(s: dict) -> str:
     key = HEADLINE[s["task"]][0]
     parts = [f"{r['data_fraction']:g}: {key} {r['metrics'].get(key, float('nan')):.4f}" for r in s["results"]]
-    line = f"transfer {s['encoder']} -> {s['task']} ({s['mode']}): " + ", ".join(parts) + f" ({s['seconds']:.0f}s)"
+    sp = s.get("splits") or {}
+    on = ", ".join(f"{role} '{v['split']}' {v['samples']}" for role, v in sp.items())
+    line = (f"transfer {s['encoder']} -> {s['task']} ({s['mode']}" + (f"; {on}" if on else "") + "): "
+            + ", ".join(parts) + f" ({s['seconds']:.0f}s)")
     return line + ("\n" + class_table(s["results"][-1]) if s["results"] and "IoU_per_class" in s["results"][-1]["metrics"]
                    else "")
 
