@@ -239,3 +239,55 @@ def test_transfer_refuses_train_and_evaluation_splits_that_share_images(world_di
     s = run_transfer(load_config(None, small), "random:qclip-vit-tiny", world_dir, tmp_path / "c", progress=False)
     assert s["splits"] == {"train": {"split": "dense", "samples": 16}, "val": {"split": "val", "samples": 8}}
     assert "train 'dense' 16, val 'val' 8" in format_summary(s)
+
+
+def test_the_world_study_keeps_its_stage_keys_and_rows(tmp_path, monkeypatch):
+    """Without study.pool / dense / given the study is the world study it was: every carried stage of the committed
+    headline (benchmarks/carry_headline) has the key the code computes today, and the rows built from those
+    stages equal the committed benchmarks/headline/results.json. (Nothing trains: the data stages answer with
+    stand-ins, the carried ones with their records.)"""
+    import qclip.report.build
+    from qclip.study import StageCache, run_study
+
+    carry = ROOT / "benchmarks" / "carry_headline" / "stages"
+    records = {p.stem: json.loads(p.read_text()) for p in carry.glob("*.json")}
+    asked: dict[str, str] = {}
+
+    class Carried(StageCache):
+        def run(self, name, key, out_dir, fn, label=""):
+            asked[name] = key
+            if name in records:
+                return records[name]["result"]
+            return {"quality": {}, "steps": 0, "caption_loss": 0.0, "n": 0}  # world, captioner, recaption
+
+    monkeypatch.setattr("qclip.study.StageCache", Carried)
+    monkeypatch.setattr(qclip.report.build, "build_report", lambda *a, **k: None)
+    monkeypatch.setattr("qclip.data.world_shards.summary_line", lambda *a, **k: "")
+    (tmp_path / "world_preview.png").write_bytes(b"")  # the world is not rendered
+    results = run_study(load_config(ROOT / "configs" / "headline.yaml"), tmp_path, progress=False, log=lambda _: None)
+    assert records and {n: asked.get(n) for n in records} == {n: r["key"] for n, r in records.items()}
+    committed = json.loads((ROOT / "benchmarks" / "headline" / "results.json").read_text())["rows"]
+    assert results["rows"] == committed
+
+
+def test_a_vit_position_embedding_follows_the_transfer_size():
+    """A ViT pretrained at one size transferred at another: the class token kept, the grid interpolated as
+    open_clip's resize_pos_embed; at its own size the tower is untouched."""
+    import torch
+    import torch.nn.functional as F
+
+    from qclip.models import create_clip
+    from qclip.transfer.encoders import fit_position_embedding
+
+    visual = create_clip("qclip-vit-tiny").model.visual  # 64 px, 8 x 8 patches of 8
+    before = visual.positional_embedding.detach().clone()
+    fit_position_embedding(visual, 64)
+    assert torch.equal(visual.positional_embedding, before)
+    fit_position_embedding(visual, 32)
+    after = visual.positional_embedding.detach()
+    assert after.shape == (1 + 4 * 4, before.shape[1]) and visual.grid_size == (4, 4)
+    assert torch.equal(after[0], before[0])
+    grid = before[1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(4, 4), mode="bicubic", antialias=True, align_corners=False)
+    assert torch.allclose(after[1:], want.permute(0, 2, 3, 1).reshape(16, -1))
+    assert visual(torch.zeros(1, 3, 32, 32)).shape[0] == 1
