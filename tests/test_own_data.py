@@ -238,7 +238,7 @@ def test_transfer_refuses_train_and_evaluation_splits_that_share_images(world_di
     assert s["splits"]["train"]["samples"] == s["splits"]["val"]["samples"] == 16
     s = run_transfer(load_config(None, small), "random:qclip-vit-tiny", world_dir, tmp_path / "c", progress=False)
     assert s["splits"] == {"train": {"split": "dense", "samples": 16}, "val": {"split": "val", "samples": 8}}
-    assert "train 'dense' 16, val 'val' 8" in format_summary(s)
+    assert "(probe) [train 'dense' 16, val 'val' 8]: " in format_summary(s)
 
 
 def test_the_world_study_keeps_its_stage_keys_and_rows(tmp_path, monkeypatch):
@@ -291,3 +291,12 @@ def test_a_vit_position_embedding_follows_the_transfer_size():
     want = F.interpolate(grid, size=(4, 4), mode="bicubic", antialias=True, align_corners=False)
     assert torch.allclose(after[1:], want.permute(0, 2, 3, 1).reshape(16, -1))
     assert visual(torch.zeros(1, 3, 32, 32)).shape[0] == 1
+
+
+def test_the_study_refuses_to_run_on_every_rank_at_once(tmp_path, monkeypatch):
+    from qclip.study import run_study
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="not under torchrun"):
+        run_study(load_config(ROOT / "configs" / "demo.yaml"), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

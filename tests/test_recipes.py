@@ -14,7 +14,8 @@ from qclip.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 # the study configs: tested as studies (test_cli.py) and as the demo plus their keys (test_config.py)
 STUDY_CONFIGS = ("demo.yaml", "full.yaml", "headline.yaml", "vit.yaml")
-RECIPES = ("pretrain_vit_b16_datacomp.yaml", "transfer_ade20k_upernet.yaml", "transfer_nyuv2_depth.yaml")
+RECIPES = ("pretrain_vit_b16_datacomp.yaml", "transfer_ade20k_upernet.yaml", "transfer_nyuv2_depth.yaml",
+           "study_datacomp_ade20k_nyu.yaml")
 SMALL_TRANSFER = ["transfer.image_size=32", "transfer.steps=2", "transfer.batch_size=2", "transfer.warmup_steps=1",
                   "transfer.decoder_width=16", "transfer.eval_batch_size=2", "transfer.workers=1",
                   "transfer.device=cpu"]
@@ -165,3 +166,58 @@ def test_a_preset_edited_in_place_does_not_reuse_its_old_stages(tmp_path, monkey
     after = keys()
     assert after[0] == before[0]  # random init uses the image tower only
     assert after[1] != before[1] and after[2] != before[2]
+
+
+def test_the_study_on_your_own_data_recipe_runs(world_dir, coca_dir, tmp_path):
+    """configs/study_datacomp_ade20k_nyu.yaml as written but for its paths (the pool ingested from img2dataset
+    shards, ADE20k and NYU layouts written from world scenes), hub models (a tiny CoCa for coca_ViT-L-14, the
+    given towers' architectures without their weights) and sizes: ViT-B/16 CLIP, the recipes' heads and layouts."""
+    from qclip.config import dense_transfer
+    from qclip.data.importers import img2dataset_candidates, ingest
+    from qclip.data.shards import ShardReader
+    from qclip.study import run_study
+    from test_own_data import write_ade20k, write_nyu
+
+    cfg = load_config(ROOT / "configs" / RECIPES[3])
+    assert (cfg.pretrain.model, cfg.study.encoders, cfg.pretrain.steps) == ("ViT-B-16", ["ViT-B-16"], 198364)
+    assert [dense_transfer(cfg, d).mode for d in cfg.study.dense] == ["finetune", "finetune"]
+    assert dense_transfer(cfg, cfg.study.dense[0]).num_classes == 150 and cfg.study.given["mae"].startswith("timm:")
+    # the pool as img2dataset writes it: NNNNN.jpg + NNNNN.txt + NNNNN.json per sample in tars
+    import io
+    import tarfile
+
+    shard = tmp_path / "img2dataset" / "00000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for i, s in enumerate(ShardReader(world_dir / "pool")):
+            raw = (s.captions.get("raw") or [""])[0]
+            buf = io.BytesIO()
+            s.pil().resize((80, 80)).save(buf, format="JPEG", quality=92)
+            for ext, data in (("jpg", buf.getvalue()), ("txt", raw.encode()),
+                              ("json", json.dumps({"key": f"{i:05d}", "caption": raw}).encode())):
+                info = tarfile.TarInfo(f"{i:05d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    import dataclasses
+
+    # the world's 7% of empty alt-text are skipped and counted, as the README's chain allows
+    ingest(img2dataset_candidates([str(shard)], []), tmp_path / "pool",
+           dataclasses.replace(cfg.ingest, max_bad_fraction=0.15), "img2dataset", progress=False)
+    small = {"image_size": 32, "steps": 1, "batch_size": 2, "warmup_steps": 1, "decoder_width": 16,
+             "eval_batch_size": 4, "workers": 0, "device": "cpu", "data_fractions": [1.0], "checkpoint_every": 0}
+    paths = [write_ade20k(world_dir, tmp_path / "ade"), write_nyu(world_dir, tmp_path / "nyu")]
+    transfers = [small, {**small, "depth_bins": 8, "eigen_crop": False}]
+    dense = [{"name": d.name, "path": str(p), "task": d.task, "layout": d.layout, "recipe": d.recipe, "transfer": t}
+             for d, p, t in zip(cfg.study.dense, paths, transfers)]
+    over = ["study.pool=" + str(tmp_path / "pool"), f"study.captioner=local-dir:{coca_dir}", "study.captioner_pretrained=",
+            "study.caption_beams=1", "study.caption_batch_size=16", "pretrain.image_size=32", "pretrain.batch_size=4",
+            "pretrain.steps=1", "pretrain.warmup_steps=1", "pretrain.workers=0", "pretrain.precision=fp32",
+            "pretrain.grad_checkpointing=false", "pretrain.local_loss=false",
+            "study.given={mae: random:timm:vit_base_patch16_224}", "study.dense=" + json.dumps(dense)]
+    small_cfg = load_config(ROOT / "configs" / RECIPES[3], over)
+    assert [dense_transfer(small_cfg, d).mode for d in small_cfg.study.dense] == ["finetune", "finetune"]
+    results = run_study(small_cfg, tmp_path / "study", progress=False, log=lambda _: None)
+    rows = results["rows"]
+    assert {(r["dataset"], r["method"]) for r in rows} == {
+        (d, m) for d in ("ade20k", "nyuv2") for m in ("clip-raw", "clip-synthetic", "random", "mae")}
+    assert all(np.isfinite(next(iter(r["metrics"].values()))) for r in rows)

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -183,6 +184,12 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     from .provenance import git_commit, write_run_info
 
     t0, out = time.time(), Path(out)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # every rank would run every stage into the same folder: refuse rather than race
+        raise ConfigError("qclip run runs its stages in one process, not under torchrun (WORLD_SIZE="
+                          f"{os.environ['WORLD_SIZE']}); run the distributed stages by hand (`torchrun ... -m qclip "
+                          "caption run`, `torchrun ... -m qclip pretrain`) and give the models to the study as "
+                          "study.given, or run `qclip run` without torchrun")
     check_image_sizes(cfg)
     # a given captioner's folder is checked before any stage runs, so a wrong path fails before the world renders
     given_folder = given_captioner_folder(cfg.study.captioner) if cfg.study.captioner else None

@@ -374,7 +374,7 @@ def format_summary(s: dict) -> str:
     parts = [f"{r['data_fraction']:g}: {key} {r['metrics'].get(key, float('nan')):.4f}" for r in s["results"]]
     sp = s.get("splits") or {}
     on = ", ".join(f"{role} '{v['split']}' {v['samples']}" for role, v in sp.items())
-    line = (f"transfer {s['encoder']} -> {s['task']} ({s['mode']}" + (f"; {on}" if on else "") + "): "
+    line = (f"transfer {s['encoder']} -> {s['task']} ({s['mode']})" + (f" [{on}]" if on else "") + ": "
             + ", ".join(parts) + f" ({s['seconds']:.0f}s)")
     return line + ("\n" + class_table(s["results"][-1]) if s["results"] and "IoU_per_class" in s["results"][-1]["metrics"]
                    else "")
