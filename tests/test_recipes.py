@@ -141,7 +141,7 @@ def test_a_preset_edited_in_place_does_not_reuse_its_old_stages(tmp_path, monkey
     from qclip.study import StageCache, _pretrain_stage, method_config, study_method
 
     class Recorder(StageCache):
-        def run(self, name, key, out_dir, fn, label=""):  # records nothing, trains nothing
+        def run(self, name, key, out_dir, fn, label="", every_rank=False):  # records nothing, trains nothing
             return {"retrieval": {}, "zeroshot": {}}
 
     cfg = load_config(ROOT / "configs" / "demo.yaml")

@@ -6,6 +6,7 @@ config, package versions and git commit next to its outputs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -127,11 +128,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     cfg = _load(args, [f"study.seeds={args.seeds}"] if args.seeds else [])
-    print(f"qclip run: study in {args.out} (seed {cfg.seed}, {cfg.study.seeds} seed(s); encoders "
-          f"{', '.join(cfg.study.encoders)}; methods {', '.join(cfg.study.methods)})")
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
+    if main:
+        print(f"qclip run: study in {args.out} (seed {cfg.seed}, {cfg.study.seeds} seed(s); encoders "
+              f"{', '.join(cfg.study.encoders)}; methods {', '.join(cfg.study.methods)})")
     run_study(cfg, args.out, fresh=args.fresh, progress=not args.quiet)
-    print(f"qclip run: done in {time.time() - t0:.1f}s; results in {args.out}/results.json, report in "
-          f"{args.out}/report.html")
+    if main:
+        print(f"qclip run: done in {time.time() - t0:.1f}s; results in {args.out}/results.json, report in "
+              f"{args.out}/report.html")
     return 0
 
 

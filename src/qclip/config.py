@@ -86,6 +86,10 @@ class PretrainConfig:
     distill_weight: float = 0.0  # λ in λ·KD + (1-λ)·CLIP; > 0 needs teacher embeddings (qclip teacher)
     local_loss: bool = False
     gather_with_grad: bool = True
+    # how ranks share the data under torchrun: shards (rank r reads shards r, r+W, ...: webdataset's split_by_node,
+    # what scales) | global (every rank indexes every shard and takes its slice of each global batch, as
+    # DistributedSampler: W ranks x batch B see the very batches of 1 process x batch W*B)
+    rank_data: str = "shards"
     batch_size: int = 128
     accum_steps: int = 1  # micro-batches per step; features are cached so the loss sees the whole batch
     steps: int = 400
@@ -129,7 +133,7 @@ PERFORMANCE_KEYS = ("workers", "cache_mb", "threads", "log_every", "checkpoint_e
 
 # pretrain.* keys added after runs were cached, with the value that reproduces those runs: at that value a key is
 # left out of result_keys, so older stage caches and run folders keep matching
-NEUTRAL_KEYS = {"text_lr_mult": 1.0, "mim_mask_patch": 8, "mim_hierarchical": "simmim"}
+NEUTRAL_KEYS = {"text_lr_mult": 1.0, "mim_mask_patch": 8, "mim_hierarchical": "simmim", "rank_data": "shards"}
 
 
 # pretrain.* keys that act on the text tower only: a tower trained without one (the baselines) ignores them.
@@ -628,6 +632,7 @@ def validate(cfg: Config) -> None:
         (cfg.pretrain.steps >= 1, "pretrain.steps must be >= 1"),
         (cfg.pretrain.mim_mask_patch >= 1, "pretrain.mim_mask_patch must be >= 1 (pixels)"),
         (cfg.pretrain.mim_hierarchical in ("simmim", "spark"), "pretrain.mim_hierarchical must be 'simmim' or 'spark'"),
+        (cfg.pretrain.rank_data in ("shards", "global"), "pretrain.rank_data must be 'shards' or 'global'"),
         (cfg.pretrain.loss in ("clip", "siglip"), "pretrain.loss must be 'clip' or 'siglip'"),
         (0.0 <= cfg.pretrain.distill_weight <= 1.0, "pretrain.distill_weight must be in [0, 1]"),
         (cfg.pretrain.distill_weight == 0 or cfg.pretrain.loss == "clip", "distillation needs pretrain.loss=clip"),

@@ -44,6 +44,42 @@ from .report.build import study_run_dir
 
 CAPTIONER_ID = "tiny"
 
+# how long a rank waits at a barrier while rank 0 runs a stage alone (probes, baselines, the report): hours at
+# real scale, where torch's default (30 min gloo, 10 min NCCL) would abort the waiting ranks
+BARRIER_TIMEOUT_HOURS = 72
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def init_study_ranks() -> bool:
+    """Under torchrun: the process group every stage shares (NCCL on GPUs, each rank on its LOCAL_RANK device;
+    gloo on CPUs). Returns whether this call created it."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if world_size() == 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                            timeout=datetime.timedelta(hours=BARRIER_TIMEOUT_HOURS))
+    return True
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if world_size() > 1 and dist.is_initialized():
+        dist.barrier()
+
 
 class StageCache:
     """OUT/stages/NAME.json = {"key", "result", "seconds", "dir"}; a matching key means the stage's output is
@@ -58,6 +94,7 @@ class StageCache:
         self.dir, self.fresh, self.ran, self.reused = out / "stages", fresh, [], []
         self.seconds: dict[str, float] = {}
         self.cached_seconds: dict[str, float] = {}
+        self.main = rank() == 0
         self.dir.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
@@ -71,31 +108,44 @@ class StageCache:
         except ValueError:
             return None
 
-    def run(self, name: str, key: str, out_dir: Path | None, fn: Callable[[], dict], label: str = "") -> dict:
+    def run(self, name: str, key: str, out_dir: Path | None, fn: Callable[[], dict], label: str = "",
+            every_rank: bool = False) -> dict:
         """The stage's result: from OUT/stages/NAME.json when its key matches, else `fn()` (timed under `label`,
-        default NAME, in `seconds`) and recorded."""
+        default NAME, in `seconds`) and recorded.
+
+        Under torchrun every rank calls this for every stage, in order: rank 0 decides, cleans and records; `fn`
+        runs on every rank where `every_rank` (a distributed stage: recaptioning, CLIP pretraining), else on rank
+        0 alone while the others wait; every rank returns the result rank 0 recorded."""
         rec, started, label = self.dir / f"{name}.json", self.dir / f"{name}.started", label or name
+        barrier()  # every rank reads the records as rank 0 left them after the previous stage
         if not self.fresh and rec.is_file():
             r = json.loads(rec.read_text())
             if r["key"] == key:
                 self.reused.append(name)
-                if "dir" not in r:  # a record written before `dir` existed: add it, the key and result unchanged
+                if "dir" not in r and self.main:  # a record written before `dir` existed: add it, key and result kept
                     atomic_write_json(rec, {**r, "dir": self.relative(out_dir)})
                 if r.get("seconds") is not None:
                     self.cached_seconds[label] = r["seconds"]
                 return r["result"]
-        # a leftover output from another key (or --fresh) is stale: remove it; same key = a killed run: resume
-        same = started.is_file() and started.read_text() == key and not self.fresh
-        if out_dir is not None and out_dir.exists() and not same:
-            remove_tree(out_dir)
-        rec.unlink(missing_ok=True)
-        started.write_text(key)
+        if self.main:
+            # a leftover output from another key (or --fresh) is stale: remove it; same key = a killed run: resume
+            same = started.is_file() and started.read_text() == key and not self.fresh
+            if out_dir is not None and out_dir.exists() and not same:
+                remove_tree(out_dir)
+            rec.unlink(missing_ok=True)
+            started.write_text(key)
+        barrier()
         t = time.time()
-        result = fn()
+        result = fn() if (every_rank or self.main) else None
         self.seconds[label] = round(time.time() - t, 2)
-        atomic_write_json(rec, {"key": key, "result": result, "seconds": self.seconds[label],
-                                "dir": self.relative(out_dir)})
-        started.unlink(missing_ok=True)
+        barrier()
+        if self.main:
+            atomic_write_json(rec, {"key": key, "result": result, "seconds": self.seconds[label],
+                                    "dir": self.relative(out_dir)})
+            started.unlink(missing_ok=True)
+        barrier()
+        if not self.main:
+            result = json.loads(rec.read_text())["result"]
         self.ran.append(name)
         return result
 
@@ -181,19 +231,33 @@ def given_captioner_folder(captioner: str) -> Path | None:
 
 def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool = True,
               log: Callable[[str], None] = print) -> dict:
-    from .provenance import git_commit, write_run_info
-
+    """The whole study into `out`; under torchrun every rank calls it (see StageCache.run)."""
     t0, out = time.time(), Path(out)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # every rank would run every stage into the same folder: refuse rather than race
-        raise ConfigError("qclip run runs its stages in one process, not under torchrun (WORLD_SIZE="
-                          f"{os.environ['WORLD_SIZE']}); run the distributed stages by hand (`torchrun ... -m qclip "
-                          "caption run`, `torchrun ... -m qclip pretrain`) and give the models to the study as "
-                          "study.given, or run `qclip run` without torchrun")
+    main = rank() == 0
+    if not main:  # one voice: rank 0 logs and writes the report
+        log, progress = (lambda _: None), False
     check_image_sizes(cfg)
     # a given captioner's folder is checked before any stage runs, so a wrong path fails before the world renders
     given_folder = given_captioner_folder(cfg.study.captioner) if cfg.study.captioner else None
     preflight(cfg, log)
+    created = init_study_ranks()
+    try:
+        return _run_study(cfg, out, fresh, progress, log, given_folder, t0)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run_study(cfg: Config, out: Path, fresh: bool, progress: bool, log: Callable[[str], None],
+               given_folder: Path | None, t0: float) -> dict:
+    from .provenance import git_commit, write_run_info
+
+    main = rank() == 0
+    if world_size() > 1:
+        log(f"      {world_size()} ranks: recaptioning and CLIP pretraining on every rank; the world, captioner "
+            "training, baselines, transfers and the report on rank 0")
     git_commit()  # read now: results.json records the tree this run's code came from
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, fresh)
@@ -219,7 +283,11 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
 
     log("[5/5] report")
     timings = {"stage_seconds": cache.seconds, "stage_seconds_cached": cache.cached_seconds}
-    record = write_run_info(out, cfg, "run", {"stages_run": cache.ran, "stages_reused": cache.reused, **timings})
+    if not main:  # rank 0 writes results.json and the report; the others wait for it and return it
+        barrier()
+        return json.loads((out / "results.json").read_text())
+    record = write_run_info(out, cfg, "run", {"stages_run": cache.ran, "stages_reused": cache.reused,
+                                              "world_size": world_size(), **timings})
     results = {"rows": rows, "config": to_dict(cfg), "versions": record["versions"], "hardware": record["hardware"],
                "git_commit": record["git_commit"], "seeds": cfg.study.seeds, **timings,
                "caption_quality": quality, "wall_seconds": round(time.time() - t0, 2)}
@@ -227,6 +295,7 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     from .report.build import build_report
 
     build_report(out, results, pretrain_dirs)
+    barrier()
     return results
 
 
@@ -361,7 +430,7 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, progress: bool, log,
         info = cache.run("world", stage_key, None,
                          lambda: build_world(cfg, world_dir, progress=progress, splits=splits))
         log("      " + summary_line(info, None if "world" in cache.ran else world_dir))
-        if not (out / "world_preview.png").is_file():
+        if not (out / "world_preview.png").is_file() and rank() == 0:
             write_preview(world_dir, out / "world_preview.png")
         pool_dir, curated_dir = world_dir / "pool", world_dir / "curated"
 
@@ -399,11 +468,12 @@ def _data_stages(cfg: Config, out: Path, cache: StageCache, progress: bool, log,
             s = recaption(pool_dir, captioned_dir, c, study.captions_per_image,
                           Sampling(method=study.caption_sampling, num_beams=study.caption_beams),
                           study.caption_batch_size, progress, cfg.seed)
-            # the world's measure reads scene graphs; a user's pool has none
-            s["quality"] = {} if own else dataset_quality(captioned_dir, max_samples=2000)
+            # the world's measure reads scene graphs; a user's pool has none. Rank 0 records it (and the counts)
+            s["quality"] = {} if own or rank() else dataset_quality(captioned_dir, max_samples=2000)
             return {k: v for k, v in s.items() if k != "skips"}
 
-        rec = cache.run(f"recaption{suffix}", recaption_keys[variant], captioned_dir, do_recaption)
+        # every rank: under torchrun the ranks split the shards (data.shard_job.map_shards)
+        rec = cache.run(f"recaption{suffix}", recaption_keys[variant], captioned_dir, do_recaption, every_rank=True)
         for kind, q in rec["quality"].items():
             if variant != "main" and not kind.startswith("synthetic"):
                 continue  # raw and reference are the same pool's
@@ -473,14 +543,14 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
                              result_keys(mcfg.pretrain), model_cfg, seed)
 
     def do_pretrain() -> dict:
-        r = pretrain(mcfg, data, run_dir, progress=progress)
-        if not own:  # retrieval and zero-shot read the world's val split: its reference captions and object labels
+        r = pretrain(mcfg, data, run_dir, progress=progress)  # DDP over every rank under torchrun
+        if not own and rank() == 0:  # retrieval and zero-shot read the world's val split: reference captions, labels
             b = create_clip(f"local-dir:{run_dir / 'model'}")
             r["retrieval"] = retrieval_metrics(b, world_dir / "val", "reference")
             r["zeroshot"] = zero_shot_classification(b, world_dir / "val")
         return r
 
-    r = cache.run(stage, pretrain_key, run_dir, do_pretrain, label=f"pretrain {tag}")
+    r = cache.run(stage, pretrain_key, run_dir, do_pretrain, label=f"pretrain {tag}", every_rank=True)
     rows = [{"method": method.name, "encoder": enc, "task": task, "data_fraction": 1.0, "seed": seed,
              "metrics": r[task]} for task in ("retrieval", "zeroshot") if task in r]
     return str(run_dir), pretrain_key, rows

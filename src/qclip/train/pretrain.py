@@ -223,10 +223,14 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     # data: this rank's shards, the caption policy applied when indexing
     policy = CaptionPolicy.parse(tc.caption_policy)
     distill = tc.distill_weight > 0
-    ds = ClipShardDataset(data, policy, bundle.preprocess_train, bundle.tokenizer, cfg.seed, rank, world,
+    # rank_data=global: every rank indexes the whole dataset and takes its slice of each global batch
+    sliced = tc.rank_data == "global" and world > 1
+    ds = ClipShardDataset(data, policy, bundle.preprocess_train, bundle.tokenizer, cfg.seed,
+                          0 if sliced else rank, 1 if sliced else world,
                           teacher=distill, cache_mb=tc.cache_mb, require_raw=tc.require_raw_caption)
     micro = tc.batch_size // tc.accum_steps
-    spe = steps_per_epoch(len(ds), tc.batch_size, world)
+    spe = steps_per_epoch(len(ds), tc.batch_size * world, 1) if sliced else steps_per_epoch(len(ds), tc.batch_size,
+                                                                                             world)
     if spe == 0:
         raise TrainDataError(
             f"{data}: {len(ds)} usable samples on rank {rank} (policy '{tc.caption_policy}'; "
@@ -264,7 +268,7 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
               f"{tc.batch_size}, {tc.steps} steps ({tc.steps / spe:.1f} epochs)"
               + (f", resuming at step {start}" if start else ""))
     loader = make_loader(ds, micro, spe * tc.accum_steps, tc.steps * tc.accum_steps, cfg.seed, rank,
-                         start * tc.accum_steps, tc.workers)
+                         start * tc.accum_steps, tc.workers, (rank, world) if sliced else None)
 
     def features(images: torch.Tensor, texts: torch.Tensor) -> dict:
         with autocast():

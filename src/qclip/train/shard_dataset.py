@@ -224,12 +224,18 @@ def seeded_cpu_rng(seed: int) -> Iterator[None]:
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of `(index, epoch)`: a fresh permutation per epoch, `steps_per_epoch` full batches each,
-    starting at global step `start_step`. Same (seed, rank) -> same batches, so resume is exact."""
+    starting at global step `start_step`. Same (seed, rank) -> same batches, so resume is exact.
+
+    `slice_of=(rank, world)`: the dataset is the whole one on every rank; each step draws one global batch of
+    `batch_size * world` (the permutation of rank 0) and yields this rank's slice of it (pretrain.rank_data=global)."""
 
     def __init__(self, n: int, batch_size: int, steps_per_epoch: int, total_steps: int, seed: int, rank: int = 0,
-                 start_step: int = 0) -> None:
+                 start_step: int = 0, slice_of: tuple[int, int] | None = None) -> None:
         self.n, self.batch_size, self.steps_per_epoch = n, batch_size, steps_per_epoch
         self.total_steps, self.seed, self.rank, self.start_step = total_steps, seed, rank, start_step
+        self.slice_of = slice_of
+        if slice_of is not None:  # one global permutation: every rank draws rank 0's, at the global batch size
+            self.rank, self.batch_size = 0, batch_size * slice_of[1]
 
     def __len__(self) -> int:
         return max(0, self.total_steps - self.start_step)
@@ -243,7 +249,11 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             for j in range(k, self.steps_per_epoch):
                 if step >= self.total_steps:
                     return
-                yield [(i, epoch) for i in perm[j * self.batch_size:(j + 1) * self.batch_size]]
+                batch = perm[j * self.batch_size:(j + 1) * self.batch_size]
+                if self.slice_of is not None:
+                    r, w = self.slice_of
+                    batch = batch[r * len(batch) // w:(r + 1) * len(batch) // w]
+                yield [(i, epoch) for i in batch]
                 step += 1
 
 
@@ -267,7 +277,7 @@ def steps_per_epoch(local_len: int, batch_size: int, world_size: int) -> int:
 
 
 def make_loader(ds: ClipShardDataset, batch_size: int, spe: int, total_steps: int, seed: int, rank: int,
-                start_step: int, workers: int) -> DataLoader:
-    sampler = EpochBatchSampler(len(ds), batch_size, spe, total_steps, seed, rank, start_step)
+                start_step: int, workers: int, slice_of: tuple[int, int] | None = None) -> DataLoader:
+    sampler = EpochBatchSampler(len(ds), batch_size, spe, total_steps, seed, rank, start_step, slice_of)
     return DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                       persistent_workers=False, prefetch_factor=4 if workers else None)

@@ -27,7 +27,10 @@ class SegmentationMetric:
         self.num_classes = num_classes
         self.class_names = class_names if class_names and len(class_names) == num_classes else None
         self.stuff = set(stuff_classes or [])
-        self.cm = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+        # sync_on_compute off: torchmetrics would all-gather across an initialised process group on its own, and
+        # a study under torchrun evaluates on rank 0 while the other ranks wait (a deadlock)
+        self.cm = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False,
+                                            sync_on_compute=False)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """pred, target: int64 class ids (N, H, W) at the target's resolution."""
