@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -40,46 +39,10 @@ from .config import (
     uses_own_data,
     world_result_keys,
 )
+from .distributed import barrier, init_distributed, rank, world_size
 from .report.build import study_run_dir
 
 CAPTIONER_ID = "tiny"
-
-# how long a rank waits at a barrier while rank 0 runs a stage alone (probes, baselines, the report): hours at
-# real scale, where torch's default (30 min gloo, 10 min NCCL) would abort the waiting ranks
-BARRIER_TIMEOUT_HOURS = 72
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def init_study_ranks() -> bool:
-    """Under torchrun: the process group every stage shares (NCCL on GPUs, each rank on its LOCAL_RANK device;
-    gloo on CPUs). Returns whether this call created it."""
-    import datetime
-
-    import torch
-    import torch.distributed as dist
-
-    if world_size() == 1 or dist.is_initialized():
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                            timeout=datetime.timedelta(hours=BARRIER_TIMEOUT_HOURS))
-    return True
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if world_size() > 1 and dist.is_initialized():
-        dist.barrier()
-
 
 class StageCache:
     """OUT/stages/NAME.json = {"key", "result", "seconds", "dir"}; a matching key means the stage's output is
@@ -240,13 +203,14 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
     # a given captioner's folder is checked before any stage runs, so a wrong path fails before the world renders
     given_folder = given_captioner_folder(cfg.study.captioner) if cfg.study.captioner else None
     preflight(cfg, log)
-    created = init_study_ranks()
+    import torch.distributed as dist
+
+    created = world_size() > 1 and not dist.is_initialized()
+    init_distributed()  # under torchrun: the one process group every stage shares
     try:
         return _run_study(cfg, out, fresh, progress, log, given_folder, t0)
     finally:
         if created:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
 
 

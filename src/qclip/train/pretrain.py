@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from tqdm import tqdm
 from ..atomic import atomic_write_json, remove_tree
 from ..config import PERFORMANCE_KEYS, Config, ConfigError, PretrainConfig, result_keys, to_dict
 from ..data.policy import CaptionPolicy
+from ..distributed import init_distributed
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir, unwrap
 from ..models.factory import resolve_model_cfg
@@ -46,23 +46,6 @@ from ..optim import (
 from ..provenance import write_run_info
 from .losses import build_loss, contrastive_loss
 from .shard_dataset import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
-
-# ---------------------------------------------------------------------------------------------------
-# distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
 
 # ---------------------------------------------------------------------------------------------------
 # what a run folder was started with: a resume must continue the same run

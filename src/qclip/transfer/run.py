@@ -353,7 +353,8 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
                "seconds": round(time.time() - t1, 2), "metrics": metrics,
                **({"probe_selection": selection} if selection else {})}
         (out / name).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / name / "metrics.json", {**run, "train_loss": losses[::max(1, len(losses) // 100)]})
+        atomic_write_json(out / name / "metrics.json", {**run, "splits": splits,
+                                                        "train_loss": losses[::max(1, len(losses) // 100)]})
         if frac == max(t.data_fractions):  # one picture per run (matplotlib: ~0.7 s a grid, a study draws dozens)
             save_prediction_grid(examples, t.task, out / name / "predictions.png",
                                  f"{encoder_spec} | {name} | {HEADLINE[t.task][0]} "
