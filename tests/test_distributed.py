@@ -134,3 +134,34 @@ def test_global_rank_data_slices_the_one_process_batches():
     ranks = [list(EpochBatchSampler(50, 4, 6, 14, seed=3, start_step=2, slice_of=(r, 2))) for r in range(2)]
     assert len(one) == 12 and [a + b for a, b in zip(*ranks)] == one
     assert list(EpochBatchSampler(50, 8, 6, 14, seed=3, slice_of=(0, 1))) == list(EpochBatchSampler(50, 8, 6, 14, 3))
+
+
+def test_ddp_finetune_on_two_ranks_equals_one_process(world_dir, tmp_path):
+    """`torchrun --nproc-per-node 2 -m qclip transfer` fine-tuning: each rank trains on its half of every global
+    batch (transfer.batch_size) with BatchNorm over the global batch (the MCi's and the UperNet head's) and
+    evaluates half of the validation images, intersections and unions summed over the ranks: the same training
+    losses and metrics as one process, to float rounding; rank 0 writes the checkpoints and metrics."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # depth with the DPT head and an L1 log loss: every random draw (flips) is the whole batch's, and the loss is a
+    # mean over equally many pixels per rank, so the ranks' mean is the batch's. (UperNet's Dropout2d draws its
+    # masks per process: segmentation under DDP is equal in distribution, not bit for bit, as in mmsegmentation.)
+    args = ["-m", "qclip", "transfer", "--encoder", "random:qclip-mci-tiny", "--data", str(world_dir), "--task",
+            "depth", "--mode", "finetune", "--quiet", "transfer.steps=3", "transfer.batch_size=8",
+            "transfer.warmup_steps=1", "transfer.decoder_width=16", "transfer.data_fractions=[1.0]",
+            "transfer.depth_loss=l1log", "transfer.depth_bins=16",
+            "transfer.eval_batch_size=4", "transfer.checkpoint_every=2", "transfer.device=cpu"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          "29537", *args, "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    assert two.stdout.count("transfer random:qclip-mci-tiny -> depth (finetune)") == 1  # rank 0 speaks
+    a, b = (json.loads((tmp_path / d / "depth-finetune-f1" / "metrics.json").read_text()) for d in ("one", "two"))
+    assert len(a["train_loss"]) == len(b["train_loss"]) == 3
+    assert all(abs(x - y) < 1e-4 for x, y in zip(a["train_loss"], b["train_loss"])), (a["train_loss"], b["train_loss"])
+    assert all(abs(a["metrics"][k] - b["metrics"][k]) < 1e-4 for k in ("RMSE", "AbsRel", "delta1"))
+    assert a["metrics"]["images"] == b["metrics"]["images"] == a["val_samples"]  # every image, once
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    assert (tmp_path / "two" / "depth-finetune-f1" / "checkpoints").is_dir()

@@ -297,7 +297,9 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise ConfigError(str(e)) from e
     cfg = _load(args, extra)
-    print(format_summary(run_transfer(cfg, model_spec(args.encoder), args.data, args.out, not args.quiet)))
+    summary = run_transfer(cfg, model_spec(args.encoder), args.data, args.out, not args.quiet)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun (DDP fine-tuning), rank 0 speaks
+        print(format_summary(summary))
     return 0
 
 

@@ -48,45 +48,51 @@ def barrier() -> None:
         dist.barrier()
 
 
-class CpuSyncBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch across ranks, for CPUs (gloo), where
-    torch's nn.SyncBatchNorm refuses to run (it needs a GPU): the same maths (sums of x and x^2 all-reduced with
-    their gradients, unbiased variance into the running estimate). On GPUs `sync_batchnorm` uses torch's."""
+def global_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """`bn` in training mode with the statistics of the global batch across ranks: the sums of x and x^2 and the
+    count all-reduced with their gradients, the unbiased variance into the running estimate (as nn.SyncBatchNorm)."""
+    from torch.distributed.nn.functional import all_reduce
 
+    c = x.shape[1]
+    n = torch.tensor([x.numel() // c], dtype=x.dtype)
+    stats = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), n]))
+    count = stats[-1]
+    mean = stats[:c] / count
+    var = stats[c:2 * c] / count - mean * mean
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - m).add_(m * mean.detach())
+            bn.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1))
+    y = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
+    return y * bn.weight[None, :, None, None] + bn.bias[None, :, None, None] if bn.affine else y
+
+
+def _cpu_sync(base: type) -> type:
+    """A subclass of BatchNorm2d class `base` (nn.BatchNorm2d, timm's BatchNormAct2d) whose training forward uses
+    global-batch statistics; what follows the normalisation in `base` (timm's drop + activation) is kept."""
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
-            return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+            return base.forward(self, x)
+        y = global_batch_norm(self, x)
+        return self.act(self.drop(y)) if hasattr(self, "act") and hasattr(self, "drop") else y
 
-        n = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype)
-        stats = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), n]))
-        c = x.shape[1]
-        count = stats[-1]
-        mean = stats[:c] / count
-        var = stats[c:2 * c] / count - mean * mean
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(m * mean.detach())
-                self.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1))
-        y = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
-        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
+    return type(f"CpuSync{base.__name__}", (base,), {"forward": forward, "global_stats": True})
 
 
 def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """`module` with every BatchNorm2d computing global-batch statistics under torchrun: torch's SyncBatchNorm
-    on GPUs (as mmsegmentation's SyncBN configs), CpuSyncBatchNorm on CPUs. Unchanged in one process."""
+    """`module` with every BatchNorm2d computing global-batch statistics under torchrun: timm's
+    convert_sync_batchnorm on GPUs (torch's SyncBatchNorm, keeping timm's BatchNormAct2d activations), and on CPUs,
+    where torch's SyncBatchNorm refuses to run, the same maths in `global_batch_norm` (the modules keep their
+    parameters; only their class changes). Unchanged in one process."""
     if not is_distributed():
         return module
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            sync = CpuSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                    child.track_running_stats)
-            sync.load_state_dict(child.state_dict())
-            setattr(module, name, sync)
-        else:
-            sync_batchnorm(child, device)
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(module)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d) and not getattr(m, "global_stats", False):
+            m.__class__ = _cpu_sync(type(m))
     return module

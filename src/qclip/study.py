@@ -220,8 +220,8 @@ def _run_study(cfg: Config, out: Path, fresh: bool, progress: bool, log: Callabl
 
     main = rank() == 0
     if world_size() > 1:
-        log(f"      {world_size()} ranks: recaptioning and CLIP pretraining on every rank; the world, captioner "
-            "training, baselines, transfers and the report on rank 0")
+        log(f"      {world_size()} ranks: recaptioning, CLIP pretraining and fine-tuning on every rank; the world, "
+            "captioner training, baselines, probes and the report on rank 0")
     git_commit()  # read now: results.json records the tree this run's code came from
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, fresh)
@@ -537,7 +537,7 @@ def _transfer_stage(mcfg: Config, spec: str, pretrain_key: str, enc: str, method
                                  *([dense.name, dense_fingerprint(dense)] if dense else []))
         r = cache.run(f"transfer-{tag.replace('/', '-')}-{task}", transfer_key, t_dir,
                       lambda: run_transfer(tcfg, spec, data, t_dir, progress, memo),
-                      label=f"transfer {tag} {task}")
+                      label=f"transfer {tag} {task}", every_rank=transfer.mode == "finetune")  # DDP fine-tuning
         for x in r["results"]:
             rows.append({"method": method, "encoder": enc, "task": task, "data_fraction": x["data_fraction"],
                          "seed": mcfg.seed, "metrics": x["metrics"],

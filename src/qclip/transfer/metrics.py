@@ -36,6 +36,13 @@ class SegmentationMetric:
         """pred, target: int64 class ids (N, H, W) at the target's resolution."""
         self.cm.update(pred.flatten(), target.flatten())
 
+    def reduce_across_ranks(self) -> None:
+        """Under torchrun, each rank having seen its share of the images: the confusion matrix summed over the
+        ranks, so intersections and unions are the dataset's (mmsegmentation's IoUMetric collects the same)."""
+        import torch.distributed as dist
+
+        dist.all_reduce(self.cm.confmat)
+
     def compute(self) -> dict:
         cm = self.cm.compute().double()  # rows: target, cols: prediction
         inter = cm.diag()
@@ -81,6 +88,14 @@ class DepthMetric:
                 "delta2": float((ratio < 1.25 ** 2).double().mean()),
                 "delta3": float((ratio < 1.25 ** 3).double().mean()),
             })
+
+    def reduce_across_ranks(self) -> None:
+        """Under torchrun: every rank's per-image errors, so the means run over the whole split."""
+        import torch.distributed as dist
+
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self.per_image)
+        self.per_image = [m for p in parts for m in p]
 
     def compute(self) -> dict:
         if not self.per_image:

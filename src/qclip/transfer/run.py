@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..atomic import atomic_write_json
-from ..config import Config
+from ..config import Config, ConfigError
+from ..distributed import barrier, init_distributed, is_distributed, rank, sync_batchnorm, world_size
 from ..optim import (
     EpochBatches,
     StepTimer,
@@ -141,13 +142,18 @@ def _loss(cfg, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_head(encoder: DenseEncoder, head: DenseHead, val: TransferDataset, cfg, num_classes: int,
-             n_examples: int = 4, cached: list[tuple[list[torch.Tensor], dict]] | None = None
-             ) -> tuple[dict, list[dict]]:
+             n_examples: int = 4, cached: list[tuple[list[torch.Tensor], dict]] | None = None,
+             sharded: bool = False) -> tuple[dict, list[dict]]:
     """Metrics on the whole validation split, predictions resized to each target's own resolution.
-    `cached`: the split's frozen probe inputs from `_feature_batches` (the encoder then does not run)."""
+    `cached`: the split's frozen probe inputs from `_feature_batches` (the encoder then does not run).
+    `sharded` (under torchrun): rank r evaluates images r, r+W, ...; the metric's sums are then added over the
+    ranks (intersections and unions, per-image depth errors), never per-rank results averaged."""
     encoder.eval()
     head.eval()
     device = next(head.parameters()).device
+    if sharded:
+        val = copy.copy(val)
+        val.indices = val.indices[rank()::world_size()]
     metric = (SegmentationMetric(num_classes, class_names=val.ds.class_names, stuff_classes=val.ds.stuff_classes)
               if cfg.task == "segmentation"
               else DepthMetric(cfg.min_depth, cfg.max_depth, cfg.eigen_crop))
@@ -173,7 +179,20 @@ def evaluate_head(encoder: DenseEncoder, head: DenseHead, val: TransferDataset, 
                 examples.append({"image": (img * 255).astype(np.uint8), "target": target[j].numpy(),
                                  "pred": pred[j].numpy()})
         start += len(b["key"])
+    if sharded:
+        metric.reduce_across_ranks()
     return metric.compute(), examples
+
+
+class EncoderWithHead(nn.Module):
+    """The fine-tuned network as one module, so DistributedDataParallel sees (and synchronises) both parts."""
+
+    def __init__(self, encoder: DenseEncoder, head: DenseHead) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.head(self.encoder(x), size)
 
 
 def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: int, seed: int,
@@ -181,13 +200,21 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
                desc: str, ckpt_dir: Path | None = None) -> tuple[DenseHead, list[float]]:
     """Train a fresh head (and, fine-tuning, the encoder) for `cfg.steps` iterations. With `ckpt_dir` and
     `cfg.checkpoint_every`, saves head, encoder, optimizer, schedule and RNG there and resumes from the latest:
-    the same batches follow; random crops in loader workers are re-drawn, so a resumed run is close, not equal."""
+    the same batches follow; random crops in loader workers are re-drawn, so a resumed run is close, not equal.
+
+    Fine-tuning under torchrun (DDP): `cfg.batch_size` is the global batch; each step's batch is drawn as in one
+    process and rank r trains on its r-th slice (as mmsegmentation's 8 GPUs x 2 images = 16), BatchNorm
+    statistics are those of the global batch (SyncBatchNorm), gradients are averaged by DDP; rank 0 writes the
+    checkpoints, every rank resumes from them."""
     torch.manual_seed(seed)
     device = next(encoder.parameters()).device
+    finetune = cfg.mode == "finetune"
+    ddp = finetune and is_distributed()
     head = DenseHead(encoder.info.channels, encoder.info.plain, cfg.task, cfg.mode, num_classes,
                      cfg.decoder_width, cfg.depth_bins, cfg.min_depth, cfg.max_depth, cfg.bin_spacing).to(device)
+    if ddp:  # before the optimizer sees the parameters: the synchronised layers replace the plain ones
+        head, encoder = sync_batchnorm(head, device), sync_batchnorm(encoder, device)
     groups = param_groups(head, cfg.weight_decay)
-    finetune = cfg.mode == "finetune"
     if finetune:
         for g in param_groups(encoder, cfg.weight_decay):
             groups.append({**g, "lr": cfg.lr * cfg.encoder_lr_mult})
@@ -204,6 +231,8 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
     trained = nn.ModuleDict({"head": head, **({"encoder": encoder} if finetune else {})})
     start = 0
     if ckpt_dir is not None and cfg.checkpoint_every:
+        if ddp:
+            barrier()  # rank 0 may have dropped checkpoints of other settings
         start = load_checkpoint(ckpt_dir, trained, opt, sched)
         if start:
             losses = json.loads((ckpt_dir / "losses.json").read_text())[:start]
@@ -219,38 +248,57 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
     if cached is not None:  # frozen features: no image flip (it is not a feature flip for ViTs)
         data = (([f[idx] for f in cached[0]], cached[1][idx]) for idx in batches)
     else:  # decode + augment in `transfer.workers` processes while the model trains
-        loader = DataLoader(train, batch_sampler=batches, collate_fn=collate, num_workers=cfg.workers,
-                            prefetch_factor=4 if cfg.workers else None)
+        lo, hi = (rank() * bs // world_size(), (rank() + 1) * bs // world_size()) if ddp else (0, bs)
+        loader = DataLoader(train, batch_sampler=[b[lo:hi] for b in batches], collate_fn=collate,
+                            num_workers=cfg.workers, prefetch_factor=4 if cfg.workers else None)
         data = ((b["image"], b["target"]) for b in loader)
+    net = EncoderWithHead(encoder, head)
+    if ddp:  # find_unused_parameters: towers keep layers the dense features never reach (a CLIP projection)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=True)
     timer = StepTimer(desc, start, cfg.steps)
     for x, target in data:
         x = [f.to(device) for f in x] if cached is not None else x.to(device)
         target = target.to(device)
         if cached is None:
-            flip = ((torch.rand(bs, generator=flip_gen) < 0.5) if cfg.hflip else torch.zeros(bs, dtype=torch.bool)).to(device)
+            flip = ((torch.rand(bs, generator=flip_gen) < 0.5) if cfg.hflip else torch.zeros(bs, dtype=torch.bool))
+            flip = flip[lo:hi].to(device)  # the whole batch's draw, this rank's slice of it
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             target = torch.where(flip.view(-1, *[1] * (target.dim() - 1)), target.flip(-1), target)
         with _autocast(device):
-            with torch.set_grad_enabled(finetune):
-                feats = x if cached is not None else encoder(x)
-            loss = _loss(cfg, head(feats, size).float(), target)
+            if cached is not None:  # a probe on frozen features
+                out = head(x, size)
+            elif finetune:
+                out = net(x, size)
+            else:
+                with torch.no_grad():
+                    feats = encoder(x)
+                out = head(feats, size)
+            loss = _loss(cfg, out.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         optimizer_step(opt, sched, [p for g in groups for p in g["params"]], cfg.grad_clip)
-        losses.append(loss.item())
+        value = loss.detach()
+        if ddp:  # the logged loss is the global batch's: the mean of the ranks' means (DDP averages gradients so)
+            torch.distributed.all_reduce(value)
+            value = value / world_size()
+        losses.append(value.item())
         if not math.isfinite(losses[-1]):  # NaN stays NaN: stop now, not after the remaining steps
             bar.close()
             raise FloatingPointError(f"{desc}: the loss diverged at step {len(losses)} ({losses[-1]}); lower "
                                      f"transfer.lr (fine-tuning: also transfer.encoder_lr_mult)")
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
         step = len(losses)
         cost = timer.after_step(step)
         if cost and finetune:  # fine-tuning can take hours on a CPU: say so
             tqdm.write(cost)
         if ckpt_dir is not None and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            atomic_write_json(ckpt_dir / "losses.json", losses)
-            save_checkpoint(ckpt_dir, trained, opt, sched, step)
+            if rank() == 0 or not ddp:
+                atomic_write_json(ckpt_dir / "losses.json", losses)
+                save_checkpoint(ckpt_dir, trained, opt, sched, step)
+            if ddp:
+                barrier()
     bar.close()
     return head, losses
 
@@ -293,14 +341,22 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     splits = {role: {"split": ds.split, "samples": len(ds)}
               for role, ds in (("train", train_ds), ("val", val_ds), ("select", select_ds)) if ds is not None}
     num_classes = infer_num_classes(train_ds) if t.task == "segmentation" else 0
-    device = resolve_device(t.device)
+    ddp = t.mode == "finetune" and world_size() > 1
+    if world_size() > 1 and t.mode == "probe" and not is_distributed():
+        raise ConfigError("a probe trains a small head on frozen features in one process: run `qclip transfer` "
+                          "without torchrun for transfer.mode=probe (fine-tuning runs DDP under torchrun)")
+    device = init_distributed()[2] if ddp else resolve_device(t.device)
+    main = not ddp or rank() == 0  # under DDP every rank trains and evaluates its share; rank 0 writes
+    progress = progress and main
     torch.manual_seed(cfg.seed)  # a random:ARCH encoder is the same random encoder on every run
     encoder = load_encoder(encoder_spec, t.image_size, t.levels).to(device)
     init_state = copy.deepcopy(encoder.state_dict()) if t.mode == "finetune" else None
     info = encoder.info
-    write_run_info(out, cfg, "transfer", {"encoder": encoder_spec, "data": str(data), "layout": layout,
-                                          "device": str(device), "splits": splits,
-                                          "train": train_ds.summary(), "val": val_ds.summary()})
+    if main:
+        write_run_info(out, cfg, "transfer", {"encoder": encoder_spec, "data": str(data), "layout": layout,
+                                              "device": str(device), "splits": splits,
+                                              "world_size": world_size() if ddp else 1,
+                                              "train": train_ds.summary(), "val": val_ds.summary()})
     val = TransferDataset(val_ds, list(range(len(val_ds))), t.image_size, info.mean, info.std, train=False)
     full = TransferDataset(train_ds, list(range(len(train_ds))), t.image_size, info.mean, info.std, train=True)
     scales = tuple(t.scale_range)
@@ -324,10 +380,13 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         sub = TransferDataset(train_ds, idx, t.image_size, info.mean, info.std, train=True, scale_range=scales)
         ckpt_dir = out / name / "checkpoints"
         run_key = {"encoder": encoder_spec, "data": str(data), "seed": cfg.seed, "transfer": asdict(t)}
-        drop_checkpoints_of_other_settings(ckpt_dir, run_key)  # another setting's: start afresh, never resume them
-        if t.checkpoint_every:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(ckpt_dir / "run_key.json", run_key)
+        if ddp:  # a resumed DDP run must have as many ranks (each holds its slice of every batch)
+            run_key["world_size"] = world_size()
+        if main:
+            drop_checkpoints_of_other_settings(ckpt_dir, run_key)  # another setting's: start afresh, never resume
+            if t.checkpoint_every:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(ckpt_dir / "run_key.json", run_key)
         t1 = time.time()
         sub_cached = ([c[idx] for c in cached[0]], cached[1][idx]) if cached else None
         selection = None
@@ -346,12 +405,15 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
             head, losses = best["head"], best["losses"]
             selection = {"split": t.select_split, "metric": key, "weight_decay": best["weight_decay"],
                          "grid": [{k: g[k] for k in ("weight_decay", key)} for g in grid]}
-        metrics, examples = evaluate_head(encoder, head, val, t, num_classes, cached=cached_val)
+        metrics, examples = evaluate_head(encoder, head, val, t, num_classes, cached=cached_val, sharded=ddp)
         run = {"encoder": encoder_spec, "task": t.task, "mode": t.mode, "data_fraction": frac,
                "train_samples": len(idx), "val_samples": len(val_ds), "final_train_loss": losses[-1],
                **convergence(losses),
                "seconds": round(time.time() - t1, 2), "metrics": metrics,
                **({"probe_selection": selection} if selection else {})}
+        results.append(run)
+        if not main:
+            continue
         (out / name).mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / name / "metrics.json", {**run, "splits": splits,
                                                         "train_loss": losses[::max(1, len(losses) // 100)]})
@@ -361,12 +423,14 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
                                  f"{metrics.get(HEADLINE[t.task][0], 0):.3f}",
                                  num_classes, getattr(val.ds, "class_names", None))
         save_examples(examples, out / name / "predictions.npz")  # every fraction's, for the report's comparisons
-        results.append(run)
     summary = {"encoder": encoder_spec, "encoder_info": info.__dict__, "task": t.task, "mode": t.mode,
                "layout": layout, "splits": splits, "num_classes": num_classes, "results": results,
                "skipped": {"train": train_ds.skips.as_dict(), "val": val_ds.skips.as_dict()},
                "seconds": round(time.time() - t0, 2)}
-    atomic_write_json(out / "metrics.json", summary)
+    if main:
+        atomic_write_json(out / "metrics.json", summary)
+    if ddp:
+        barrier()
     return summary
 
 
