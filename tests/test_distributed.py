@@ -86,7 +86,7 @@ def test_torchrun_two_ranks_read_disjoint_shards(world_dir, tmp_path):
 # per-rank BatchNorm statistics), CLIP on raw and synthetic captions and random init, probes on both tasks
 TORCHRUN_STUDY = ["world.n_pool=48", "world.n_curated=16", "world.n_dense=16", "world.n_dev=4", "world.n_val=8",
                   "world.shard_size=12", "world.workers=1", "study.encoders=[qclip-vit-tiny]",
-                  "study.methods=[clip-raw,clip-synthetic,random]", "pretrain.steps=3", "pretrain.warmup_steps=1",
+                  "study.methods=[clip-raw,clip-synthetic,random,mim]", "pretrain.steps=3", "pretrain.warmup_steps=1",
                   "pretrain.workers=0", "pretrain.rank_data=global", "pretrain.checkpoint_every=2",
                   "transfer.steps=4", "transfer.batch_size=4", "transfer.data_fractions=[0.5,1.0]"]
 # the stated tolerance: DDP averages the two ranks' gradients in another order than one process sums them (float
@@ -97,7 +97,7 @@ STUDY_TOLERANCE = 1e-4
 def test_the_study_under_torchrun_equals_one_process_with_the_same_global_batch(tmp_path):
     """`torchrun --nproc-per-node 2 -m qclip run`: recaptioning split by rank, CLIP pretraining DDP (2 ranks x
     batch 4, each its slice of the global batch), transfers and the report on rank 0; results.json equals one
-    process at batch 8 within STUDY_TOLERANCE; re-run under torchrun, every stage is reused."""
+    process at batch 8 within STUDY_TOLERANCE (MAE too: data-parallel baselines); re-run, every stage is reused."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = ["-m", "qclip", "run", "--config", "configs/demo.yaml", "--quiet", *TORCHRUN_STUDY]
     one = subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one"), "pretrain.batch_size=8"],

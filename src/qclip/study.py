@@ -220,8 +220,8 @@ def _run_study(cfg: Config, out: Path, fresh: bool, progress: bool, log: Callabl
 
     main = rank() == 0
     if world_size() > 1:
-        log(f"      {world_size()} ranks: recaptioning, CLIP pretraining and fine-tuning on every rank; the world, "
-            "captioner training, baselines, probes and the report on rank 0")
+        log(f"      {world_size()} ranks: recaptioning, pretraining (CLIP and baselines) and fine-tuning on every "
+            "rank; the world, captioner training, probes and the report on rank 0")
     git_commit()  # read now: results.json records the tree this run's code came from
     out.mkdir(parents=True, exist_ok=True)
     cache = StageCache(out, fresh)
@@ -498,8 +498,8 @@ def _pretrain_stage(mcfg: Config, method: StudyMethod, enc: str, tag: str, out: 
                                  result_keys(mcfg.pretrain, text_tower=False, masked=method.name == "mim"),
                                  model_cfg, seed)
         split_dir = pool_dir if method.split == "pool" else world_dir / method.split
-        cache.run(stage, pretrain_key, run_dir, lambda: train_baseline(
-            mcfg, method.name, split_dir, run_dir, progress), label=f"pretrain {tag}")
+        cache.run(stage, pretrain_key, run_dir, lambda: train_baseline(  # data-parallel over every rank
+            mcfg, method.name, split_dir, run_dir, progress), label=f"pretrain {tag}", every_rank=True)
         return str(run_dir), pretrain_key, []
     data = out / captioned_pool(method.captioner) if method.captioner else pool_dir
     pretrain_key = cache.key("pretrain", method.name,

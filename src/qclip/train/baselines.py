@@ -44,6 +44,7 @@ from ..config import STUDY_METHODS, Config, result_keys
 from ..data.shards import ShardReader
 from ..data.world import COLOURS, SHAPES
 from ..data.world_shards import world_shapes
+from ..distributed import barrier, init_distributed, rank, sync_batchnorm, world_size
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir
 from ..models.dense_encoder import DenseEncoder
@@ -222,13 +223,17 @@ class MAEDecoder(nn.Module):
         return self.pred(self.norm(self.blocks(full + self.pos)))
 
 
-def mae_encode(visual: nn.Module, x: torch.Tensor, ratio: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """open_clip ViT forward on a random `1 - ratio` of the patch tokens: (encoded visible tokens, their indices)."""
+def mae_encode(visual: nn.Module, x: torch.Tensor, ratio: float, gen: torch.Generator,
+               rows: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """open_clip ViT forward on a random `1 - ratio` of the patch tokens: (encoded visible tokens, their indices).
+    rows=(lo, hi, B): `x` is rows lo..hi of a batch of B (a rank's share): the draw is the whole batch's."""
     t = visual.conv1(x).flatten(2).transpose(1, 2)  # B x N x W (patch embedding or qclip's conv stem)
     pos = visual.positional_embedding.to(t.dtype)
     t = t + pos[1:]
     b, n, w = t.shape
-    keep = torch.rand(b, n, generator=gen).argsort(1)[:, : max(1, round(n * (1 - ratio)))]
+    lo, hi, full = rows or (0, b, b)
+    noise = torch.rand(full, n, generator=gen)[lo:hi].to(t.device)
+    keep = noise.argsort(1)[:, : max(1, round(n * (1 - ratio)))]
     t = t.gather(1, keep[..., None].expand(-1, -1, w))
     cls = (visual.class_embedding + pos[0]).expand(b, 1, w)
     t = visual.ln_post(visual.transformer(visual.ln_pre(torch.cat([cls, t], 1))))
@@ -257,14 +262,32 @@ def random_patch_mask(n: int, size: int, patch: int, gen: torch.Generator) -> to
     return F.interpolate(m, scale_factor=patch, mode="nearest")
 
 
+def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """A loss's normaliser (a count of masked pixels or patches) as the whole batch has it, per rank's share: each
+    rank's sum over it, averaged over the ranks by the gradient all-reduce, is then the one-process loss."""
+    if world_size() == 1:
+        return t
+    t = t.detach().clone()
+    torch.distributed.all_reduce(t)
+    return t / world_size()
+
+
 def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, progress: bool = True) -> dict:
+    """Under torchrun: data-parallel over the ranks. Each step's batch and its random draws (crops, masks) are
+    the one-process run's; rank r trains on its r-th slice, BatchNorm over the global batch, gradients averaged
+    over the ranks (an all-reduce after backward: the objectives call the tower's parts one by one, which DDP's
+    forward wrapper would not see); rank 0 writes checkpoints and the model, every rank resumes."""
     if method not in METHODS:
         raise ValueError(f"baseline must be one of {', '.join(METHODS)}, got '{method}'")
     tc, out, t0 = cfg.pretrain, Path(out), time.time()
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    ddp = world_size() > 1
+    device = init_distributed()[2]  # the rank's GPU under torchrun, else the GPU or the CPU
+    main = rank() == 0
+    progress = progress and main
     torch.manual_seed(cfg.seed)
-    bundle = create_clip(tc.model, tc.text_tower, tc.image_size)
+    bundle = create_clip(tc.model, tc.text_tower, tc.image_size, device=device)
     model = bundle.model
     size = bundle.model_cfg["vision_cfg"]["image_size"]
     encoder = DenseEncoder(model.visual, f"random:{tc.model}", tc.model, size, levels=1)
@@ -288,78 +311,102 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     labels_of = {"supervised": "objects", "boxes": "boxes"}.get(method, "")
     # the curated split has no alt-text to require; box targets must stay aligned with the pixels: no crops
     images, labels = _load_pool(data, labels_of, tc.require_raw_caption and method != "boxes", size, shapes)
+    labels = labels.to(device) if labels is not None else None
     transform = bundle.preprocess_val if method == "boxes" else bundle.preprocess_train
-    params = nn.ModuleList([model.visual, head])
+    params = sync_batchnorm(nn.ModuleList([model.visual, head.to(device)]), device)
     image_format = to_memory_format(params, tc.channels_last)  # as pretraining (pretrain.channels_last)
     opt = adamw(param_groups(params, tc.weight_decay), tc.lr, (tc.beta1, tc.beta2), tc.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.steps, tc.lr, tc.min_lr))
-    write_run_info(out, cfg, f"baseline-{method}", {"data": str(data), "samples": len(images),
-                                                    "augmentation": "none (box targets)" if method == "boxes" else
-                                                    "preprocess_train (as CLIP pretraining)"})
+    if main:
+        write_run_info(out, cfg, f"baseline-{method}", {"data": str(data), "samples": len(images),
+                                                        "world_size": world_size(), "device": str(device),
+                                                        "augmentation": "none (box targets)" if method == "boxes"
+                                                        else "preprocess_train (as CLIP pretraining)"})
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = EpochBatches(len(images), min(tc.batch_size, len(images)), gen)
+    # pretrain.batch_size is per rank, as for CLIP: the global batch drawn each step is W times it
+    batches = EpochBatches(len(images), min(tc.batch_size * world_size(), len(images)), gen)
     metrics: list[dict] = []
     # a killed run resumes from its latest training state: weights, optimiser, schedule, RNG, the batch position
     # (`batches.order` and `gen`, which also draws the masks) and the losses so far; crops are drawn per step
     # from the seed, so the resumed run ends where an uninterrupted one does. Checkpoints of other settings go.
     ckpt_dir, run_key = out / "checkpoints", {"method": method, "data": str(data), "seed": cfg.seed,
                                               "pretrain": result_keys(tc, text_tower=False, masked=method == "mim")}
-    drop_checkpoints_of_other_settings(ckpt_dir, run_key)
-    atomic_write_json(ckpt_dir / "run_key.json", run_key)
+    if ddp:  # a resumed run needs as many ranks: each holds its slice of every batch
+        run_key["world_size"] = world_size()
+    if main:
+        drop_checkpoints_of_other_settings(ckpt_dir, run_key)
+        atomic_write_json(ckpt_dir / "run_key.json", run_key)
+    barrier()
     extra: dict = {}
     start = load_checkpoint(ckpt_dir, params, opt, sched, extra)
     if start:
         gen.set_state(extra["gen"])
         batches.order, metrics = list(extra["order"]), list(extra["metrics"])
-        print(f"pretrain {method} ({objective}): resuming at step {start} of {tc.steps} from {ckpt_dir}")
+        if main:
+            print(f"pretrain {method} ({objective}): resuming at step {start} of {tc.steps} from {ckpt_dir}")
     params.train()
     bar = tqdm(range(start, tc.steps), desc=f"pretrain {method}", unit="step", disable=not progress,
                initial=start, total=tc.steps)
     for step in bar:
         idx = next(batches)
-        x = augmented_batch(images, idx, transform, cfg.seed * 1_000_003 + step).contiguous(memory_format=image_format)
+        b = len(idx)
+        lo, hi = (rank() * b // world_size(), (rank() + 1) * b // world_size()) if ddp else (0, b)
+        x = augmented_batch(images, idx, transform, cfg.seed * 1_000_003 + step)[lo:hi]
+        x = x.to(device).contiguous(memory_format=image_format)
         if method == "supervised":
-            loss = F.binary_cross_entropy_with_logits(head(model.visual(x)), labels[idx])
+            loss = F.binary_cross_entropy_with_logits(head(model.visual(x)), labels[idx][lo:hi])
         elif method == "boxes":
-            target = labels[idx]
+            target = labels[idx][lo:hi]
             logits = F.interpolate(head(encoder(x)[-1]), size=target.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, target)
         elif objective == "mae":
-            visible, keep = mae_encode(model.visual, x, MAE_MASK_RATIO, gen)
+            visible, keep = mae_encode(model.visual, x, MAE_MASK_RATIO, gen, (lo, hi, b))
             target = normalised_patches(x, patch)
-            masked = torch.ones(target.shape[:2]).scatter(1, keep, 0.0)  # 1 = dropped
-            loss = (((head(visible, keep) - target) ** 2).mean(-1) * masked).sum() / masked.sum()
+            masked = torch.ones(target.shape[:2], device=device).scatter(1, keep, 0.0)  # 1 = dropped
+            loss = (((head(visible, keep) - target) ** 2).mean(-1) * masked).sum() / _mean_over_ranks(masked.sum())
         elif objective == "spark":
-            mask = random_patch_mask(len(idx), size, tc.mim_mask_patch, gen)
+            mask = random_patch_mask(b, size, tc.mim_mask_patch, gen)[lo:hi].to(device)
             # computed once a step: the hooks and the decoder read the same per-level visibility
             mask_state["visible"] = cell_visibility(mask, encoder.info.reductions, tc.mim_mask_patch)
             pred = head(encoder(x * (1 - mask)), mask_state["visible"])
             target = normalised_patches(x, tc.mim_mask_patch)
             masked = patchify(mask, tc.mim_mask_patch)[..., 0]  # 1 = a masked square
             err = ((patchify(pred, tc.mim_mask_patch) - target) ** 2).mean(-1)
-            loss = (err * masked).sum() / masked.sum().clamp(min=1)
+            loss = (err * masked).sum() / _mean_over_ranks(masked.sum()).clamp(min=1)
         else:
-            mask = random_patch_mask(len(idx), size, tc.mim_mask_patch, gen)
+            mask = random_patch_mask(b, size, tc.mim_mask_patch, gen)[lo:hi].to(device)
             pred = head(encoder(x * (1 - mask))[-1])
-            loss = ((pred - x).abs() * mask).sum() / (mask.sum() * 3 + 1e-6)
+            loss = ((pred - x).abs() * mask).sum() / (_mean_over_ranks(mask.sum()) * 3 + 1e-6)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        value = loss.detach()
+        if ddp:  # every rank steps with the gradient of the whole batch; the loss logged is the batch's
+            for p in params.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world_size()
+            torch.distributed.all_reduce(value)
+            value = value / world_size()
         optimizer_step(opt, sched, params.parameters(), tc.grad_clip)
-        metrics.append({"step": step + 1, "loss": loss.item()})
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        metrics.append({"step": step + 1, "loss": value.item()})
+        bar.set_postfix(loss=f"{value.item():.3f}")
         if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps:
-            save_checkpoint(ckpt_dir, params, opt, sched, step + 1, keep=max(2, tc.keep_checkpoints),
-                            extra={"gen": gen.get_state(), "order": batches.order, "metrics": metrics})
+            if main:
+                save_checkpoint(ckpt_dir, params, opt, sched, step + 1, keep=max(2, tc.keep_checkpoints),
+                                extra={"gen": gen.get_state(), "order": batches.order, "metrics": metrics})
+            barrier()
     if objective == "spark":
         for h in hooks:  # the saved tower is an ordinary dense one
             h.remove()
-    save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model", bundle.qclip_cfg)
-    with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(m) + "\n" for m in metrics)
     summary = {"method": method, "objective": objective, "model": tc.model, "steps": tc.steps, "first_loss": metrics[0]["loss"],
                "final_loss": metrics[-1]["loss"], "seconds": round(time.time() - t0, 2), "model_dir": str(out / "model")}
-    atomic_write_json(out / "summary.json", summary)
-    prune_checkpoints(ckpt_dir, tc.keep_checkpoints)  # as CLIP pretraining: the model folder is what stays
-    if not tc.keep_checkpoints:
-        remove_tree(ckpt_dir)
+    if main:
+        save_model_dir(model, bundle.model_cfg, bundle.preprocess_cfg, out / "model", bundle.qclip_cfg)
+        with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(m) + "\n" for m in metrics)
+        atomic_write_json(out / "summary.json", summary)
+        prune_checkpoints(ckpt_dir, tc.keep_checkpoints)  # as CLIP pretraining: the model folder is what stays
+        if not tc.keep_checkpoints:
+            remove_tree(ckpt_dir)
+    barrier()
     return summary
