@@ -77,7 +77,7 @@ def own_study(tmp: Path, pool: Path, captioner: str, ade: Path, nyu: Path, **stu
                         "eval_batch_size": 4, "workers": 0, "device": "cpu", "data_fractions": [0.5, 1.0],
                         "checkpoint_every": 0}
     cfg = {"seed": 0,
-           "study": {"encoders": ["qclip-vit-tiny"], "methods": ["clip-raw", "clip-synthetic", "random", "mim"],
+           "study": {"encoders": ["qclip-vit-tiny"], "methods": ["clip-raw", "clip-synthetic", "mim"],
                      "pool": str(pool), "captioner": captioner,
                      "dense": [{"name": "ade", "path": str(ade), "task": "segmentation", "layout": "ade20k",
                                 "recipe": str(ROOT / "configs" / "transfer_ade20k_upernet.yaml"),
@@ -118,7 +118,7 @@ def test_the_study_runs_on_a_users_pool_and_dense_datasets(user_data, coca_dir, 
     rows = results["rows"]
     # no retrieval / zero-shot on a user's pool (they read the world's labels): dense rows only
     assert {(r["task"], r["dataset"]) for r in rows} == {("segmentation", "ade"), ("depth", "nyu")}
-    assert {r["method"] for r in rows} == {"clip-raw", "clip-synthetic", "random", "mim", "vit-given"}
+    assert {r["method"] for r in rows} == {"clip-raw", "clip-synthetic", "mim", "vit-given"}
     assert {r["data_fraction"] for r in rows} == {0.5, 1.0}
     given = [r for r in rows if r["method"] == "vit-given"]
     assert given and all(r["given"] == "random:qclip-vit-tiny" and r["encoder"] == "qclip-vit-tiny" for r in given)
