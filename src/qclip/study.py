@@ -44,6 +44,7 @@ from .report.build import study_run_dir
 
 CAPTIONER_ID = "tiny"
 
+
 class StageCache:
     """OUT/stages/NAME.json = {"key", "result", "seconds", "dir"}; a matching key means the stage's output is
     current. `dir` is the stage's output folder relative to OUT (null for none), so tools that move a run's stages
@@ -77,8 +78,8 @@ class StageCache:
         default NAME, in `seconds`) and recorded.
 
         Under torchrun every rank calls this for every stage, in order: rank 0 decides, cleans and records; `fn`
-        runs on every rank where `every_rank` (a distributed stage: recaptioning, CLIP pretraining), else on rank
-        0 alone while the others wait; every rank returns the result rank 0 recorded."""
+        runs on every rank where `every_rank` (a distributed stage: recaptioning, pretraining, fine-tuning), else on
+        rank 0 alone while the others wait; every rank returns the result rank 0 recorded."""
         rec, started, label = self.dir / f"{name}.json", self.dir / f"{name}.started", label or name
         barrier()  # every rank reads the records as rank 0 left them after the previous stage
         if not self.fresh and rec.is_file():
