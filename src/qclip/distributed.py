@@ -48,6 +48,22 @@ def barrier() -> None:
         dist.barrier()
 
 
+def rank_slice(n: int, r: int | None = None, world: int | None = None) -> tuple[int, int]:
+    """[lo, hi) of rank r's share of a batch of n, the ranks' shares in rank order (W ranks x n / W = one batch)."""
+    r, world = rank() if r is None else r, world_size() if world is None else world
+    return r * n // world, (r + 1) * n // world
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The mean of a (detached) value over the ranks: a logged loss, or a loss's normaliser (a count of masked
+    pixels) as the whole batch has it per rank's share. The value itself in one process."""
+    if world_size() == 1:
+        return t.detach()
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t / world_size()
+
+
 def global_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """`bn` in training mode with the statistics of the global batch across ranks: the sums of x and x^2 and the
     count all-reduced with their gradients, the unbiased variance into the running estimate (as nn.SyncBatchNorm)."""

@@ -276,7 +276,7 @@ def preflight(cfg: Config, log: Callable[[str], None] = print) -> None:
     from .data.dense import DenseDataError
     from .data.shards import ShardReader, is_dataset
     from .train.shard_dataset import has_raw_caption
-    from .transfer.dataset import check_disjoint, open_split, open_splits
+    from .transfer.dataset import open_transfer_splits
 
     st = cfg.study
     for key, path, kind in (("study.pool", st.pool, "raw"), ("study.curated", st.curated, "reference")):
@@ -300,17 +300,9 @@ def preflight(cfg: Config, log: Callable[[str], None] = print) -> None:
     for d in st.dense:
         t = dense_transfer(cfg, d)
         try:
-            layout, train, val = open_splits(d.path, t.layout, t.task, t.train_split, t.val_split, t.max_depth,
-                                             t.num_classes)
-            check_disjoint(d.path, train, val, "evaluation", t.allow_shared_splits)
+            layout, train, val, select = open_transfer_splits(d.path, t)  # as the transfer itself opens them
             sizes = f"train '{train.split}' {len(train)}, val '{val.split}' {len(val)}"
-            if t.probe_weight_decays:
-                select = open_split(d.path, layout, t.task, t.select_split, t.max_depth, t.num_classes)
-                if select.split == val.split:
-                    raise DenseDataError(f"select_split '{select.split}' is the reported split; choose the probe "
-                                         "grid on another held-out split")
-                check_disjoint(d.path, train, select, "selection", t.allow_shared_splits)
-                check_disjoint(d.path, select, val, "evaluation", t.allow_shared_splits)
+            if select is not None:
                 sizes += f", select '{select.split}' {len(select)}"
         except (DenseDataError, ValueError) as e:
             raise ConfigError(f"study.dense '{d.name}' ({d.path}): {e}") from None

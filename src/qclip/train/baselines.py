@@ -44,7 +44,7 @@ from ..config import STUDY_METHODS, Config, result_keys
 from ..data.shards import ShardReader
 from ..data.world import COLOURS, SHAPES
 from ..data.world_shards import world_shapes
-from ..distributed import barrier, init_distributed, rank, sync_batchnorm, world_size
+from ..distributed import barrier, init_distributed, mean_over_ranks, rank, rank_slice, sync_batchnorm, world_size
 from ..models import create_clip
 from ..models.checkpoint import save_model_dir
 from ..models.dense_encoder import DenseEncoder
@@ -262,16 +262,6 @@ def random_patch_mask(n: int, size: int, patch: int, gen: torch.Generator) -> to
     return F.interpolate(m, scale_factor=patch, mode="nearest")
 
 
-def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    """A loss's normaliser (a count of masked pixels or patches) as the whole batch has it, per rank's share: each
-    rank's sum over it, averaged over the ranks by the gradient all-reduce, is then the one-process loss."""
-    if world_size() == 1:
-        return t
-    t = t.detach().clone()
-    torch.distributed.all_reduce(t)
-    return t / world_size()
-
-
 def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, progress: bool = True) -> dict:
     """Under torchrun: data-parallel over the ranks. Each step's batch and its random draws (crops, masks) are
     the one-process run's; rank r trains on its r-th slice, BatchNorm over the global batch, gradients averaged
@@ -350,7 +340,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
     for step in bar:
         idx = next(batches)
         b = len(idx)
-        lo, hi = (rank() * b // world_size(), (rank() + 1) * b // world_size()) if ddp else (0, b)
+        lo, hi = rank_slice(b) if ddp else (0, b)
         x = augmented_batch(images, idx, transform, cfg.seed * 1_000_003 + step)[lo:hi]
         x = x.to(device).contiguous(memory_format=image_format)
         if method == "supervised":
@@ -363,7 +353,7 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
             visible, keep = mae_encode(model.visual, x, MAE_MASK_RATIO, gen, (lo, hi, b))
             target = normalised_patches(x, patch)
             masked = torch.ones(target.shape[:2], device=device).scatter(1, keep, 0.0)  # 1 = dropped
-            loss = (((head(visible, keep) - target) ** 2).mean(-1) * masked).sum() / _mean_over_ranks(masked.sum())
+            loss = (((head(visible, keep) - target) ** 2).mean(-1) * masked).sum() / mean_over_ranks(masked.sum())
         elif objective == "spark":
             mask = random_patch_mask(b, size, tc.mim_mask_patch, gen)[lo:hi].to(device)
             # computed once a step: the hooks and the decoder read the same per-level visibility
@@ -372,21 +362,19 @@ def train_baseline(cfg: Config, method: str, data: str | Path, out: str | Path, 
             target = normalised_patches(x, tc.mim_mask_patch)
             masked = patchify(mask, tc.mim_mask_patch)[..., 0]  # 1 = a masked square
             err = ((patchify(pred, tc.mim_mask_patch) - target) ** 2).mean(-1)
-            loss = (err * masked).sum() / _mean_over_ranks(masked.sum()).clamp(min=1)
+            loss = (err * masked).sum() / mean_over_ranks(masked.sum()).clamp(min=1)
         else:
             mask = random_patch_mask(b, size, tc.mim_mask_patch, gen)[lo:hi].to(device)
             pred = head(encoder(x * (1 - mask))[-1])
-            loss = ((pred - x).abs() * mask).sum() / (_mean_over_ranks(mask.sum()) * 3 + 1e-6)
+            loss = ((pred - x).abs() * mask).sum() / (mean_over_ranks(mask.sum()) * 3 + 1e-6)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        value = loss.detach()
-        if ddp:  # every rank steps with the gradient of the whole batch; the loss logged is the batch's
+        value = mean_over_ranks(loss)  # the loss logged is the whole batch's
+        if ddp:  # every rank steps with the gradient of the whole batch
             for p in params.parameters():
                 if p.grad is not None:
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= world_size()
-            torch.distributed.all_reduce(value)
-            value = value / world_size()
         optimizer_step(opt, sched, params.parameters(), tc.grad_clip)
         metrics.append({"step": step + 1, "loss": value.item()})
         bar.set_postfix(loss=f"{value.item():.3f}")

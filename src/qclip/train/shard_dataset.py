@@ -27,6 +27,7 @@ from ..data.policy import CaptionPolicy
 from ..data.sample import IMAGE_EXTS
 from ..data.shards import ShardReader, is_unsafe_member
 from ..data.skips import SkipCounter
+from ..distributed import rank_slice
 from .distill import TEACHER_MEMBER, decode_npz
 
 
@@ -251,8 +252,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
                     return
                 batch = perm[j * self.batch_size:(j + 1) * self.batch_size]
                 if self.slice_of is not None:
-                    r, w = self.slice_of
-                    batch = batch[r * len(batch) // w:(r + 1) * len(batch) // w]
+                    lo, hi = rank_slice(len(batch), *self.slice_of)
+                    batch = batch[lo:hi]
                 yield [(i, epoch) for i in batch]
                 step += 1
 

@@ -57,6 +57,23 @@ def open_split(root: str | Path, layout: str, task: str, split: str, max_depth: 
     return ds
 
 
+def open_transfer_splits(root: str | Path, t) -> tuple[str, DenseDataset, DenseDataset, DenseDataset | None]:
+    """(layout, train, val, select or None) of a transfer config `t` (transfer.*), checked: the selection split
+    (where a probe grid chooses) is not the reported one, and no two of the splits share an image (unless
+    t.allow_shared_splits). What `qclip transfer` opens, and what the study checks before it trains."""
+    layout, train, val = open_splits(root, t.layout, t.task, t.train_split, t.val_split, t.max_depth, t.num_classes)
+    if t.probe_weight_decays and t.select_split == val.split:
+        raise DenseDataError(f"transfer.select_split '{t.select_split}' is the split the results are reported on; "
+                             "choose the probe grid on another held-out split (the world's: dev)")
+    check_disjoint(root, train, val, "evaluation", t.allow_shared_splits)
+    select = None
+    if t.probe_weight_decays:  # held-out images to choose each fraction's weight decay on
+        select = open_split(root, layout, t.task, t.select_split, t.max_depth, t.num_classes)
+        check_disjoint(root, train, select, "selection", t.allow_shared_splits)
+        check_disjoint(root, select, val, "evaluation", t.allow_shared_splits)
+    return layout, train, val, select
+
+
 def image_identities(ds: DenseDataset) -> dict[str, str]:
     """identity -> key of every image of `ds`: the resolved file path, or the sha1 of the bytes a shard holds."""
     out = {}

@@ -30,7 +30,16 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_json
 from ..config import Config, ConfigError
-from ..distributed import barrier, init_distributed, is_distributed, rank, sync_batchnorm, world_size
+from ..distributed import (
+    barrier,
+    init_distributed,
+    is_distributed,
+    mean_over_ranks,
+    rank,
+    rank_slice,
+    sync_batchnorm,
+    world_size,
+)
 from ..optim import (
     EpochBatches,
     StepTimer,
@@ -45,12 +54,9 @@ from ..optim import (
 from ..provenance import write_run_info
 from .dataset import (
     TransferDataset,
-    check_disjoint,
     collate,
     infer_num_classes,
-    open_split,
-    open_splits,
-    reported_split,
+    open_transfer_splits,
 )
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
@@ -248,7 +254,7 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
     if cached is not None:  # frozen features: no image flip (it is not a feature flip for ViTs)
         data = (([f[idx] for f in cached[0]], cached[1][idx]) for idx in batches)
     else:  # decode + augment in `transfer.workers` processes while the model trains
-        lo, hi = (rank() * bs // world_size(), (rank() + 1) * bs // world_size()) if ddp else (0, bs)
+        lo, hi = rank_slice(bs) if ddp else (0, bs)
         loader = DataLoader(train, batch_sampler=[b[lo:hi] for b in batches], collate_fn=collate,
                             num_workers=cfg.workers, prefetch_factor=4 if cfg.workers else None)
         data = ((b["image"], b["target"]) for b in loader)
@@ -278,11 +284,8 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         optimizer_step(opt, sched, [p for g in groups for p in g["params"]], cfg.grad_clip)
-        value = loss.detach()
-        if ddp:  # the logged loss is the global batch's: the mean of the ranks' means (DDP averages gradients so)
-            torch.distributed.all_reduce(value)
-            value = value / world_size()
-        losses.append(value.item())
+        # the logged loss is the global batch's: the mean of the ranks' means (DDP averages gradients so)
+        losses.append((mean_over_ranks(loss) if ddp else loss).item())
         if not math.isfinite(losses[-1]):  # NaN stays NaN: stop now, not after the remaining steps
             bar.close()
             raise FloatingPointError(f"{desc}: the loss diverged at step {len(losses)} ({losses[-1]}); lower "
@@ -327,17 +330,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     t, out, t0 = cfg.transfer, Path(out), time.time()
     if t.threads:
         torch.set_num_threads(t.threads)
-    layout, train_ds, val_ds = open_splits(data, t.layout, t.task, t.train_split, t.val_split, t.max_depth,
-                                           t.num_classes)
-    if t.probe_weight_decays and t.select_split == reported_split(layout, t.val_split):
-        raise ValueError(f"transfer.select_split '{t.select_split}' is the split the results are reported on; "
-                         "choose the probe grid on another held-out split (the world's: dev)")
-    check_disjoint(data, train_ds, val_ds, "evaluation", t.allow_shared_splits)
-    select_ds = None
-    if t.probe_weight_decays:  # held-out images to choose each fraction's weight decay on
-        select_ds = open_split(data, layout, t.task, t.select_split, t.max_depth, t.num_classes)
-        check_disjoint(data, train_ds, select_ds, "selection", t.allow_shared_splits)
-        check_disjoint(data, select_ds, val_ds, "evaluation", t.allow_shared_splits)
+    layout, train_ds, val_ds, select_ds = open_transfer_splits(data, t)
     splits = {role: {"split": ds.split, "samples": len(ds)}
               for role, ds in (("train", train_ds), ("val", val_ds), ("select", select_ds)) if ds is not None}
     num_classes = infer_num_classes(train_ds) if t.task == "segmentation" else 0
