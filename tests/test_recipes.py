@@ -18,7 +18,7 @@ RECIPES = ("pretrain_vit_b16_datacomp.yaml", "transfer_ade20k_upernet.yaml", "tr
            "study_datacomp_ade20k_nyu.yaml")
 SMALL_TRANSFER = ["transfer.image_size=32", "transfer.steps=2", "transfer.batch_size=2", "transfer.warmup_steps=1",
                   "transfer.decoder_width=16", "transfer.eval_batch_size=2", "transfer.workers=1",
-                  "transfer.device=cpu"]
+                  "transfer.device=cpu", "transfer.resize_scale=[]", "transfer.eval_stride=0"]
 
 
 def test_every_recipe_has_a_test():
@@ -93,7 +93,15 @@ def test_ade20k_recipe_runs(tmp_path):
             m[10:20, 10:20] = 150
             _save(root / "annotations" / split / f"ADE_{split}_{i:08d}.png", m)
     cfg = load_config(ROOT / "configs" / RECIPES[1], SMALL_TRANSFER)
-    assert (cfg.transfer.mode, cfg.transfer.scale_range, cfg.transfer.steps) == ("finetune", [0.5, 2.0], 2)
+    t = cfg.transfer
+    assert (t.mode, t.scale_range, t.steps) == ("finetune", [0.5, 2.0], 2)
+    # mmsegmentation's MAE ViT-B/16 UperNet recipe, item by item (docs/dense_protocols.md)
+    full = load_config(ROOT / "configs" / RECIPES[1]).transfer
+    assert (full.image_size, full.resize_scale, full.cat_max_ratio, full.photometric, full.hflip) == (
+        512, [2048, 512], 0.75, True, True)
+    assert (full.layer_decay, full.schedule, full.warmup_steps, full.steps, full.batch_size, full.lr,
+            full.encoder_lr_mult, full.weight_decay) == (0.65, "poly", 1500, 160000, 16, 1e-4, 1.0, 0.05)
+    assert (full.aux_loss_weight, full.decoder_width, full.eval_mode, full.eval_stride) == (0.4, 768, "slide", 256)
     s = run_transfer(cfg, "random:qclip-vit-tiny", root, tmp_path / "out", progress=False)
     assert s["layout"] == "ade20k" and s["num_classes"] == 150
     assert [r["data_fraction"] for r in s["results"]] == [0.1, 1.0]
@@ -204,7 +212,8 @@ def test_the_study_on_your_own_data_recipe_runs(world_dir, coca_dir, tmp_path):
     ingest(img2dataset_candidates([str(shard)], []), tmp_path / "pool",
            dataclasses.replace(cfg.ingest, max_bad_fraction=0.15), "img2dataset", progress=False)
     small = {"image_size": 32, "steps": 1, "batch_size": 2, "warmup_steps": 1, "decoder_width": 16,
-             "eval_batch_size": 4, "workers": 0, "device": "cpu", "data_fractions": [1.0], "checkpoint_every": 0}
+             "eval_batch_size": 4, "workers": 0, "device": "cpu", "data_fractions": [1.0], "checkpoint_every": 0,
+             "resize_scale": [], "eval_stride": 0}
     paths = [write_ade20k(world_dir, tmp_path / "ade"), write_nyu(world_dir, tmp_path / "nyu")]
     transfers = [small, {**small, "depth_bins": 8, "eigen_crop": False}]
     dense = [{"name": d.name, "path": str(p), "task": d.task, "layout": d.layout, "recipe": d.recipe, "transfer": t}

@@ -144,12 +144,20 @@ TEXT_ONLY_KEYS = ("text_lr_mult",)
 MIM_ONLY_KEYS = ("mim_mask_patch", "mim_hierarchical")
 
 
+# transfer.* keys added after transfer stages were cached, with the value that reproduces them (left out of the
+# stage key at that value)
+NEUTRAL_TRANSFER_KEYS = {"allow_shared_splits": False, "resize_scale": [], "cat_max_ratio": 1.0, "photometric": False,
+                         "layer_decay": 1.0, "schedule": "cosine", "aux_loss_weight": 0.0,
+                         "eval_mode": "whole", "eval_stride": 0, "eval_scales": [1.0], "eval_flip": False}
+# transfer.* keys that change how fast a transfer runs, not what it computes
+PERFORMANCE_TRANSFER_KEYS = ("compile",)
+
+
 def transfer_result_keys(transfer: TransferConfig) -> dict:
     """The transfer.* settings a transfer stage's key hashes: without a probe grid, select_split is unused and
     both keys are left out (transfer stages cached before the grid existed keep matching)."""
-    d = dataclasses.asdict(transfer)
-    if not d["allow_shared_splits"]:  # added after stages were cached; False reproduces them
-        del d["allow_shared_splits"]
+    d = {k: v for k, v in dataclasses.asdict(transfer).items()
+         if k not in PERFORMANCE_TRANSFER_KEYS and not (k in NEUTRAL_TRANSFER_KEYS and v == NEUTRAL_TRANSFER_KEYS[k])}
     if not transfer.probe_weight_decays:
         del d["probe_weight_decays"], d["select_split"]
     return d
@@ -244,8 +252,26 @@ class TransferConfig:
     max_depth: float = 10.0
     eigen_crop: bool = False  # NYUv2 evaluation crop (480x640 targets)
     hflip: bool = True  # training augmentation (masks and depth flip with the image)
-    # [1, 1]: resize to image_size square; else mmseg's resize (short side image_size x r) + random square crop
+    # [1, 1]: resize to image_size square; else mmseg's RandomResize (keep the aspect ratio within resize_scale x r,
+    # r uniform in the range) + an image_size square RandomCrop
     scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # [long, short] bound of that resize and of sliding-window evaluation (mmseg's ADE20k: [2048, 512]);
+    # [] = the short side at image_size, the long side unbounded
+    resize_scale: list[int] = field(default_factory=list)
+    cat_max_ratio: float = 1.0  # RandomCrop re-draws (up to 10 times) a crop one class fills more of; 1 = off
+    photometric: bool = False  # mmseg's PhotoMetricDistortion (brightness, contrast, saturation, hue)
+    # layer-wise lr decay (BEiT / MAE fine-tuning; timm's param_groups_layer_decay): encoder block i of N trains at
+    # lr x encoder_lr_mult x layer_decay^(N + 1 - i), the head at lr; 1 = off
+    layer_decay: float = 1.0
+    schedule: str = "cosine"  # cosine | poly (mmseg's PolyLR, power 1), after linear warm-up
+    aux_loss_weight: float = 0.0  # segmentation fine-tune: FCN auxiliary head on the third level (mmseg: 0.4)
+    # evaluation: whole (the image resized to image_size square) | slide (resized within resize_scale, then
+    # image_size windows at eval_stride, logits averaged where they overlap, as mmseg's slide_inference)
+    eval_mode: str = "whole"
+    eval_stride: int = 0  # slide: window stride; 0 = two thirds of image_size (mmseg's ViT configs: 341 of 512)
+    eval_scales: list[float] = field(default_factory=lambda: [1.0])  # multi-scale testing: [0.5, 0.75, ..., 1.75]
+    eval_flip: bool = False  # test-time flip: average with the flipped image's prediction
+    compile: bool = False  # torch.compile the fine-tuned network (GPU)
     eval_batch_size: int = 64
     max_cached_feature_gb: float = 4.0  # probe: cache frozen features in memory when they fit
     workers: int = 0  # loader processes for decoding + augmentation (fine-tuning and evaluation)
@@ -660,6 +686,21 @@ def validate(cfg: Config) -> None:
          "transfer.probe_weight_decays needs transfer.select_split, a held-out split to choose on (e.g. dev)"),
         (len(cfg.transfer.scale_range) == 2 and 0 < cfg.transfer.scale_range[0] <= cfg.transfer.scale_range[1],
          "transfer.scale_range must be [low, high] with 0 < low <= high, e.g. [0.5, 2.0]"),
+        (cfg.transfer.resize_scale == [] or (len(cfg.transfer.resize_scale) == 2
+                                             and 0 < cfg.transfer.resize_scale[1] <= cfg.transfer.resize_scale[0]),
+         "transfer.resize_scale must be [] or [long, short] with 0 < short <= long, e.g. [2048, 512]"),
+        (0 < cfg.transfer.cat_max_ratio <= 1, "transfer.cat_max_ratio must lie in (0, 1] (1 = off; mmseg: 0.75)"),
+        (0 < cfg.transfer.layer_decay <= 1, "transfer.layer_decay must lie in (0, 1] (1 = off; mmseg's MAE: 0.65)"),
+        (cfg.transfer.schedule in ("cosine", "poly"), "transfer.schedule must be 'cosine' or 'poly'"),
+        (cfg.transfer.aux_loss_weight >= 0, "transfer.aux_loss_weight must be >= 0 (0 = no auxiliary head)"),
+        (cfg.transfer.eval_mode in ("whole", "slide"), "transfer.eval_mode must be 'whole' or 'slide'"),
+        (0 <= cfg.transfer.eval_stride <= cfg.transfer.image_size,
+         "transfer.eval_stride must lie in [0, transfer.image_size] (0 = two thirds of the window)"),
+        (bool(cfg.transfer.eval_scales) and all(s > 0 for s in cfg.transfer.eval_scales),
+         "transfer.eval_scales must be positive ratios, e.g. [1.0] or [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]"),
+        (list(cfg.transfer.eval_scales) == [1.0] or cfg.transfer.eval_mode == "slide",
+         "transfer.eval_scales other than [1.0] need transfer.eval_mode=slide (a ViT sees image_size windows of "
+         "each rescaled image; whole-image inference has one size)"),
         (cfg.transfer.device == "auto" or cfg.transfer.device.split(":")[0] in ("cpu", "cuda"),
          "transfer.device must be auto, cpu, cuda or cuda:N"),
         (not set(cfg.study.methods) - set(STUDY_METHODS),

@@ -32,6 +32,29 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+# never weight-decayed under layer-wise decay, besides 1-d parameters (mmseg's LayerDecayOptimizerConstructor)
+NO_DECAY_PATTERNS = ("*pos_embed", "*cls_token", "*positional_embedding", "*class_embedding")
+
+
+def layer_decay_param_groups(net: torch.nn.Module, encoder: torch.nn.Module, lr: float, weight_decay: float,
+                             layer_decay: float, encoder_lr_mult: float = 1.0) -> list[dict]:
+    """Parameter groups with layer-wise lr decay, from timm's `param_groups_layer_decay` on `net` (which has a
+    `group_matcher`: the encoder's stem, its blocks, then the head): a parameter in layer i of L trains at
+    lr x layer_decay^(L - 1 - i) (the head, last, at lr), times `encoder_lr_mult` when it belongs to `encoder`.
+    No weight decay on 1-d parameters and position / class embeddings."""
+    from timm.optim import param_groups_layer_decay
+
+    in_encoder = {id(p) for p in encoder.parameters()}
+    out = []
+    for g in param_groups_layer_decay(net, weight_decay, no_weight_decay_list=NO_DECAY_PATTERNS,
+                                      layer_decay=layer_decay):
+        for part, mult in (([p for p in g["params"] if id(p) in in_encoder], encoder_lr_mult),
+                           ([p for p in g["params"] if id(p) not in in_encoder], 1.0)):
+            if part:
+                out.append({"params": part, "weight_decay": g["weight_decay"], "lr": lr * g["lr_scale"] * mult})
+    return out
+
+
 def to_memory_format(module: torch.nn.Module, channels_last: bool) -> torch.memory_format:
     """`pretrain.channels_last`: put `module`'s convolution weights in NHWC, which oneDNN's CPU convolutions run
     faster (the MCi's step 0.270 -> 0.178 s on an AVX-512 Xeon, benchmarks/train_step.py; level on an AVX2 EPYC),
@@ -121,11 +144,15 @@ def adamw(groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.99
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
-def lr_lambda(warmup: int, total: int, base_lr: float, min_lr: float):
+def lr_lambda(warmup: int, total: int, base_lr: float, min_lr: float, schedule: str = "cosine"):
+    """Linear warm-up over `warmup` steps, then cosine decay to `min_lr`, or `schedule="poly"`: mmsegmentation's
+    PolyLR at power 1 (linear decay to `min_lr` at `total`)."""
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "poly":
+            return (min_lr + (base_lr - min_lr) * (1 - progress)) / base_lr
         return (min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))) / base_lr
     return f
 

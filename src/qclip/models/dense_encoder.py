@@ -6,6 +6,7 @@ transfer reads it, and so do baselines that need a tower's feature maps (SimMIM)
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -44,3 +45,37 @@ class DenseEncoder(nn.Module):
             out = self.tower.forward_intermediates(x, indices=self.levels, intermediates_only=True)
             return list(out["image_intermediates"])
         return list(self.tower.forward_intermediates(x, indices=self.levels, intermediates_only=True))
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's layer grouping of the tower (stem first, then blocks in depth order; what is left, such as a
+        final norm or projection, groups with the head), for layer-wise lr decay: a timm tower's own matcher
+        (an open_clip TimmModel's trunk's), or for open_clip's VisionTransformer the stem (class and position
+        embeddings, patch conv, ln_pre) and its residual blocks, as mmsegmentation groups a ViT."""
+        tower = self.tower
+        if hasattr(tower, "group_matcher"):
+            return prefix_group_matcher(tower.group_matcher(coarse=coarse), "tower.")
+        if hasattr(getattr(tower, "trunk", None), "group_matcher"):
+            return prefix_group_matcher(tower.trunk.group_matcher(coarse=coarse), "tower.trunk.")
+        if hasattr(tower, "transformer") and hasattr(tower, "conv1"):
+            return prefix_group_matcher({"stem": r"^(?:class_embedding|positional_embedding|conv1|ln_pre)",
+                                         "blocks": r"^transformer\.resblocks\.(\d+)"}, "tower.")
+        raise ValueError(f"no layer grouping known for {type(tower).__name__}: use transfer.layer_decay=1")
+
+
+def prefix_group_matcher(matcher: dict, prefix: str) -> dict:
+    """A timm group matcher (dict of regexes, or of [(regex, suffix)] lists) for the same module held under
+    `prefix`. Every alternative of a pattern is anchored at the prefix (timm's `^a|b|c` leaves b and c unanchored,
+    which `re.match` anchors at the name's start)."""
+    def fix(pattern: str) -> str:
+        body = pattern[1:] if pattern.startswith("^") else pattern
+        return f"^{re.escape(prefix)}(?:{body.replace('|^', '|')})"
+
+    out: dict = {}
+    for name, spec in matcher.items():
+        if spec is None:
+            out[name] = None
+        elif isinstance(spec, (list, tuple)):
+            out[name] = [(fix(p), suffix) for p, suffix in spec]
+        else:
+            out[name] = fix(spec)
+    return out

@@ -8,9 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 
 from ..data.dense import IGNORE_INDEX, DenseDataError, DenseDataset, open_dense
 from ..data.shards import is_dataset
+from .augment import train_transform
 
 DEFAULT_SPLITS = {"qclip": ("dense", "val"), "ade20k": ("train", "val"), "voc": ("train", "val"),
                   "nyu": ("train", "test"), "folder": ("train", "val")}
@@ -118,18 +120,36 @@ class TransferDataset(Dataset):
     """Image resized to `size`x`size` and normalised; training targets resized (nearest) to the same size,
     evaluation targets kept at their own resolution (metrics are computed there).
 
-    With `scale_range` other than (1, 1), training samples follow mmsegmentation's ADE20k pipeline instead:
-    resize keeping the aspect ratio so the short side is `size` x r (r uniform in the range), then a random
-    `size`x`size` crop, padded with ignore (segmentation) or 0 = invalid (depth) where the image is smaller."""
+    With `scale_range` other than (1, 1), training samples follow mmsegmentation's ADE20k pipeline instead
+    (`augment.train_transform`: RandomResize keeping the aspect ratio within `resize_scale` x r, RandomCrop
+    `size` with `cat_max_ratio`, PhotoMetricDistortion when `photometric`), then normalised and padded to
+    `size`x`size` with ignore (segmentation) or 0 = invalid (depth) where the image is smaller.
+    `native` (evaluation with sliding windows or several scales): the image at its own size, normalised; the
+    evaluation resizes it per scale (`inference.predict`)."""
 
     def __init__(self, ds: DenseDataset, indices: list[int], size: int, mean: tuple, std: tuple,
-                 train: bool, scale_range: tuple[float, float] = (1.0, 1.0), images: bool = True) -> None:
+                 train: bool, scale_range: tuple[float, float] = (1.0, 1.0), images: bool = True,
+                 resize_scale: list[int] | tuple = (), cat_max_ratio: float = 1.0, photometric: bool = False,
+                 native: bool = False) -> None:
         """images=False: items hold the target and key only (the image's probe features are known already)."""
         self.ds, self.indices, self.size, self.train, self.images = ds, indices, size, train, images
-        self.scale_range = tuple(scale_range)
+        self.scale_range, self.native = tuple(scale_range), native
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.key = "seg" if ds.task == "segmentation" else "depth"
+        self.augment = None
+        if train and self.scale_range != (1.0, 1.0):
+            self.augment = train_transform(size, self.scale_range, resize_scale,
+                                           cat_max_ratio if self.key == "seg" else 1.0, photometric, IGNORE_INDEX)
+
+    @classmethod
+    def for_transfer(cls, ds: DenseDataset, indices: list[int], t, mean: tuple, std: tuple,
+                     train: bool) -> "TransferDataset":
+        """The dataset a transfer config `t` (transfer.*) trains or evaluates on."""
+        if train:
+            return cls(ds, indices, t.image_size, mean, std, train=True, scale_range=tuple(t.scale_range),
+                       resize_scale=t.resize_scale, cat_max_ratio=t.cat_max_ratio, photometric=t.photometric)
+        return cls(ds, indices, t.image_size, mean, std, train=False, native=t.eval_mode == "slide")
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -140,12 +160,13 @@ class TransferDataset(Dataset):
                     "key": self.ds.pairs[self.indices[i]].key}
         item = self.ds[self.indices[i]]
         img = torch.from_numpy(np.asarray(item["image"].convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-        if self.train and self.scale_range != (1.0, 1.0):
-            return self._resize_crop(img, torch.from_numpy(np.ascontiguousarray(item[self.key])), item["key"])
-        img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear", antialias=True,
-                            align_corners=False)[0]
-        target = self._fit(torch.from_numpy(np.ascontiguousarray(item[self.key])))
-        return {"image": (img - self.mean) / self.std, "target": target, "key": item["key"]}
+        target = torch.from_numpy(np.ascontiguousarray(item[self.key]))
+        if self.augment is not None:
+            return self._augmented(img, target, item["key"])
+        if not self.native:
+            img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear", antialias=True,
+                                align_corners=False)[0]
+        return {"image": (img - self.mean) / self.std, "target": self._fit(target), "key": item["key"]}
 
     def _fit(self, target: torch.Tensor) -> torch.Tensor:
         """Training targets at the input size (nearest); evaluation targets as they are."""
@@ -157,7 +178,7 @@ class TransferDataset(Dataset):
     def fingerprint(self) -> str:
         """Identifies the network inputs: the images (their bytes, or path + size + mtime) and the transform."""
         h = hashlib.sha1(repr((self.size, self.mean.flatten().tolist(), self.std.flatten().tolist(),
-                               self.train, self.scale_range)).encode())
+                               self.train, self.scale_range, self.native, repr(self.augment))).encode())
         for i in self.indices:
             src = self.ds.pairs[i].image
             if isinstance(src, (bytes, bytearray)):
@@ -167,25 +188,16 @@ class TransferDataset(Dataset):
                 h.update(f"{Path(src).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()
 
-    def _resize_crop(self, img: torch.Tensor, target: torch.Tensor, key: str) -> dict:
-        # torch's global generator: seeded by the transfer run in the main process, per worker by DataLoader
-        lo, hi = self.scale_range
-        r = lo + (hi - lo) * float(torch.rand(()))
-        h, w = img.shape[-2:]
-        k = self.size * r / min(h, w)
-        nh, nw = max(1, round(h * k)), max(1, round(w * k))
-        img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
-        target = F.interpolate(target[None, None].float(), size=(nh, nw), mode="nearest")[0, 0]
-        img = (img - self.mean) / self.std
+    def _augmented(self, img: torch.Tensor, target: torch.Tensor, key: str) -> dict:
+        img, target = self.augment(tv_tensors.Image(img), tv_tensors.Mask(target.float()))
+        img = (img.as_subclass(torch.Tensor) - self.mean) / self.std
+        target = target.as_subclass(torch.Tensor)
         S = self.size
-        out_img = torch.zeros(3, S, S)  # 0 after normalisation = the mean colour
-        fill = IGNORE_INDEX if self.key == "seg" else 0.0
-        out_t = torch.full((S, S), float(fill))
-        y = int(torch.randint(0, max(1, nh - S + 1), ()))
-        x = int(torch.randint(0, max(1, nw - S + 1), ()))
-        ch, cw = min(S, nh), min(S, nw)
-        out_img[:, :ch, :cw] = img[:, y:y + ch, x:x + cw]
-        out_t[:ch, :cw] = target[y:y + ch, x:x + cw]
+        out_img = torch.zeros(3, S, S)  # 0 after normalisation = the mean colour (mmseg pads normalised inputs)
+        out_t = torch.full((S, S), float(IGNORE_INDEX if self.key == "seg" else 0.0))
+        ch, cw = img.shape[-2:]
+        out_img[:, :ch, :cw] = img
+        out_t[:ch, :cw] = target
         return {"image": out_img, "target": out_t.long() if self.key == "seg" else out_t, "key": key}
 
 
@@ -193,6 +205,7 @@ def collate(items: list[dict]) -> dict:
     targets = [it["target"] for it in items]
     same = len({t.shape for t in targets}) == 1
     out = {"key": [it["key"] for it in items], "target": torch.stack(targets) if same else targets}
-    if "image" in items[0]:
-        out["image"] = torch.stack([it["image"] for it in items])
+    if "image" in items[0]:  # images at their own sizes (sliding-window evaluation) stay a list
+        images = [it["image"] for it in items]
+        out["image"] = torch.stack(images) if len({im.shape for im in images}) == 1 else images
     return out

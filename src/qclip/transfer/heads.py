@@ -149,6 +149,20 @@ class UperNetDecoder(nn.Module):
         return self.cls(self.fuse(torch.cat([_resize(o, size) for o in outs], 1)))
 
 
+class FCNHead(nn.Module):
+    """mmseg's auxiliary `FCNHead` (num_convs=1, concat_input=False): 3x3 conv-BN-ReLU, dropout 0.1, 1x1 classifier.
+    It reads one level of the pyramid during training only; its loss enters with `transfer.aux_loss_weight`
+    (0.4 in mmseg's UperNet configs) and deepens the supervision of the encoder's middle blocks."""
+
+    def __init__(self, cin: int, width: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = _conv_bn_relu(cin, width)
+        self.cls = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(width, out_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls(self.conv(x))
+
+
 class _ResidualConvUnit(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -178,11 +192,13 @@ class DPTDecoder(nn.Module):
 
 
 class DenseHead(nn.Module):
-    """A task head over an encoder's levels: logits (segmentation) or metres (depth) at the input size."""
+    """A task head over an encoder's levels: logits (segmentation) or metres (depth) at the input size.
+    `aux_level` >= 0 (segmentation fine-tuning): an auxiliary FCN head on that level of the pyramid; in training
+    the head then returns (main, auxiliary) logits, both at the input size (mmseg's in_index=2: the third)."""
 
     def __init__(self, channels: list[int], plain: bool, task: str, mode: str, num_classes: int = 0,
                  width: int = 128, depth_bins: int = 256, min_depth: float = 1e-3, max_depth: float = 10.0,
-                 bin_spacing: str = "log") -> None:
+                 bin_spacing: str = "log", aux_level: int = -1) -> None:
         super().__init__()
         out = num_classes if task == "segmentation" else max(depth_bins, 1)
         self.task = task
@@ -194,15 +210,21 @@ class DenseHead(nn.Module):
             self.decoder = UperNetDecoder(ch, width, out)
         else:
             self.decoder = DPTDecoder(ch, width, out)
+        self.aux_level = min(aux_level, len(ch) - 1)
+        # mmseg's auxiliary head: 256 channels (beside UperNet's 512 or 768)
+        self.aux = FCNHead(ch[self.aux_level], max(1, min(256, width // 2)), out) if aux_level >= 0 else None
         self.bins: nn.Module | None = None
         if task == "depth":
             self.bins = (DepthBins(depth_bins, min_depth, max_depth, bin_spacing) if depth_bins
                          else LogDepth(min_depth, max_depth))
 
-    def forward(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        out = self.decoder(self.neck(feats))
-        if self.bins is None:
-            return _resize(out, size)
-        # bins -> metres at the decoder's resolution, then upsample the one-channel map (DINOv2's depth head
-        # does the same): upsampling 256 bin logits to full size cost 20x the rest of a probe step
-        return _resize(self.bins(out)[:, None], size)[:, 0]
+    def forward(self, feats: list[torch.Tensor], size: tuple[int, int]):
+        feats = self.neck(feats)
+        out = self.decoder(feats)
+        if self.bins is not None:
+            # bins -> metres at the decoder's resolution, then upsample the one-channel map (DINOv2's depth head
+            # does the same): upsampling 256 bin logits to full size cost 20x the rest of a probe step
+            return _resize(self.bins(out)[:, None], size)[:, 0]
+        if self.aux is not None and self.training:
+            return _resize(out, size), _resize(self.aux(feats[self.aux_level]), size)
+        return _resize(out, size)

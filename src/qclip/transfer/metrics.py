@@ -79,6 +79,7 @@ class DepthMetric:
                 continue
             p, g = p[valid].clamp(self.min_depth, self.max_depth), g[valid]
             ratio = torch.maximum(p / g, g / p)
+            err = p.log() - g.log()
             self.per_image.append({
                 "RMSE": float(((p - g) ** 2).mean().sqrt()),
                 "AbsRel": float(((p - g).abs() / g).mean()),
@@ -87,6 +88,8 @@ class DepthMetric:
                 "delta1": float((ratio < 1.25).double().mean()),
                 "delta2": float((ratio < 1.25 ** 2).double().mean()),
                 "delta3": float((ratio < 1.25 ** 3).double().mean()),
+                # BTS / AdaBins evaluation: 100 x sqrt(var of the log error), per image
+                "SILog": float(((err ** 2).mean() - err.mean() ** 2).clamp(min=0).sqrt() * 100),
             })
 
     def reduce_across_ranks(self) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -45,6 +46,7 @@ from ..optim import (
     StepTimer,
     adamw,
     drop_checkpoints_of_other_settings,
+    layer_decay_param_groups,
     load_checkpoint,
     lr_lambda,
     optimizer_step,
@@ -58,9 +60,11 @@ from .dataset import (
     infer_num_classes,
     open_transfer_splits,
 )
+from ..models.dense_encoder import prefix_group_matcher
 from .encoders import DenseEncoder, load_encoder
 from .fractions import nested_subset
 from .heads import DenseHead, LinearProbeHead
+from .inference import predict
 from .losses import depth_loss, segmentation_loss
 from .metrics import HEADLINE, DepthMetric, SegmentationMetric
 from .visualize import save_examples, save_prediction_grid
@@ -150,8 +154,10 @@ def _loss(cfg, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def evaluate_head(encoder: DenseEncoder, head: DenseHead, val: TransferDataset, cfg, num_classes: int,
              n_examples: int = 4, cached: list[tuple[list[torch.Tensor], dict]] | None = None,
              sharded: bool = False) -> tuple[dict, list[dict]]:
-    """Metrics on the whole validation split, predictions resized to each target's own resolution.
-    `cached`: the split's frozen probe inputs from `_feature_batches` (the encoder then does not run).
+    """Metrics on the whole validation split at each target's own resolution, by the protocol of `cfg`
+    (transfer.eval_mode whole | slide, eval_scales, eval_flip; `inference.predict`).
+    `cached`: the split's frozen probe inputs from `_feature_batches` (the encoder then does not run; whole-image
+    protocol without flips only).
     `sharded` (under torchrun): rank r evaluates images r, r+W, ...; the metric's sums are then added over the
     ranks (intersections and unions, per-image depth errors), never per-rank results averaged."""
     encoder.eval()
@@ -163,27 +169,39 @@ def evaluate_head(encoder: DenseEncoder, head: DenseHead, val: TransferDataset, 
     metric = (SegmentationMetric(num_classes, class_names=val.ds.class_names, stuff_classes=val.ds.stuff_classes)
               if cfg.task == "segmentation"
               else DepthMetric(cfg.min_depth, cfg.max_depth, cfg.eigen_crop))
+
+    def forward(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        with _autocast(device):
+            return head(encoder(x), size)
+
     examples, start = [], 0  # start: the batch's first index in `val`
     if cached is None:
         cached = ((None, b) for b in DataLoader(val, batch_size=cfg.eval_batch_size, collate_fn=collate,
                                                 num_workers=cfg.workers))
     for feats, b in cached:
-        with _autocast(device):
-            feats = encoder(b["image"].to(device)) if feats is None else [f.to(device) for f in feats]
-        if isinstance(b["target"], list):  # targets of different sizes: one image at a time
-            parts = [(i, [f[i:i + 1] for f in feats], t[None]) for i, t in enumerate(b["target"])]
+        targets = b["target"]
+        per_image = isinstance(targets, list) or isinstance(b.get("image"), list) or cfg.eval_mode == "slide"
+        if per_image:  # targets (or images) of different sizes: one image at a time
+            parts = [(i, slice(i, i + 1), t[None]) for i, t in enumerate(targets)]
         else:
-            parts = [(0, feats, b["target"])]
-        for first, part_feats, target in parts:
-            with _autocast(device):
-                out = head(part_feats, tuple(target.shape[-2:]))
-            pred = (out.argmax(1) if cfg.task == "segmentation" else out.float()).cpu()
+            parts = [(0, slice(None), targets)]
+        for first, sl, target in parts:
+            size = tuple(target.shape[-2:])
+            if feats is not None:  # frozen probe inputs: the head alone
+                with _autocast(device):
+                    out = head([f[sl].to(device) for f in feats], size).float().cpu()
+            else:
+                images = b["image"][sl] if torch.is_tensor(b["image"]) else b["image"][first][None]
+                out = predict(forward, images, size, cfg, cfg.task, device)
+            pred = out.argmax(1) if cfg.task == "segmentation" else out
             metric.update(pred, target)
             for j in range(min(len(pred), n_examples - len(examples))):
                 img = b["image"][first + j] if "image" in b else val[start + first + j]["image"]
-                img = (img * val.std + val.mean).clamp(0, 1).permute(1, 2, 0).numpy()
-                examples.append({"image": (img * 255).astype(np.uint8), "target": target[j].numpy(),
-                                 "pred": pred[j].numpy()})
+                img = (img * val.std + val.mean).clamp(0, 1)
+                img = F.interpolate(img[None], size=size, mode="bilinear", antialias=True)[0] \
+                    if tuple(img.shape[-2:]) != size and val.native else img
+                examples.append({"image": (img.permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+                                 "target": target[j].numpy(), "pred": pred[j].numpy()})
         start += len(b["key"])
     if sharded:
         metric.reduce_across_ranks()
@@ -199,6 +217,22 @@ class EncoderWithHead(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return self.head(self.encoder(x), size)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """The encoder's layer groups (stem, blocks); the head, matched by none, groups last (timm's rule)."""
+        return prefix_group_matcher(self.encoder.group_matcher(coarse), "encoder.")
+
+
+def optimizer_groups(net: EncoderWithHead, cfg) -> list[dict]:
+    """AdamW parameter groups of a head (lr) and, fine-tuning, its encoder (lr x encoder_lr_mult), each split by
+    weight decay; with transfer.layer_decay < 1 the encoder's layers decay as timm's param_groups_layer_decay."""
+    if cfg.mode == "finetune" and cfg.layer_decay < 1:
+        return layer_decay_param_groups(net, net.encoder, cfg.lr, cfg.weight_decay, cfg.layer_decay,
+                                        cfg.encoder_lr_mult)
+    groups = [{**g, "lr": cfg.lr} for g in param_groups(net.head, cfg.weight_decay)]
+    if cfg.mode == "finetune":
+        groups += [{**g, "lr": cfg.lr * cfg.encoder_lr_mult} for g in param_groups(net.encoder, cfg.weight_decay)]
+    return groups
 
 
 def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: int, seed: int,
@@ -216,18 +250,17 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
     device = next(encoder.parameters()).device
     finetune = cfg.mode == "finetune"
     ddp = finetune and is_distributed()
+    aux_level = 2 if (finetune and cfg.task == "segmentation" and cfg.aux_loss_weight > 0) else -1
     head = DenseHead(encoder.info.channels, encoder.info.plain, cfg.task, cfg.mode, num_classes,
-                     cfg.decoder_width, cfg.depth_bins, cfg.min_depth, cfg.max_depth, cfg.bin_spacing).to(device)
+                     cfg.decoder_width, cfg.depth_bins, cfg.min_depth, cfg.max_depth, cfg.bin_spacing,
+                     aux_level=aux_level).to(device)
     if ddp:  # before the optimizer sees the parameters: the synchronised layers replace the plain ones
         head, encoder = sync_batchnorm(head, device), sync_batchnorm(encoder, device)
-    groups = param_groups(head, cfg.weight_decay)
-    if finetune:
-        for g in param_groups(encoder, cfg.weight_decay):
-            groups.append({**g, "lr": cfg.lr * cfg.encoder_lr_mult})
-    for g in groups:
-        g.setdefault("lr", cfg.lr)
+    net = EncoderWithHead(encoder, head)
+    groups = optimizer_groups(net, cfg)
     opt = adamw(groups, cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.lr, 0.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.lr, 0.0,
+                                                             cfg.schedule))
     gen = torch.Generator().manual_seed(seed)
     flip_gen = torch.Generator().manual_seed(seed + 1)
     bs = min(cfg.batch_size, len(train))
@@ -258,10 +291,11 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
         loader = DataLoader(train, batch_sampler=[b[lo:hi] for b in batches], collate_fn=collate,
                             num_workers=cfg.workers, prefetch_factor=4 if cfg.workers else None)
         data = ((b["image"], b["target"]) for b in loader)
-    net = EncoderWithHead(encoder, head)
     if ddp:  # find_unused_parameters: towers keep layers the dense features never reach (a CLIP projection)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                                   find_unused_parameters=True)
+    if cfg.compile and finetune:
+        net = torch.compile(net)
     timer = StepTimer(desc, start, cfg.steps)
     for x, target in data:
         x = [f.to(device) for f in x] if cached is not None else x.to(device)
@@ -280,7 +314,10 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
                 with torch.no_grad():
                     feats = encoder(x)
                 out = head(feats, size)
-            loss = _loss(cfg, out.float(), target)
+            if isinstance(out, tuple):  # main and auxiliary logits (mmseg: the auxiliary loss x its weight)
+                loss = _loss(cfg, out[0].float(), target) + cfg.aux_loss_weight * _loss(cfg, out[1].float(), target)
+            else:
+                loss = _loss(cfg, out.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         optimizer_step(opt, sched, [p for g in groups for p in g["params"]], cfg.grad_clip)
@@ -350,19 +387,21 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
                                               "device": str(device), "splits": splits,
                                               "world_size": world_size() if ddp else 1,
                                               "train": train_ds.summary(), "val": val_ds.summary()})
-    val = TransferDataset(val_ds, list(range(len(val_ds))), t.image_size, info.mean, info.std, train=False)
+    val = TransferDataset.for_transfer(val_ds, list(range(len(val_ds))), t, info.mean, info.std, train=False)
     full = TransferDataset(train_ds, list(range(len(train_ds))), t.image_size, info.mean, info.std, train=True)
     scales = tuple(t.scale_range)
+    # frozen probe features stand for the images only where the network sees each image once, as it is
+    cacheable = t.mode == "probe" and t.eval_mode == "whole" and not t.eval_flip
     cached, cached_val = None, None
     if t.mode == "probe" and scales == (1.0, 1.0) and _feature_gb(encoder, len(full), t.image_size) <= t.max_cached_feature_gb:
         cached = _features(encoder, full, t.eval_batch_size, t.workers, device, memo)  # once for all fractions
-    if t.mode == "probe" and _feature_gb(encoder, len(val), t.image_size) <= t.max_cached_feature_gb:
+    if cacheable and _feature_gb(encoder, len(val), t.image_size) <= t.max_cached_feature_gb:
         cached_val = _feature_batches(encoder, val, t.eval_batch_size, t.workers, device, memo)
     select, cached_select = None, None
     if select_ds is not None:
-        select = TransferDataset(select_ds, list(range(len(select_ds))), t.image_size, info.mean, info.std,
-                                 train=False)
-        if _feature_gb(encoder, len(select), t.image_size) <= t.max_cached_feature_gb:
+        select = TransferDataset.for_transfer(select_ds, list(range(len(select_ds))), t, info.mean, info.std,
+                                              train=False)
+        if cacheable and _feature_gb(encoder, len(select), t.image_size) <= t.max_cached_feature_gb:
             cached_select = _feature_batches(encoder, select, t.eval_batch_size, t.workers, device, memo)
     results = []
     for frac in sorted(t.data_fractions):
@@ -370,7 +409,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
         name = f"{t.task}-{t.mode}-f{frac:g}"
         if init_state is not None:
             encoder.load_state_dict(init_state)
-        sub = TransferDataset(train_ds, idx, t.image_size, info.mean, info.std, train=True, scale_range=scales)
+        sub = TransferDataset.for_transfer(train_ds, idx, t, info.mean, info.std, train=True)
         ckpt_dir = out / name / "checkpoints"
         run_key = {"encoder": encoder_spec, "data": str(data), "seed": cfg.seed, "transfer": asdict(t)}
         if ddp:  # a resumed DDP run must have as many ranks (each holds its slice of every batch)
