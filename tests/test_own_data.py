@@ -75,7 +75,8 @@ def own_study(tmp: Path, pool: Path, captioner: str, ade: Path, nyu: Path, **stu
     """A study config naming the user's data, as README's "Your own data" shows."""
     recipe_overrides = {"image_size": 32, "steps": 2, "batch_size": 4, "warmup_steps": 1, "decoder_width": 8,
                         "eval_batch_size": 4, "workers": 0, "device": "cpu", "data_fractions": [0.5, 1.0],
-                        "checkpoint_every": 0, "resize_scale": [], "eval_stride": 0}
+                        "checkpoint_every": 0, "resize_scale": [], "eval_stride": 0,
+                        "level_indices": []}
     cfg = {"seed": 0,
            "study": {"encoders": ["qclip-vit-tiny"], "methods": ["clip-raw", "clip-synthetic", "mim"],
                      "pool": str(pool), "captioner": captioner,

@@ -18,7 +18,7 @@ RECIPES = ("pretrain_vit_b16_datacomp.yaml", "transfer_ade20k_upernet.yaml", "tr
            "study_datacomp_ade20k_nyu.yaml")
 SMALL_TRANSFER = ["transfer.image_size=32", "transfer.steps=2", "transfer.batch_size=2", "transfer.warmup_steps=1",
                   "transfer.decoder_width=16", "transfer.eval_batch_size=2", "transfer.workers=1",
-                  "transfer.device=cpu", "transfer.resize_scale=[]", "transfer.eval_stride=0"]
+                  "transfer.device=cpu", "transfer.resize_scale=[]", "transfer.eval_stride=0", "transfer.level_indices=[]"]
 
 
 def test_every_recipe_has_a_test():
@@ -102,6 +102,7 @@ def test_ade20k_recipe_runs(tmp_path):
     assert (full.layer_decay, full.schedule, full.warmup_steps, full.steps, full.batch_size, full.lr,
             full.encoder_lr_mult, full.weight_decay) == (0.65, "poly", 1500, 160000, 16, 1e-4, 1.0, 0.05)
     assert (full.aux_loss_weight, full.decoder_width, full.eval_mode, full.eval_stride) == (0.4, 768, "slide", 256)
+    assert (full.level_indices, full.grad_clip) == ([3, 5, 7, 11], 0)
     s = run_transfer(cfg, "random:qclip-vit-tiny", root, tmp_path / "out", progress=False)
     assert s["layout"] == "ade20k" and s["num_classes"] == 150
     assert [r["data_fraction"] for r in s["results"]] == [0.1, 1.0]

@@ -146,7 +146,7 @@ MIM_ONLY_KEYS = ("mim_mask_patch", "mim_hierarchical")
 
 # transfer.* keys added after transfer stages were cached, with the value that reproduces them (left out of the
 # stage key at that value)
-NEUTRAL_TRANSFER_KEYS = {"allow_shared_splits": False, "resize_scale": [], "cat_max_ratio": 1.0, "photometric": False,
+NEUTRAL_TRANSFER_KEYS = {"allow_shared_splits": False, "level_indices": [], "resize_scale": [], "cat_max_ratio": 1.0, "photometric": False,
                          "layer_decay": 1.0, "schedule": "cosine", "aux_loss_weight": 0.0,
                          "eval_mode": "whole", "eval_stride": 0, "eval_scales": [1.0], "eval_flip": False}
 # transfer.* keys that change how fast a transfer runs, not what it computes
@@ -232,6 +232,9 @@ class TransferConfig:
     val_split: str = ""  # "" = the layout's default (world: val; ade20k/voc/folder: val; nyu: test)
     image_size: int = 64  # square input; predictions are resized back to each target's own size
     levels: int = 4  # intermediate levels of the encoder (last blocks of a ViT, stages of a hierarchical one)
+    # which blocks (0-based) give the levels instead, as mmseg's out_indices (its ViT-B: [3, 5, 7, 11]); [] = the
+    # last `levels`
+    level_indices: list[int] = field(default_factory=list)
     steps: int = 300
     batch_size: int = 32
     lr: float = 1e-3  # head

@@ -27,15 +27,20 @@ class EncoderInfo:
 
 
 class DenseEncoder(nn.Module):
-    def __init__(self, tower: nn.Module, spec: str, arch: str, image_size: int, levels: int = 4,
+    def __init__(self, tower: nn.Module, spec: str, arch: str, image_size: int, levels: int | list[int] = 4,
                  mean: tuple = OPENAI_MEAN, std: tuple = OPENAI_STD) -> None:
+        """levels: the last `levels` blocks (stages), or a list of block indices (mmseg's out_indices)."""
         super().__init__()
         self.tower, self.levels = tower, levels
         self._open_clip = not hasattr(tower, "default_cfg") and not hasattr(tower, "pretrained_cfg")
         was_training = tower.training
         tower.eval()
-        with torch.no_grad():
-            feats = self(torch.zeros(1, 3, image_size, image_size))
+        try:
+            with torch.no_grad():
+                feats = self(torch.zeros(1, 3, image_size, image_size))
+        except AssertionError as e:  # timm / open_clip check the indices with an assert
+            raise ValueError(f"{arch} has no levels {levels} ({e}): lower transfer.levels or choose "
+                             f"transfer.level_indices among its blocks") from e
         tower.train(was_training)
         self.info = EncoderInfo(spec, arch, [f.shape[1] for f in feats], [image_size // f.shape[-1] for f in feats],
                                 len({f.shape[-1] for f in feats}) == 1, tuple(mean), tuple(std))

@@ -39,7 +39,9 @@ class RandomResizeKeepRatio(v2.Transform):
 
     def transform(self, inpt, params: dict):
         if isinstance(inpt, tv_tensors.Mask):  # class ids and depths are never interpolated between pixels
-            return TF.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST)
+            # nearest-exact samples pixel centres, as the image's bilinear resize does; plain nearest (torch's
+            # and cv2's, so mmseg's) floors, shifting the mask up to a pixel against the image
+            return TF.resize(inpt, params["size"], interpolation=v2.InterpolationMode.NEAREST_EXACT)
         return TF.resize(inpt, params["size"], antialias=True)
 
 

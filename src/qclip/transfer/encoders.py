@@ -61,7 +61,7 @@ def _mean_std(pp: dict) -> tuple[tuple, tuple]:
     return tuple(pp.get("mean", OPENAI_MEAN)), tuple(pp.get("std", OPENAI_STD))
 
 
-def load_encoder(spec: str, image_size: int, levels: int = 4) -> DenseEncoder:
+def load_encoder(spec: str, image_size: int, levels: int | list[int] = 4) -> DenseEncoder:
     """Build a DenseEncoder from a spec (see module docstring); fails with a message naming what to pass."""
     import timm
 
@@ -94,7 +94,7 @@ def load_encoder(spec: str, image_size: int, levels: int = 4) -> DenseEncoder:
             b = create_clip(arch, pretrained=tag)
             fit_position_embedding(b.model.visual, image_size)
             return DenseEncoder(b.model.visual, spec, arch, image_size, levels, *_mean_std(b.preprocess_cfg))
-    except ModelError as e:
+    except (ModelError, ValueError) as e:
         raise EncoderError(f"encoder '{spec}': {e}") from e
     except (OSError, RuntimeError) as e:
         if "connect" in str(e).lower() or "offline" in str(e).lower() or "hub" in str(e).lower() \

@@ -144,10 +144,14 @@ def _feature_gb(encoder: DenseEncoder, n: int, size: int) -> float:
     return n * sum(encoder.info.channels) * (size // min(encoder.info.reductions)) ** 2 * 4 / 1e9
 
 
-def _loss(cfg, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _loss(cfg, out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """The training loss (fp32) of the head's output; (main, auxiliary) logits as mmseg adds their losses:
+    main + transfer.aux_loss_weight x auxiliary."""
+    if isinstance(out, tuple):
+        return _loss(cfg, out[0], target) + cfg.aux_loss_weight * _loss(cfg, out[1], target)
     if cfg.task == "segmentation":
-        return segmentation_loss(out, target)
-    return depth_loss(out, target, cfg.depth_loss, cfg.min_depth)
+        return segmentation_loss(out.float(), target)
+    return depth_loss(out.float(), target, cfg.depth_loss, cfg.min_depth)
 
 
 @torch.no_grad()
@@ -314,10 +318,7 @@ def train_head(encoder: DenseEncoder, train: TransferDataset, cfg, num_classes: 
                 with torch.no_grad():
                     feats = encoder(x)
                 out = head(feats, size)
-            if isinstance(out, tuple):  # main and auxiliary logits (mmseg: the auxiliary loss x its weight)
-                loss = _loss(cfg, out[0].float(), target) + cfg.aux_loss_weight * _loss(cfg, out[1].float(), target)
-            else:
-                loss = _loss(cfg, out.float(), target)
+            loss = _loss(cfg, out, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         optimizer_step(opt, sched, [p for g in groups for p in g["params"]], cfg.grad_clip)
@@ -379,7 +380,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     main = not ddp or rank() == 0  # under DDP every rank trains and evaluates its share; rank 0 writes
     progress = progress and main
     torch.manual_seed(cfg.seed)  # a random:ARCH encoder is the same random encoder on every run
-    encoder = load_encoder(encoder_spec, t.image_size, t.levels).to(device)
+    encoder = load_encoder(encoder_spec, t.image_size, t.level_indices or t.levels).to(device)
     init_state = copy.deepcopy(encoder.state_dict()) if t.mode == "finetune" else None
     info = encoder.info
     if main:
