@@ -232,3 +232,20 @@ def test_a_stage_record_without_its_folder_gains_it_when_reused(tmp_path):
     assert json.loads(rec.read_text()) == {**old, "dir": "transfer/a"}
     assert again.run("world", "k", None, lambda: {}) == {} and json.loads(
         (tmp_path / "stages" / "world.json").read_text())["dir"] is None
+
+
+def test_help_version_and_config_errors_import_no_heavy_library():
+    """`qclip --help`, `--version`, `SUB --help` and a config error answer without importing torch, open_clip
+    or timm (their speed: benchmarks/cli_latency.py)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom qclip.cli import main\nfor argv in {argvs!r}:\n    try:\n        main(argv)\n"
+             "    except SystemExit:\n        pass\nprint(sorted(m for m in ('torch', 'open_clip', 'timm', 'torchvision') "
+             "if m in sys.modules))")
+    argvs = [["--help"], ["--version"], ["transfer", "--help"], ["run", "--help"],
+             ["pretrain", "--data", "d", "--out", "o", "pretrain.batch_sise=8"], ["world", "--out", "o", "seed=-1"],
+             ["transfer", "--encoder", "e", "--data", "d", "--out", "o", "transfer.eval_mode=tiles"]]
+    res = subprocess.run([sys.executable, "-c", probe.format(argvs=argvs)], capture_output=True, text=True)
+    assert res.stdout.strip().splitlines()[-1] == "[]", res.stdout[-500:] + res.stderr[-2000:]
+    assert "did you mean 'pretrain.batch_size'" in res.stderr and "seed must be an integer" in res.stderr

@@ -67,9 +67,6 @@ def _load(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    from .data.world_shards import build_world, summary_line, write_preview
-    from .provenance import write_run_info
-
     extra = []
     if args.n is not None:
         extra.append(f"world.n_pool={args.n}")
@@ -77,7 +74,10 @@ def cmd_world(args: argparse.Namespace) -> int:
         extra.append(f"seed={args.seed}")
     if args.workers is not None:
         extra.append(f"world.workers={args.workers}")
-    cfg = _load(args, extra)
+    cfg = _load(args, extra)  # before the heavy imports: a config error answers at once
+    from .data.world_shards import build_world, summary_line, write_preview
+    from .provenance import write_run_info
+
     info = build_world(cfg, args.out, progress=not args.quiet)
     write_run_info(args.out, cfg, "world", {"summary": info})
     print(summary_line(info))
@@ -92,10 +92,10 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    cfg = _load(args)
     from .data import importers as im
     from .provenance import write_run_info
 
-    cfg = _load(args)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise im.IngestError(f"output '{out}' exists; pass --overwrite to replace it (atomically, when done)")
@@ -124,10 +124,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .study import run_study
-
     t0 = time.time()
     cfg = _load(args, [f"study.seeds={args.seeds}"] if args.seeds else [])
+    from .study import run_study
+
     main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
     if main:
         print(f"qclip run: study in {args.out} (seed {cfg.seed}, {cfg.study.seeds} seed(s); encoders "
@@ -154,9 +154,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    cfg = _load(args)
     from .train.pretrain import pretrain
 
-    cfg = _load(args)
     if not Path(args.data).exists():
         raise ConfigError(f"--data '{args.data}' does not exist (a qclip dataset: qclip world / qclip ingest)")
     pretrain(cfg, args.data, args.out, progress=not args.quiet,
@@ -171,9 +171,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
         print(format_quality(dataset_quality(args.data, args.max_samples)))
         return 0
     if args.action == "train":
+        cfg = _load(args)
         from .captions.train import train_captioner
 
-        s = train_captioner(_load(args), args.data, args.out, progress=not args.quiet)
+        s = train_captioner(cfg, args.data, args.out, progress=not args.quiet)
         regions = (f"region loss {s['region_loss']:.3f} on {s['region_boxes']:,} boxes of {len(s['region_classes'])} "
                    f"classes" if s["region_loss"] is not None else "no region supervision")
         print(f"caption train: {s['steps']} steps, caption loss {s['caption_loss']:.3f} per token, {regions}, "
@@ -189,11 +190,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
             print(f"caption stats: plots in {write_stats(st, args.out)}")
         return 0
     if args.action == "score":
+        cfg = _load(args)
         from .captions.score import score_dataset
         from .models import create_clip
         from .provenance import write_run_info
 
-        cfg = _load(args)
         bundle = create_clip(model_spec(args.scorer), pretrained=args.pretrained or None)
         scorer_id = args.id or model_id(args.scorer, args.pretrained)
         summary = score_dataset(args.data, args.out, bundle, scorer_id, args.batch_size, progress=not args.quiet)
@@ -202,11 +203,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
             print(summary["line"] + f"; scores under scores['{scorer_id}']; {summary['resumed_shards']} shard(s) "
                   f"kept from an earlier run")
         return 0
+    cfg = _load(args)
     from .captions.captioners import Sampling, create_captioner
     from .captions.recaption import recaption
     from .provenance import write_run_info
 
-    cfg = _load(args)
     captioner = create_captioner(model_spec(args.captioner), pretrained=args.pretrained or None, captioner_id=args.id,
                                  trust_remote_code=args.trust_remote_code)
     sampling = Sampling(method=args.sampling, num_beams=args.num_beams, top_p=args.top_p,
@@ -221,11 +222,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
+    cfg = _load(args)
     from .models import create_clip
     from .provenance import write_run_info
     from .train.distill import write_teacher_embeddings
 
-    cfg = _load(args)
     info = write_teacher_embeddings(args.data, args.out, create_clip(model_spec(args.model), pretrained=args.pretrained or None),
                                     progress=not args.quiet)
     write_run_info(args.out, cfg, "teacher", {"summary": info, "teacher": args.model})
@@ -235,18 +236,18 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _load(args)  # no config key applies here, but a wrong file or key is an error, as for every command
     from .models.export import export_image_tower
 
-    _load(args)  # no config key applies here, but a wrong file or key is an error, as for every command
     out = export_image_tower(args.model, args.out)
     print(f"export: image tower of {args.model} written to {out} (timm.create_model('local-dir:{out}'))")
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    _load(args)  # no config key applies here, but a wrong file or key is an error, as for every command
     from .models.hub import push_to_hub
 
-    _load(args)  # no config key applies here, but a wrong file or key is an error, as for every command
     r = push_to_hub(args.model, args.repo, private=args.private, dry_run=args.dry_run)
     if r["uploaded"]:
         print(f"push: {', '.join(r['files'])} -> {r['url']} (open_clip: hf-hub:{args.repo})")
@@ -258,10 +259,10 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    _load(args)  # no config key applies here, but a wrong file or key is an error, as for every command
     from .evaluate.retrieval import retrieval_metrics
     from .models import create_clip
 
-    _load(args)  # no config key applies here, but a wrong file or key is an error, as for every command
     bundle = create_clip(model_spec(args.model), pretrained=args.pretrained or None)
     result: dict = {"model": args.model, "data": args.data}
     lines = []
@@ -288,7 +289,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_transfer(args: argparse.Namespace) -> int:
     from .transfer.fractions import parse_fractions
-    from .transfer.run import format_summary, run_transfer
 
     extra = [f"transfer.{k}={v}" for k, v in (("task", args.task), ("mode", args.mode)) if v]
     if args.data_fractions:
@@ -297,6 +297,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise ConfigError(str(e)) from e
     cfg = _load(args, extra)
+    from .transfer.run import format_summary, run_transfer
+
     summary = run_transfer(cfg, model_spec(args.encoder), args.data, args.out, not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # under torchrun (DDP fine-tuning), rank 0 speaks
         print(format_summary(summary))
@@ -532,19 +534,25 @@ def _remember_parsers(parser: argparse.ArgumentParser) -> None:
                 _remember_parsers(sub)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .captions.captioners import CaptionerError
-    from .data.dense import DenseDataError
-    from .data.importers import IngestError
-    from .data.policy import PolicyError
-    from .data.shards import OutputFolderError, ShardIntegrityError
-    from .data.skips import TooManyBadSamples
-    from .models.checkpoint import UnsafeCheckpoint
-    from .models.factory import ModelError
-    from .models.hub import HubError
-    from .train.shard_dataset import TrainDataError
-    from .transfer.encoders import EncoderError
+# errors that mean bad input, each reported in one line (exit 2): (module, class). Looked up only in modules
+# already imported (an error of a module never imported cannot have been raised), so that `qclip --help` and a
+# config error import none of torch, open_clip or timm
+USER_ERRORS = (("qclip.config", "ConfigError"), ("qclip.data.importers", "IngestError"),
+               ("qclip.data.skips", "TooManyBadSamples"), ("qclip.data.shards", "ShardIntegrityError"),
+               ("qclip.data.shards", "OutputFolderError"), ("qclip.data.dense", "DenseDataError"),
+               ("qclip.data.policy", "PolicyError"), ("qclip.models.factory", "ModelError"),
+               ("qclip.train.shard_dataset", "TrainDataError"), ("qclip.models.checkpoint", "UnsafeCheckpoint"),
+               ("qclip.captions.captioners", "CaptionerError"), ("qclip.transfer.encoders", "EncoderError"),
+               ("qclip.models.hub", "HubError"))
 
+
+def is_user_error(e: BaseException) -> bool:
+    if isinstance(e, FileNotFoundError):
+        return True
+    return any(mod in sys.modules and isinstance(e, getattr(sys.modules[mod], name)) for mod, name in USER_ERRORS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # overrides may come after options of a subcommand with its own positionals (qclip caption train --data D
     # captioner.steps=10), where argparse has already closed the positional list: collect them here
@@ -556,24 +564,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*getattr(args, "overrides", []), *unknown]
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, IngestError, TooManyBadSamples, ShardIntegrityError, DenseDataError, PolicyError,
-            ModelError, TrainDataError, UnsafeCheckpoint, FileNotFoundError, CaptionerError, EncoderError,
-            OutputFolderError, HubError) as e:
-        print(f"qclip {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"qclip {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except OSError as e:
-        import errno
-
-        # a disk that is full or cannot be written: one line naming the path, not a traceback
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        print(f"qclip {args.command}: error: cannot write {e.filename or 'the output'}: {e.strerror}; free space, "
-              f"fix permissions or choose another --out (finished work is kept; re-run to resume)", file=sys.stderr)
-        return 2
     except Exception as e:
+        if is_user_error(e):
+            print(f"qclip {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):
+            import errno
+
+            # a disk that is full or cannot be written: one line naming the path, not a traceback
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            print(f"qclip {args.command}: error: cannot write {e.filename or 'the output'}: {e.strerror}; free "
+                  f"space, fix permissions or choose another --out (finished work is kept; re-run to resume)",
+                  file=sys.stderr)
+            return 2
         # damaged weights (a safetensors header that lies) or a pickle that needs code, reached through
         # open_clip or timm's own loaders: refused in one line, as qclip's own loader refuses them
         import pickle

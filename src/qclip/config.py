@@ -645,6 +645,10 @@ def validate(cfg: Config) -> None:
     data.world_shards.split_plan, where the renderer's shapes are known)."""
     w = cfg.world
     checks = [
+        # numpy's seed sequences refuse negatives, torch.manual_seed overflows past 2**63; a study adds seeds
+        (0 <= cfg.seed and cfg.seed + max(cfg.study.seeds, 1) <= 2 ** 31,
+         f"seed must be an integer in [0, 2**31) (with study.seeds={cfg.study.seeds}: up to "
+         f"{2 ** 31 - max(cfg.study.seeds, 1)}), got {cfg.seed}"),
         (w.image_size >= 32, "world.image_size must be >= 32"),
         (all(n >= 0 for n in (w.n_pool, w.n_curated, w.n_dense, w.n_dev, w.n_val)), "world split sizes must be >= 0"),
         (1 <= w.colours <= 8, "world.colours must be in 1..8 (the world has 8 named colours)"),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 
 def parse_fractions(text: str | list[float]) -> list[float]:
     vals = [float(x) for x in text.split(",")] if isinstance(text, str) else [float(x) for x in text]
@@ -18,5 +16,7 @@ def parse_fractions(text: str | list[float]) -> list[float]:
 def nested_subset(n: int, fraction: float, seed: int) -> list[int]:
     if not 0 < fraction <= 1:
         raise ValueError(f"data fraction must lie in (0, 1], got {fraction}")
+    import torch  # here, not at the top: `qclip transfer` parses --data-fractions before it imports torch
+
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[:max(1, math.ceil(fraction * n))])
