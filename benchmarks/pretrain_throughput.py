@@ -97,6 +97,7 @@ def main() -> None:
     if not args.data:
         n = args.steps * args.batch_size
         qclip("world", "--out", str(tmp / "world"), "--n", str(n), "--quiet", "world.n_curated=0", "world.n_dense=0",
+              "world.n_dev=0",
               "world.n_val=0", f"world.shard_size={max(args.batch_size, n // 4)}",
               f"world.image_size={args.image_size}", "world.alt_text_relevance=1.0")
     import torch

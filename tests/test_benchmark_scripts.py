@@ -68,3 +68,21 @@ def test_seed_table_names_the_encoders_when_a_study_has_several(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "seed_table.py"), str(path)],
                           capture_output=True, text=True)
     assert done.returncode != 0 and "pick one with --encoder" in done.stderr and "a, b" in done.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_to_the_end_on_a_machine_without_a_gpu():
+    """benchmarks/gpu_check.sh on the CPU (tiny sizes): the fine-tune table (qclip's loop against the plain loop
+    measured in the same run), the loader's headroom, sliding-window images/s and the pretraining comparison."""
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHON": sys.executable}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    assert "no CUDA device" in out
+    plain = re.search(r"plain PyTorch loop\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+1\.000", out)
+    ours = re.search(r"qclip train_head\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+([\d.]+)", out)
+    assert plain and ours and float(ours.group(2)) == pytest.approx(float(ours.group(1)) / float(plain.group(1)),
+                                                                      abs=2e-3)
+    assert re.search(r"loader alone: [\d.]+ img/s = [\d.]+x the training rate", out)
+    assert re.search(r"sliding-window inference: [\d.]+ img/s", out)
+    assert re.search(r"qclip-vit-tiny\s+[\d.]+\s+[\d.]+\s+[\d.]+", out)

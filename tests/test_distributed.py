@@ -1,8 +1,10 @@
 """Multi-process correctness on CPU with gloo: gather-with-grad, disjoint shards, torchrun end to end."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -136,32 +138,53 @@ def test_global_rank_data_slices_the_one_process_batches():
     assert list(EpochBatchSampler(50, 8, 6, 14, seed=3, slice_of=(0, 1))) == list(EpochBatchSampler(50, 8, 6, 14, 3))
 
 
-def test_ddp_finetune_on_two_ranks_equals_one_process(world_dir, tmp_path):
+def test_ddp_finetune_on_two_ranks_equals_one_process_and_resumes_when_killed(world_dir, tmp_path):
     """`torchrun --nproc-per-node 2 -m qclip transfer` fine-tuning: each rank trains on its half of every global
     batch (transfer.batch_size) with BatchNorm over the global batch (the MCi's and the UperNet head's) and
-    evaluates half of the validation images, intersections and unions summed over the ranks: the same training
-    losses and metrics as one process, to float rounding; rank 0 writes the checkpoints and metrics."""
+    evaluates half of the validation images, intersections and unions summed over the ranks. The 2-rank run is
+    SIGKILLed (torchrun and both ranks) after a checkpoint and re-run: it resumes from rank 0's checkpoint on both
+    ranks and ends with the training losses and metrics of one uninterrupted process, to float rounding."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # depth with the DPT head and an L1 log loss: every random draw (flips) is the whole batch's, and the loss is a
     # mean over equally many pixels per rank, so the ranks' mean is the batch's. (UperNet's Dropout2d draws its
     # masks per process: segmentation under DDP is equal in distribution, not bit for bit, as in mmsegmentation.)
+    steps = 12
     args = ["-m", "qclip", "transfer", "--encoder", "random:qclip-mci-tiny", "--data", str(world_dir), "--task",
-            "depth", "--mode", "finetune", "--quiet", "transfer.steps=3", "transfer.batch_size=8",
+            "depth", "--mode", "finetune", "--quiet", f"transfer.steps={steps}", "transfer.batch_size=8",
             "transfer.warmup_steps=1", "transfer.decoder_width=16", "transfer.data_fractions=[1.0]",
             "transfer.depth_loss=l1log", "transfer.depth_bins=16",
             "transfer.eval_batch_size=4", "transfer.checkpoint_every=2", "transfer.device=cpu"]
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
                          timeout=300, env=env)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                          "29537", *args, "--out", str(tmp_path / "two")], capture_output=True, text=True,
-                         timeout=300, env=env)
+
+    def two_ranks(port: int) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+                *args, "--out", str(tmp_path / "two")]
+
+    latest = tmp_path / "two" / "depth-finetune-f1" / "checkpoints" / "latest.json"
+
+    def checkpointed_step() -> int:
+        try:
+            return json.loads(latest.read_text())["step"]
+        except (OSError, ValueError):
+            return 0
+
+    killed = subprocess.Popen(two_ranks(29537), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                              start_new_session=True)  # its own process group: torchrun and both ranks die
+    deadline = time.time() + 240
+    while killed.poll() is None and checkpointed_step() < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert 2 <= checkpointed_step() < steps, "the run finished (or never checkpointed) before the kill"
+    two = subprocess.run(two_ranks(29538), capture_output=True, text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     assert two.stdout.count("transfer random:qclip-mci-tiny -> depth (finetune)") == 1  # rank 0 speaks
     a, b = (json.loads((tmp_path / d / "depth-finetune-f1" / "metrics.json").read_text()) for d in ("one", "two"))
-    assert len(a["train_loss"]) == len(b["train_loss"]) == 3
+    assert len(a["train_loss"]) == len(b["train_loss"]) == steps
     assert all(abs(x - y) < 1e-4 for x, y in zip(a["train_loss"], b["train_loss"])), (a["train_loss"], b["train_loss"])
     assert all(abs(a["metrics"][k] - b["metrics"][k]) < 1e-4 for k in ("RMSE", "AbsRel", "delta1"))
     assert a["metrics"]["images"] == b["metrics"]["images"] == a["val_samples"]  # every image, once
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
-    assert (tmp_path / "two" / "depth-finetune-f1" / "checkpoints").is_dir()
+    assert checkpointed_step() == steps
