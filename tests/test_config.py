@@ -192,3 +192,34 @@ def test_the_old_train_section_is_read_as_pretrain_with_a_warning(tmp_path, caps
     both.write_text("train:\n  steps: 7\npretrain:\n  steps: 8\n")
     with pytest.raises(ConfigError, match="merge them into 'pretrain'"):
         load_config(both)
+
+
+def test_config_files_that_cannot_be_read_say_why_and_how_to_fix(tmp_path, monkeypatch):
+    """A latin-1 byte, a folder named as `_base_`, an unreadable file: each a ConfigError naming the file."""
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("seed: 0\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml' is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8"):
+        load_config(bad)
+    (tmp_path / "configs").mkdir()
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: configs\nseed: 1\n")
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_config(child)
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("seed: 0\n")
+    real = Path.read_text
+
+    def read_text(self, *a, **k):  # mode 600 of another owner (root, which runs CI, reads every file)
+        if self == secret:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(ConfigError, match="secret.yaml' cannot be read .*make it readable"):
+        load_config(secret)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 64), str(2 ** 31)])
+def test_seeds_out_of_range_are_config_errors(seed):
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*31\)"):
+        load_config(None, [f"seed={seed}"])

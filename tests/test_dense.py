@@ -97,3 +97,14 @@ def test_qclip_world_layout(world_dir):
         open_dense(world_dir, "qclip", "segmentation", "pool")
     with pytest.raises(DenseDataError, match="unknown layout"):
         open_dense(world_dir, "cityscapes", "segmentation")
+
+
+def test_num_classes_on_a_qclip_dataset_that_names_its_classes(world_dir):
+    """transfer.num_classes (a documented key) on the world's dense split: its own count is accepted, another
+    one is a DenseDataError naming the manifest's count (was a TypeError: num_classes given twice)."""
+    from qclip.data.dense import DenseDataError, open_dense
+
+    n = open_dense(world_dir, "qclip", "segmentation", "dense").num_classes
+    assert open_dense(world_dir, "qclip", "segmentation", "dense", num_classes=n).num_classes == n
+    with pytest.raises(DenseDataError, match=f"set transfer.num_classes={n} or leave it 0"):
+        open_dense(world_dir, "qclip", "segmentation", "dense", num_classes=n - 2)

@@ -195,7 +195,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
         from .models import create_clip
         from .provenance import write_run_info
 
-        bundle = create_clip(model_spec(args.scorer), pretrained=args.pretrained or None)
+        bundle = create_clip(model_spec(args.scorer), pretrained=args.pretrained or None, trained=True)
         scorer_id = args.id or model_id(args.scorer, args.pretrained)
         summary = score_dataset(args.data, args.out, bundle, scorer_id, args.batch_size, progress=not args.quiet)
         if "line" in summary:
@@ -263,7 +263,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate.retrieval import retrieval_metrics
     from .models import create_clip
 
-    bundle = create_clip(model_spec(args.model), pretrained=args.pretrained or None)
+    bundle = create_clip(model_spec(args.model), pretrained=args.pretrained or None, trained=True)
     result: dict = {"model": args.model, "data": args.data}
     lines = []
     if args.task in ("retrieval", "all"):

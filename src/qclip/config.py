@@ -530,8 +530,10 @@ def _read_tree(p: Path, chain: tuple[Path, ...] = (), renamed: bool = False) -> 
     later ones win; `renamed`: each file's old section names are read as the new ones before merging). Why: a
     config that differs from another in a few keys says only those (configs/headline.yaml is configs/demo.yaml
     plus the headline's budget), so the shared world stays one text."""
+    what = f"config file '{p}'" + (f" (the {BASE_KEY} of '{chain[-1]}')" if chain else "")
+    if p.is_dir():
+        raise ConfigError(f"{what} is a folder, not a file: name a YAML file in it (e.g. {p / 'demo.yaml'})")
     if not p.is_file():
-        what = f"config file '{p}'" + (f" (the {BASE_KEY} of '{chain[-1]}')" if chain else "")
         raise ConfigError(f"{what} does not exist (see configs/ for examples)")
     if p.resolve() in chain:
         raise ConfigError(f"config file '{chain[-1]}': its {BASE_KEY} chain comes back to '{p}' "
@@ -540,6 +542,13 @@ def _read_tree(p: Path, chain: tuple[Path, ...] = (), renamed: bool = False) -> 
         loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"config file '{p}' is not valid YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[:e.start].count(b"\n") + 1
+        raise ConfigError(f"config file '{p}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}); "
+                          f"save it as UTF-8") from None
+    except PermissionError as e:  # an input the user cannot read: not an output problem
+        raise ConfigError(f"config file '{p}' cannot be read ({e.strerror}); make it readable (chmod u+r) or "
+                          f"copy it somewhere you can read") from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):

@@ -45,6 +45,43 @@ from .report.build import study_run_dir
 CAPTIONER_ID = "tiny"
 
 
+def read_record(path: Path) -> dict | None:
+    """A stage record, or None where there is none to trust: missing, empty or cut short (a crash mid-write of
+    a record from before records were written atomically; a disk that filled up)."""
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return r if isinstance(r, dict) and "key" in r and "result" in r else None
+
+
+def output_files(out_dir: Path | None, root: Path) -> dict[str, int] | None:
+    """Every file a stage left in its folder (path relative to the study folder -> size), checkpoints aside:
+    what a reuse of the stage checks is still there."""
+    if out_dir is None or not Path(out_dir).is_dir():
+        return None
+    root = root.resolve()
+    out = {}
+    for f in sorted(Path(out_dir).rglob("*")):
+        if f.is_file() and "checkpoints" not in f.relative_to(out_dir).parts:
+            try:
+                out[f.resolve().relative_to(root).as_posix()] = f.stat().st_size
+            except ValueError:  # a folder outside the study (a given dataset): not the stage's to check
+                return None
+    return out
+
+
+def changed_outputs(record: dict, root: Path) -> list[str]:
+    """The recorded outputs that are gone or have another size now (records from before outputs were
+    recorded: none to check)."""
+    out = []
+    for rel, size in (record.get("outputs") or {}).items():
+        f = root / rel
+        if not f.is_file() or f.stat().st_size != size:
+            out.append(rel)
+    return out
+
+
 class StageCache:
     """OUT/stages/NAME.json = {"key", "result", "seconds", "dir"}; a matching key means the stage's output is
     current. `dir` is the stage's output folder relative to OUT (null for none), so tools that move a run's stages
@@ -82,11 +119,16 @@ class StageCache:
         rank 0 alone while the others wait; every rank returns the result rank 0 recorded."""
         rec, started, label = self.dir / f"{name}.json", self.dir / f"{name}.started", label or name
         barrier()  # every rank reads the records as rank 0 left them after the previous stage
-        if not self.fresh and rec.is_file():
-            r = json.loads(rec.read_text())
-            if r["key"] == key:
+        r = None if self.fresh else read_record(rec)
+        if r is not None and r.get("key") == key:
+            missing = changed_outputs(r, self.dir.parent)
+            if missing:  # deleted or replaced since it was recorded (a clean-up): never reuse a result without them
+                if self.main:
+                    print(f"stage {name}: {len(missing)} of its outputs changed since it ran (e.g. {missing[0]}); "
+                          f"running it again", flush=True)
+            else:
                 self.reused.append(name)
-                if "dir" not in r and self.main:  # a record written before `dir` existed: add it, key and result kept
+                if "dir" not in r and self.main:  # written before `dir` existed: add it, key and result kept
                     atomic_write_json(rec, {**r, "dir": self.relative(out_dir)})
                 if r.get("seconds") is not None:
                     self.cached_seconds[label] = r["seconds"]
@@ -105,7 +147,7 @@ class StageCache:
         barrier()
         if self.main:
             atomic_write_json(rec, {"key": key, "result": result, "seconds": self.seconds[label],
-                                    "dir": self.relative(out_dir)})
+                                    "dir": self.relative(out_dir), "outputs": output_files(out_dir, self.dir.parent)})
             started.unlink(missing_ok=True)
         barrier()
         if not self.main:

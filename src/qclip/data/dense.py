@@ -199,4 +199,11 @@ def open_dense(root: str | Path, layout: str, task: str, split: str = "train", *
     names = reader.manifest.get("seg_classes") or None
     seg_kw = {"num_classes": len(names) if names else None, "class_names": names,
               "stuff_classes": reader.manifest.get("stuff_classes")}
+    asked = kw.pop("num_classes", None)
+    if task == "segmentation" and asked and names and asked != len(names):
+        raise DenseDataError(f"transfer.num_classes={asked}, but {ds_dir}/manifest.json names {len(names)} classes "
+                             f"({', '.join(names[:4])}, ...): set transfer.num_classes={len(names)} or leave it 0 "
+                             f"(the dataset's own)")
+    if task == "segmentation" and asked and not names:
+        seg_kw["num_classes"] = asked
     return DenseDataset(pairs, task, name=name, **(seg_kw if task == "segmentation" else {}), **kw)

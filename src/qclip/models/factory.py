@@ -138,9 +138,23 @@ def _qclip_cfg(spec: str) -> dict:
     return json.loads(f.read_text(encoding="utf-8")).get("qclip", {}) if f.is_file() else {}
 
 
+def require_weights(spec: str) -> None:
+    """A trained model is asked for (evaluation, transfer, export, scoring): a `local-dir:` folder without its
+    weights file is an error, not a random tower (open_clip builds one from the config alone, silently)."""
+    if parse_spec(spec)[0] == "local-dir" and not _has_weights(spec):
+        folder = parse_spec(spec)[1]
+        raise ModelError(f"model folder '{folder}' holds {MODEL_CONFIG} but no weights ({MODEL_WEIGHTS}): it was "
+                         f"deleted or never written. Re-run the training that made it (qclip pretrain --out ... "
+                         f"resumes), or pass random:ARCH for a random tower on purpose")
+
+
 def create_clip(spec: str, text_tower: str = "", image_size: int = 0, pretrained: str | None = None,
-                device: str | torch.device = "cpu", **model_kwargs: Any) -> ClipBundle:
-    """Build a CLIP model, its train/val transforms and tokenizer through open_clip's factory."""
+                device: str | torch.device = "cpu", trained: bool = False, **model_kwargs: Any) -> ClipBundle:
+    """Build a CLIP model, its train/val transforms and tokenizer through open_clip's factory.
+    `trained`: the caller needs trained weights (see `require_weights`); a folder holding only a config is then
+    refused instead of built at random."""
+    if trained and not pretrained:
+        require_weights(spec)
     base, cfg = resolve_model_cfg(spec, text_tower, image_size)
     qclip_cfg = _qclip_cfg(spec)
     stem = qclip_cfg.get("vision_stem", "patch")

@@ -74,7 +74,7 @@ def load_encoder(spec: str, image_size: int, levels: int | list[int] = 4) -> Den
         path = path / "model"
     try:
         if (path / "open_clip_config.json").is_file():
-            b = create_clip(f"local-dir:{path}")
+            b = create_clip(f"local-dir:{path}", trained=True)
             fit_position_embedding(b.model.visual, image_size)
             return DenseEncoder(b.model.visual, spec, str(path), image_size, levels, *_mean_std(b.preprocess_cfg))
         if source == "random":
