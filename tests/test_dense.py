@@ -108,3 +108,21 @@ def test_num_classes_on_a_qclip_dataset_that_names_its_classes(world_dir):
     assert open_dense(world_dir, "qclip", "segmentation", "dense", num_classes=n).num_classes == n
     with pytest.raises(DenseDataError, match=f"set transfer.num_classes={n} or leave it 0"):
         open_dense(world_dir, "qclip", "segmentation", "dense", num_classes=n - 2)
+
+
+def test_colour_masks_and_1d_depth_maps_are_skipped_with_their_reason_and_file(tmp_path):
+    """ADE20k annotations saved as colour PNGs (visualised masks), and a 1-d depth .npy in a folder dataset:
+    the message says why and names the file (was "unreadable target" with no file, and an IndexError)."""
+    root = tmp_path / "ade"
+    for i in range(3):
+        save(root / "images/training" / f"ADE_{i}.jpg", rgb(seed=i))
+        save(root / "annotations/training" / f"ADE_{i}.png", rgb(seed=10 + i))  # 3 channels
+    with pytest.raises(DenseDataError, match=r"3 mask not single-channel \(a colour picture") as e:
+        open_dense(root, "ade20k", "segmentation", "train")
+    assert "annotations/training/ADE_0.png" in str(e.value)
+    folder = tmp_path / "folder"
+    save(folder / "train/images/a.png", rgb())
+    (folder / "train/depth").mkdir(parents=True)
+    np.save(folder / "train/depth/a.npy", np.ones(24, np.float32))
+    with pytest.raises(DenseDataError, match="depth map not 2-d"):
+        open_dense(folder, "folder", "depth", "train")

@@ -135,3 +135,38 @@ def test_pickled_weights_from_the_hub_or_a_file_are_refused_in_one_line(tmp_path
         err = capsys.readouterr().err
         assert "qclip eval: error:" in err and "pickle" in err and "Traceback" not in err, err
     assert not os.path.exists(_PWNED)
+
+
+def test_out_of_the_wrong_kind_is_refused_before_any_work(tmp_path, capsys):
+    """--out naming an existing file for a command that writes a folder (world, pretrain, transfer), and an
+    existing folder for eval (one JSON file): one message, exit 2, the file intact and nothing run."""
+    from qclip.cli import main
+
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    for argv in (["world", "--out", str(f), "--n", "4"], ["pretrain", "--data", str(tmp_path), "--out", str(f)],
+                 ["transfer", "--encoder", "random:qclip-vit-tiny", "--data", str(tmp_path), "--out", str(f)]):
+        assert main(argv) == 2
+        assert "is a file; qclip" in capsys.readouterr().err
+        assert f.read_text() == "mine"
+    assert main(["eval", "--model", "random:qclip-vit-tiny", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "is a folder; qclip eval writes one JSON file" in capsys.readouterr().err
+
+
+def test_an_existing_shard_path_with_brackets_is_taken_as_itself(tmp_path):
+    from qclip.data.importers import expand_shards
+
+    shard = tmp_path / "shard [1] {a}.tar"
+    shard.write_bytes(b"")
+    assert expand_shards(str(shard)) == [shard]
+
+
+def test_report_on_a_cut_short_or_foreign_results_file_is_one_line(tmp_path, capsys):
+    from qclip.cli import main
+
+    (tmp_path / "results.json").write_text('{"rows": [{"method"')
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not complete JSON" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text('{"other": 1}')
+    assert main(["report", str(tmp_path)]) == 2
+    assert 'holds no "rows" list' in capsys.readouterr().err

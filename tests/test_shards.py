@@ -127,3 +127,35 @@ def test_resume_keeps_finished_shards(tmp_path):
 def test_safe_key():
     assert safe_key("a/b.c d") == "a_b_c_d"
     assert "." not in safe_key("../../etc/passwd") and "/" not in safe_key("../../etc/passwd")
+
+
+def test_manifest_shard_paths_stay_inside_the_dataset(tmp_path):
+    """A third-party manifest listing `../../victim.tar`, or without "shards" (another tool's schema): refused
+    by ShardReader, so no command reads or writes outside the dataset (caption run wrote there before)."""
+    root = tmp_path / "ds"
+    write(root)
+    m = json.loads((root / "manifest.json").read_text())
+    for bad in ("../../victim.tar", "/etc/victim.tar", "a/../../victim.tar"):
+        m2 = {**m, "shards": [{**m["shards"][0], "path": bad}]}
+        (root / "manifest.json").write_text(json.dumps(m2))
+        with pytest.raises(ShardIntegrityError, match="leaves the dataset folder"):
+            ShardReader(root)
+    (root / "manifest.json").write_text(json.dumps({k: v for k, v in m.items() if k != "shards"}))
+    with pytest.raises(ShardIntegrityError, match='no "shards" list'):
+        ShardReader(root)
+
+
+@pytest.mark.parametrize("meta,where", [({"captions": {"raw": "a red circle"}}, "captions.raw"),
+                                        ({"captions": {"synthetic": {"tiny": "x"}}}, "captions.synthetic"),
+                                        ({"captions": {"reference": [3]}}, "captions.reference"),
+                                        ({"scores": {"s": {"raw": ["high"]}}}, "scores")])
+def test_sample_json_is_checked_against_the_schema_on_read(tmp_path, meta, where):
+    """A hand-made dataset whose captions.raw is a string trained on captions one character at a time; now the
+    read names the shard, the sample and the key."""
+    s = make(0)
+    s.meta = meta
+    with ShardWriter(tmp_path / "ds", prefix="t", shard_size=4) as w:
+        w.write(s)
+        w.close({"name": "t"})
+    with pytest.raises(ShardIntegrityError, match=f"KEY.json {where} must be"):
+        list(ShardReader(tmp_path / "ds"))

@@ -543,13 +543,33 @@ USER_ERRORS = (("qclip.config", "ConfigError"), ("qclip.data.importers", "Ingest
                ("qclip.data.policy", "PolicyError"), ("qclip.models.factory", "ModelError"),
                ("qclip.train.shard_dataset", "TrainDataError"), ("qclip.models.checkpoint", "UnsafeCheckpoint"),
                ("qclip.captions.captioners", "CaptionerError"), ("qclip.transfer.encoders", "EncoderError"),
-               ("qclip.models.hub", "HubError"))
+               ("qclip.models.hub", "HubError"), ("qclip.report.build", "ReportError"))
 
 
 def is_user_error(e: BaseException) -> bool:
     if isinstance(e, FileNotFoundError):
         return True
     return any(mod in sys.modules and isinstance(e, getattr(sys.modules[mod], name)) for mod, name in USER_ERRORS)
+
+
+# commands whose --out names a file (the others write a folder there)
+OUT_IS_FILE = ("eval",)
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """--out of the right kind before any work: a folder for every command but those writing one file (eval),
+    which refuse an existing folder. (Before, `qclip world --out FILE` raised FileExistsError and `qclip eval
+    --out DIR` IsADirectoryError after its evaluation had run.)"""
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    path = Path(out)
+    if args.command in OUT_IS_FILE and path.is_dir():
+        raise ConfigError(f"--out '{out}' is a folder; qclip {args.command} writes one JSON file there: name a file "
+                          f"(e.g. {path / 'eval.json'})")
+    if args.command not in OUT_IS_FILE and path.exists() and not path.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; qclip {args.command} writes a folder there: name a folder "
+                          f"(the file is left as it is)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -563,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         args.overrides = [*getattr(args, "overrides", []), *unknown]
     try:
+        check_out(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"qclip {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -66,7 +66,8 @@ class DenseDataset(Dataset):
         self.skips = SkipCounter()
         self.pairs = [p for p in pairs if self._check(p)] if verify else pairs
         if not self.pairs:
-            raise DenseDataError(f"{name}: no usable {task} pairs ({self.skips.summary('kept', 0, len(pairs))})")
+            raise DenseDataError(f"{name}: no usable {task} pairs ({self.skips.summary('kept', 0, len(pairs))}):\n"
+                                 f"{self.skips.details()}")
         self.seen = len(pairs)
         self.skips.check_fraction(self.seen, max_bad_fraction, f"dense dataset {name}")
 
@@ -78,7 +79,8 @@ class DenseDataset(Dataset):
             self.skips.skip("missing file", p.key)
             return False
         except (BadImage, OSError, ValueError) as e:
-            self.skips.skip(getattr(e, "reason", "unreadable target"), p.key)
+            self.skips.skip(getattr(e, "reason", "unreadable target"),
+                            f"{p.key} ({p.target})" if isinstance(p.target, (str, Path)) else p.key)
             return False
         if target.shape[:2] != (img.height, img.width):
             self.skips.skip("mask size mismatch", f"{p.key} ({target.shape[1]}x{target.shape[0]} vs "
@@ -98,7 +100,10 @@ class DenseDataset(Dataset):
         arr = _read_array(p.target)
         if self.task == "segmentation":
             if arr.ndim != 2:
-                raise ValueError(f"{p.key}: a mask must be single-channel, got shape {arr.shape}")
+                e = ValueError(f"{p.key}: a mask must be single-channel, got shape {arr.shape}")
+                e.reason = ("mask not single-channel (a colour picture of the classes? masks hold one class id "
+                            "per pixel: a one-channel PNG, as ADE20k's annotations)")
+                raise e
             seg = arr.astype(np.int64)
             if self.reduce_zero_label:  # ADE20k: 0 = "other" -> ignore, classes 1..150 -> 0..149
                 seg = np.where(seg == 0, IGNORE_INDEX, seg - 1)
@@ -107,6 +112,10 @@ class DenseDataset(Dataset):
         depth = arr.astype(np.float32)
         if depth.ndim == 3:
             depth = depth[..., 0]
+        if depth.ndim != 2:
+            e = ValueError(f"{p.key}: a depth map must be 2-d (H x W), got shape {arr.shape}")
+            e.reason = "depth map not 2-d (save an H x W array, metres or millimetres)"
+            raise e
         if np.issubdtype(arr.dtype, np.integer):
             depth = depth / self.depth_scale
         depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)

@@ -354,6 +354,8 @@ def expand_shards(spec: str) -> list[Path]:
     p = Path(spec)
     if p.is_dir():
         paths = sorted(p.glob("*.tar"))
+    elif p.is_file():  # an existing file is itself, even when its name holds [ ] { } (glob and brace syntax)
+        paths = [p]
     else:
         paths = sorted(Path(x) for pat in braceexpand(spec) for x in glob.glob(pat))
     if not paths:

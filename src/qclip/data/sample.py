@@ -30,6 +30,36 @@ def safe_key(text: str) -> str:
     return key or "sample"
 
 
+def _strings(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(c, str) for c in x)
+
+
+def check_meta(key: str, meta: Any) -> None:
+    """KEY.json against the documented schema (the types of captions and scores), so a hand-made dataset whose
+    `captions.raw` is a string is refused by name instead of trained on one character at a time."""
+    def bad(where: str, want: str, got: Any) -> ValueError:
+        return ValueError(f"sample '{key}': KEY.json {where} must be {want}, got {type(got).__name__} "
+                          f"({json.dumps(got)[:60]}); see docs/DESIGN.md, data schema")
+
+    if not isinstance(meta, dict):
+        raise bad("", "an object", meta)
+    caps = meta.get("captions", {})
+    if not isinstance(caps, dict):
+        raise bad("captions", "an object {raw: [...], synthetic: {id: [...]}}", caps)
+    for field_name in ("raw", "reference"):
+        if field_name in caps and not _strings(caps[field_name]):
+            raise bad(f"captions.{field_name}", "a list of strings", caps[field_name])
+    syn = caps.get("synthetic", {})
+    if not isinstance(syn, dict) or not all(_strings(v) for v in syn.values()):
+        raise bad("captions.synthetic", "an object of id -> list of strings", syn)
+    scores = meta.get("scores", {})
+    if not isinstance(scores, dict) or not all(
+            isinstance(v, dict) and all(isinstance(x, list) and all(n is None or isinstance(n, (int, float))
+                                                                    for n in x)
+                                        for x in v.values()) for v in scores.values()):
+        raise bad("scores", "an object of scorer -> {caption set: [numbers]}", scores)
+
+
 def empty_captions() -> dict:
     return {"raw": [], "reference": [], "synthetic": {}}
 
@@ -107,6 +137,7 @@ class Sample:
                 meta = json.loads(members["json"].decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise ValueError(f"sample '{key}': KEY.json is not valid UTF-8 JSON ({e})") from None
+            check_meta(key, meta)
         seg = depth = None
         if "seg.png" in members:
             seg = np.asarray(Image.open(io.BytesIO(members["seg.png"])))

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
 import webdataset as wds
@@ -257,7 +257,21 @@ class ShardReader:
                 f"{mpath}: schema_version {self.manifest.get('schema_version')} is not {SCHEMA_VERSION}, "
                 f"which this qclip reads; re-create the dataset with this version"
             )
-        self.shards = [ShardInfo(**s) for s in self.manifest["shards"]]
+        shards = self.manifest.get("shards")
+        if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("path"), str)
+                                                   for s in shards):
+            raise ShardIntegrityError(f"{mpath}: no \"shards\" list of {{path, ...}} entries: not a qclip manifest "
+                                      f"(another tool's schema?); ingest the data with `qclip ingest`")
+        for s in shards:  # a shard path stays inside the dataset, as a tar member name must
+            rel = PurePosixPath(s["path"])
+            if rel.is_absolute() or ".." in rel.parts or "\\" in s["path"] or not rel.parts:
+                raise ShardIntegrityError(f"{mpath}: shard path '{s['path']}' leaves the dataset folder; shard "
+                                          f"paths are file names inside it (e.g. shard-00000.tar)")
+        try:
+            self.shards = [ShardInfo(**s) for s in shards]
+        except TypeError as e:
+            raise ShardIntegrityError(f"{mpath}: a shard entry does not match qclip's manifest schema ({e}); "
+                                      f"re-create the dataset") from None
         missing = [s.path for s in self.shards if not (self.root / s.path).is_file()]
         if missing:
             raise ShardIntegrityError(f"{self.root}: shards listed in {MANIFEST} are missing: {', '.join(missing)}")

@@ -83,6 +83,10 @@ def qualitative_grid(out: Path, rows: list[dict], task: str, path: Path) -> Path
     return path
 
 
+class ReportError(ValueError):
+    """A results file the report cannot be built from; the message says how to write it again."""
+
+
 def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: dict[str, Path] | None = None,
                  log=print) -> Path:
     out = Path(out)
@@ -90,7 +94,14 @@ def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: di
         f = out / "results.json"
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: run `qclip run --out {out}` first")
-        results = json.loads(f.read_text())
+        try:
+            results = json.loads(f.read_text())
+        except ValueError as e:
+            raise ReportError(f"{f} is not complete JSON ({e}): re-run `qclip run --out {out}` (finished stages "
+                              f"are reused) to write it again") from None
+        if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+            raise ReportError(f"{f} holds no \"rows\" list: it is not a `qclip run` results file; re-run "
+                              f"`qclip run --out {out}` to write it again")
     if pretrain_dirs is None:
         pretrain_dirs = {p.parent.name + "/" + p.name: p for p in sorted((out / "pretrain").glob("*/*")) if p.is_dir()}
     rows = results["rows"]
