@@ -147,7 +147,7 @@ def test_manifest_shard_paths_stay_inside_the_dataset(tmp_path):
 
 @pytest.mark.parametrize("meta,where", [({"captions": {"raw": "a red circle"}}, "captions.raw"),
                                         ({"captions": {"synthetic": {"tiny": "x"}}}, "captions.synthetic"),
-                                        ({"captions": {"reference": [3]}}, "captions.reference"),
+                                        ({"captions": {"raw": ["ok", 7]}}, "captions.raw"),
                                         ({"scores": {"s": {"raw": ["high"]}}}, "scores")])
 def test_sample_json_is_checked_against_the_schema_on_read(tmp_path, meta, where):
     """A hand-made dataset whose captions.raw is a string trained on captions one character at a time; now the
