@@ -8,7 +8,8 @@ then all of them off (qclip's plain loop: square resize, cosine schedule, one lr
 The world is rendered at `--world-size` px (default 192) and fine-tuned on `--crop` px crops (default 128, the
 recipe's 512 of 2048 x 512 scaled: resize_scale [4 x crop, crop]); evaluation on the world's val split, its own
 images (never the training ones). Every run: same encoder, data, steps and seed. Prints one table (mIoU and its
-change against the full protocol, per seed and the mean) and writes OUT/ablation.json.
+change against the full protocol, per seed and the mean) and writes OUT/ablation.json. Re-run with more
+`--seeds` on the same `--out`: finished runs are read back, not trained again.
 """
 from __future__ import annotations
 
@@ -84,8 +85,10 @@ def main() -> None:
         for name, over in variants():
             cfg = load_config(ROOT / "configs" / "transfer_ade20k_upernet.yaml", [f"seed={seed}", *base, *over])
             t0 = time.time()
-            s = run_transfer(cfg, args.encoder, world, out / f"seed{seed}" / name.strip("- ").replace(" ", "_"),
-                             progress=False)
+            run_dir = out / f"seed{seed}" / name.strip("- ").replace(" ", "_")
+            done = run_dir / "metrics.json"  # a finished run of an earlier call with fewer seeds: reused
+            s = (json.loads(done.read_text()) if done.is_file()
+                 else run_transfer(cfg, args.encoder, world, run_dir, progress=False))
             r = s["results"][0]
             rows.append({"variant": name, "seed": seed, "mIoU": r["metrics"]["mIoU"],
                          "final_train_loss": r["final_train_loss"], "seconds": round(time.time() - t0, 1)})

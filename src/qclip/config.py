@@ -113,7 +113,7 @@ class PretrainConfig:
     mim_hierarchical: str = "simmim"
     compile: bool = False
     # convolution weights and images in NHWC: an MCi step 0.270 -> 0.178 s on an AVX-512 Xeon's 2 cores, level on
-    # an AVX2 EPYC's, a ViT's unchanged (benchmarks/train_step.py; benchmarks/RESULTS.md, run H); as timm's
+    # an AVX2 EPYC's, a ViT's unchanged (benchmarks/train_step.py and its entry in benchmarks/RESULTS.md); as timm's
     # --channels-last. Strided 1x1 convolutions with few input channels stay NCHW (qclip.optim.to_memory_format)
     channels_last: bool = True
     workers: int = 2

@@ -159,13 +159,13 @@ def pretraining_table(rows: list[dict]) -> list[list[str]]:
 
 # a contrastive run "left chance" when its late loss is under 0.95 x the loss at chance (runs stuck at ln B end at
 # 0.96-0.98 x chance). Leaving chance is not learning shapes: runs at 0.79-0.95 x chance have probed at random
-# init's level, having learned an easier cue or escaped in their last steps (benchmarks/RESULTS.md, session 32);
+# init's level, having learned an easier cue or escaped in their last steps (benchmarks/RESULTS.md, archive);
 # shape_learning_table asks the probe
 LEARNED_BELOW = 0.95
 
 # an encoder "learned shapes" when its object-class mIoU is at least 1.3x random init's of the same seed: CLIP
 # runs that left chance on shape words have probed at 1.55-2.4x, those at chance or on an easier cue at 0.91-1.04x,
-# those that left chance only after ~1,000 steps at 1.00-1.24x (the session-30/31/32 runs, benchmarks/RESULTS.md)
+# those that left chance only after ~1,000 steps at 1.00-1.24x (the four-shape world's headline screens, RESULTS archive)
 SHAPES_ABOVE = 1.3
 
 

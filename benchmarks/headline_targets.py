@@ -1,15 +1,16 @@
-"""Issue 18's targets ("the study's pretraining must learn") read off finished studies, on seed means (and, for
+"""The targets the headline study is held to ("its pretraining must learn": object mIoU against random init, the
+paper's margins, more labels never hurting) read off finished studies, on seed means (and, for
 whether each pretraining learned shapes, per seed).
 
-    python benchmarks/issue18_criteria.py runs/d3/results.json
-    python benchmarks/issue18_criteria.py runs/d2/results.json runs/d0/results.json   # methods from two studies
+    python benchmarks/headline_targets.py runs/d3/results.json
+    python benchmarks/headline_targets.py runs/d2/results.json runs/d0/results.json   # methods from two studies
 
 Used to choose budgets on the `dev` split: the rule is written down first (benchmarks/RESULTS.md), then this script
 counts how many targets hold. It compares means, not paired tests: the study's own checks (`qclip report`) are the
 evidence; this is the planning screen. With several files, a method is read from the first file that has it.
 A study of several encoders (configs/full.yaml) is scored one encoder at a time:
 
-    python benchmarks/issue18_criteria.py runs/full/results.json --encoder qclip-vit-tiny
+    python benchmarks/headline_targets.py runs/full/results.json --encoder qclip-vit-tiny
 """
 from __future__ import annotations
 
