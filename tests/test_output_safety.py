@@ -170,3 +170,62 @@ def test_report_on_a_cut_short_or_foreign_results_file_is_one_line(tmp_path, cap
     (tmp_path / "results.json").write_text('{"other": 1}')
     assert main(["report", str(tmp_path)]) == 2
     assert 'holds no "rows" list' in capsys.readouterr().err
+
+
+def test_commands_never_write_into_a_users_folder(tmp_path, capsys):
+    """A project folder that was never a qclip run (the user's weights, config.yaml, run.json, notes): pretrain
+    --fresh, world and transfer refuse it before any work and every file is left as it was (pretrain --fresh
+    deleted model/my_finetuned.bin; world and transfer replaced config.yaml and run.json). A folder qclip made is
+    marked and used again; a config error leaves no folder behind."""
+    from qclip.cli import main
+
+    user = tmp_path / "project"
+    (user / "model").mkdir(parents=True)
+    files = {"model/my_finetuned.bin": "weights", "config.yaml": "lr: 1\n", "run.json": '{"mine": true}',
+             "notes.md": "n"}
+    for name, text in files.items():
+        (user / name).write_text(text)
+    for argv in (["pretrain", "--fresh", "--data", str(tmp_path), "--out", str(user)],
+                 ["world", "--out", str(user), "--n", "4"],
+                 ["transfer", "--encoder", "random:qclip-vit-tiny", "--data", str(tmp_path), "--out", str(user)]):
+        assert main(argv) == 2
+        assert "holds files qclip did not write" in capsys.readouterr().err
+    assert {n: (user / n).read_text() for n in files} == files and not (user / ".qclip").exists()
+    assert main(["world", "--out", str(tmp_path / "new"), "seed=-1"]) == 2
+    assert not (tmp_path / "new").exists()  # nothing made for a config error
+
+
+def test_a_folder_qclip_made_is_marked_and_used_again(tmp_path):
+    from qclip.provenance import OWNER_MARKER, check_output_folder, claim_output_folder, written_by_qclip
+
+    out = claim_output_folder(tmp_path / "run", "world")
+    assert (out / OWNER_MARKER).is_file() and written_by_qclip(out)
+    (out / "partial.tar").write_text("x")
+    check_output_folder(out)  # qclip's: fine
+    legacy = tmp_path / "old-run"  # made before the marker: its run.json is qclip's format
+    legacy.mkdir()
+    (legacy / "run.json").write_text('{"stage": "world", "versions": {}, "git_commit": null, "hardware": {}}')
+    check_output_folder(legacy)
+
+
+def test_one_writer_per_output_folder_named_and_released_with_its_process(tmp_path):
+    """A second qclip command on a folder another one is writing fails at once, naming the holder (host, pid,
+    command); the lock goes with the process (a killed holder leaves nothing stale)."""
+    import subprocess
+    import sys
+
+    from qclip.data.shards import OutputFolderError
+    from qclip.provenance import claim_output_folder, hold_output_folder
+
+    out = claim_output_folder(tmp_path / "run", "pretrain")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom qclip.provenance import "
+                               "hold_output_folder\nhold_output_folder(sys.argv[1], 'pretrain')\nprint('held', "
+                               "flush=True)\ntime.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputFolderError, match=rf"being written by qclip pretrain \(host .*, pid {holder.pid}"):
+            hold_output_folder(out, "run")
+    finally:
+        holder.kill()
+        holder.wait()
+    hold_output_folder(out, "run")  # the holder is gone: its lock with it

@@ -337,6 +337,17 @@ def test_a_run_folder_resumes_only_what_it_was_started_with(world, tmp_path, cap
     assert (run / "notes.txt").read_text() == "mine" and "removed the previous run" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="no pretraining checkpoint to resume"):  # --resume needs something to resume
         pretrain(new, world / "curated", tmp_path / "empty", progress=False, start_mode="resume")
+    # another dataset put at the same path: compared by content (its manifest), not by the path
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world / "curated", data)
+    pretrain(new, data, tmp_path / "on-data", progress=False)
+    m = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**m, "name": "another dataset"}))
+    with pytest.raises(ConfigError, match="is another one than the run started on"):
+        pretrain(new, data, tmp_path / "on-data", progress=False)
 
 
 @pytest.mark.parametrize("damage", ["member_boundary", "mid_member", "header"])

@@ -59,7 +59,12 @@ def model_id(arg: str, pretrained: str = "") -> str:
 
 
 def _load(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
-    return load_config(args.config, [*args.overrides, *extra])
+    cfg = load_config(args.config, [*args.overrides, *extra])
+    if getattr(args, "_claim", False) and os.environ.get("RANK", "0") == "0":
+        from .provenance import claim_output_folder, hold_output_folder
+
+        hold_output_folder(claim_output_folder(args.out, args.command), args.command)
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -554,6 +559,9 @@ def is_user_error(e: BaseException) -> bool:
 
 # commands whose --out names a file (the others write a folder there)
 OUT_IS_FILE = ("eval",)
+# commands whose --out is a run folder they claim (provenance.claim_output_folder); the dataset writers (ingest,
+# caption run / score, teacher) stage a new dataset and replace only a qclip dataset (data.shards.ensure_replaceable)
+CLAIMS_OUT = ("run", "world", "pretrain", "transfer", "export")
 
 
 def check_out(args: argparse.Namespace) -> None:
@@ -570,6 +578,11 @@ def check_out(args: argparse.Namespace) -> None:
     if args.command not in OUT_IS_FILE and path.exists() and not path.is_dir():
         raise ConfigError(f"--out '{out}' is a file; qclip {args.command} writes a folder there: name a folder "
                           f"(the file is left as it is)")
+    if args.command in CLAIMS_OUT or (args.command == "caption" and getattr(args, "action", "") == "train"):
+        from .provenance import check_output_folder
+
+        check_output_folder(path)
+        args._claim = True  # made and marked by _load, once the config has loaded (a config error leaves nothing)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

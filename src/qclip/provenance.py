@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -82,3 +83,74 @@ def write_run_info(out_dir: str | Path, cfg: Any, stage: str, extra: dict | None
     atomic_write_text(out_dir / "config.yaml", dump_yaml(cfg))
     atomic_write_json(out_dir / "run.json", record)
     return record
+
+
+# the file that marks a folder as one qclip writes into (its outputs, config.yaml and run.json among them)
+OWNER_MARKER = ".qclip"
+
+
+def written_by_qclip(folder: Path) -> bool:
+    """`folder` holds qclip's marker, or (folders from before the marker) a run.json in qclip's own format."""
+    if (folder / OWNER_MARKER).is_file():
+        return True
+    try:
+        record = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"stage", "versions", "git_commit", "hardware"} <= set(record)
+
+
+def check_output_folder(out: str | Path) -> None:
+    """The rule every command that writes a folder follows: qclip writes (and later replaces or deletes) only in a
+    folder it made or marked. A new or empty folder is fine, and so is one of qclip's; any other folder with files
+    in it is the user's, and is refused before any work, untouched."""
+    from .data.shards import OutputFolderError
+
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not written_by_qclip(out):
+        mine = sorted(p.name for p in out.iterdir())[:4]
+        raise OutputFolderError(f"--out '{out}' holds files qclip did not write ({', '.join(mine)}, ...): qclip "
+                                f"writes only into new or empty folders, or ones it made. Choose another --out")
+
+
+def claim_output_folder(out: str | Path, command: str) -> Path:
+    """`check_output_folder`, then the folder made and marked as qclip's (before any work, so a killed run's
+    partial outputs are recognised as qclip's when it is re-run)."""
+    out = Path(out)
+    check_output_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / OWNER_MARKER
+    if not marker.is_file():
+        atomic_write_text(marker, f"written by qclip {command}; qclip replaces and deletes only what it wrote here\n")
+    return out
+
+
+_HELD: dict = {}  # folder -> the lock file this process holds open (released when it exits, however it exits)
+
+
+def hold_output_folder(out: str | Path, command: str) -> None:
+    """One writer per output folder: an exclusive lock on OUT/.qclip.lock for this process's lifetime, naming the
+    holder (host, pid, command, start). A second qclip command on the same folder fails at once, naming the first;
+    the lock goes with its process, so a killed or crashed run leaves no stale lock behind."""
+    import fcntl
+
+    from .data.shards import OutputFolderError
+
+    path = (Path(out) / ".qclip.lock").resolve()
+    if path in _HELD:  # this process holds it already (a second command run from the same Python process)
+        return
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise OutputFolderError(f"'{out}' is being written by {holder}; wait for it to finish or choose another "
+                                f"--out (two writers would mix their runs in one folder)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"qclip {command} (host {platform.node()}, pid {os.getpid()}, since {time.strftime('%H:%M:%S')}: "
+            f"{' '.join(sys.argv[1:])[:200]})")
+    f.flush()
+    _HELD[path] = f

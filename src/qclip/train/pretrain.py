@@ -56,9 +56,13 @@ RUN_KEY = "run_key.json"
 def run_key(cfg: Config, data: str | Path, world: int) -> dict:
     # "train": the key older run folders were written with (kept, so they resume); "model": the model's config by
     # content, so a preset edited in place is a different run (older folders lack it and are not compared on it)
+    # "data_manifest": the data by content (its manifest: per-shard counts and sha256), so another dataset put at
+    # the same path is not resumed on (older folders lack it and are not compared on it)
     tc = cfg.pretrain
+    manifest = Path(data) / "manifest.json"
     return {"train": result_keys(tc), "model": resolve_model_cfg(tc.model, tc.text_tower, tc.image_size)[1],
-            "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world}
+            "data": str(Path(data).resolve()), "seed": cfg.seed, "world_size": world,
+            "data_manifest": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None}
 
 
 def clip_param_groups(model: torch.nn.Module, tc: PretrainConfig) -> list[dict]:
@@ -88,6 +92,9 @@ def check_resume(ckpt_dir: Path, key: dict) -> None:
     diff += [f"{k}: {old.get(k)!r} -> {key.get(k)!r}" for k in ("data", "seed", "world_size") if old.get(k) != key.get(k)]
     if "model" in old and old["model"] != key["model"]:
         diff.append(f"the config of model {key['train'].get('model')!r} changed")
+    if old.get("data_manifest") and old["data_manifest"] != key.get("data_manifest"):
+        diff.append(f"the dataset at {key['data']} is another one than the run started on (its manifest.json "
+                    f"differs: replaced or rewritten since)")
     if diff:
         raise ConfigError(f"{ckpt_dir.parent} holds a run started with other settings ({'; '.join(diff)}); "
                           f"resuming would mix the two. Pass a new --out, or --fresh to start this one afresh "
