@@ -240,3 +240,32 @@ def test_hf_datasets_importer_skips_and_counts(tmp_path, capsys):
     assert main(["ingest", "hf", "--dataset", str(src), "--split", "val", "--image-column", "img",
                  "--caption-column", "text", "--out", str(tmp_path / "o3"), "--quiet"]) == 2
     assert "no split 'val' (splits: train)" in capsys.readouterr().err
+
+
+def test_img2dataset_sample_with_a_duplicate_member_costs_that_sample_only(tmp_path, capsys):
+    """A second `KEY.txt` in one sample (a re-run downloader appends): that sample is skipped and counted, every
+    other sample of the shard is ingested, and the counts are of the input (was: the rest of the tar dropped,
+    "ingested 63 of 64; skipped: 1 unreadable shard" for 100 samples)."""
+    import io
+    import tarfile
+
+    shard_dir = tmp_path / "i2d"
+    shard_dir.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        def add(name, data):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        for i in range(20):
+            add(f"{i:05d}.jpg", jpg_bytes(seed=i))
+            add(f"{i:05d}.txt", f"caption {i}".encode())
+            if i == 7:
+                add(f"{i:05d}.txt", b"appended again")
+    (shard_dir / "00000.tar").write_bytes(buf.getvalue())
+    out = tmp_path / "ds"
+    assert main(["ingest", "img2dataset", "--shards", str(shard_dir), "--out", str(out), "--quiet",
+                 "ingest.max_bad_fraction=0.1"]) == 0
+    r = ShardReader(out)
+    assert len(r) == 19 and r.manifest["skipped"] == {"duplicate member": 1}
+    assert "ingested 19 of 20" in capsys.readouterr().out

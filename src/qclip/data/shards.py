@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import base_plus_ext, tar_file_expander, valid_sample
 
 from ..atomic import atomic_file, atomic_write_json, commit_dir, remove_tree
 from .sample import SCHEMA_VERSION, Sample
@@ -92,7 +92,35 @@ def iter_tar_members(path: str | Path, skips: SkipCounter | None = None) -> Iter
         raise ShardIntegrityError(f"{path}: cannot open shard ({e})") from None
     with stream:
         files = tar_file_expander([{"url": str(path), "stream": stream}], handler=fail)
-        yield from group_by_keys(safe(files), handler=fail)
+        yield from _group_by_keys(safe(files), Path(path).name, skips)
+
+
+def _group_by_keys(files: Iterable[dict], shard: str, skips: SkipCounter | None) -> Iterator[dict[str, Any]]:
+    """Consecutive members with one key -> one sample, as webdataset's `group_by_keys`, except that a sample with
+    a duplicate member (a second `KEY.txt`, as a re-run downloader appends) is dropped and counted alone: webdataset
+    raises there, which lost every later sample of the shard."""
+    current: dict | None = None
+    broken = False
+
+    def done() -> Iterator[dict]:
+        if current is not None and broken:
+            if skips is not None:
+                skips.skip("duplicate member", f"{shard}:{current['__key__']}")
+        elif valid_sample(current):
+            yield current
+
+    for f in files:
+        prefix, suffix = base_plus_ext(f["fname"])
+        if prefix is None:
+            continue
+        suffix = suffix.lower()
+        if current is None or prefix != current["__key__"]:
+            yield from done()
+            current, broken = {"__key__": prefix, "__url__": f["__url__"]}, False
+        if suffix in current:
+            broken = True
+        current[suffix] = f["data"]
+    yield from done()
 
 
 def shard_stats(path: str | Path) -> ShardInfo:
