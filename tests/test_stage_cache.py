@@ -67,3 +67,24 @@ def test_a_model_folder_without_weights_is_an_error_for_transfer_and_eval(tmp_pa
     assert main(["caption", "score", "--data", str(world_dir / "val"), "--scorer", str(d), "--out",
                  str(tmp_path / "scored")]) == 2
     assert not (tmp_path / "scored").exists()
+
+
+def test_a_model_folder_with_a_cut_short_or_unknown_config_is_a_model_error(tmp_path):
+    from qclip.transfer.encoders import EncoderError, load_encoder
+
+    d = _config_only_folder(tmp_path)
+    (d / "open_clip_model.safetensors").write_bytes(b"")
+    text = (d / "open_clip_config.json").read_text()
+    (d / "open_clip_config.json").write_text(text[: len(text) // 2])
+    with pytest.raises(EncoderError, match="cut short or not an open_clip model config"):
+        load_encoder(str(d), 64)
+    cfg = json.loads(text)
+    cfg["model_cfg"]["vision_cfg"] = {"timm_model_name": "no_such_tower_v9", "image_size": 64}
+    (d / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(EncoderError, match="unknown timm model 'no_such_tower_v9'"):
+        load_encoder(str(d), 64)
+    timm_dir = tmp_path / "exported"
+    timm_dir.mkdir()
+    (timm_dir / "config.json").write_text('{"architecture": "vit_tiny')
+    with pytest.raises(EncoderError):
+        load_encoder(f"timm:local-dir:{timm_dir}", 64)

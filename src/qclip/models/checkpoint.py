@@ -71,7 +71,12 @@ def save_model_dir(model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict
 
 
 def read_model_config(model_dir: str | Path) -> dict:
-    return json.loads((Path(model_dir) / MODEL_CONFIG).read_text(encoding="utf-8"))
+    """A model folder's open_clip_config.json; ValueError naming the file when it is cut short."""
+    f = Path(model_dir) / MODEL_CONFIG
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{f} is cut short or not JSON ({e}); re-export or re-train the model") from None
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

@@ -75,8 +75,21 @@ def _timm_name(spec: str) -> str | None:
 def resolve_model_cfg(spec: str, text_tower: str = "", image_size: int = 0) -> tuple[str, dict]:
     """(open_clip base name, full model config) for a spec; raises ModelError naming close matches."""
     if parse_spec(spec)[0] == "local-dir":
-        cfg = open_clip.get_model_config(spec)
-        return spec, cfg
+        folder = Path(parse_spec(spec)[1])
+        try:
+            cfg = json.loads((folder / MODEL_CONFIG).read_text(encoding="utf-8"))["model_cfg"]
+            if not isinstance(cfg, dict) or not isinstance(cfg.get("vision_cfg"), dict):
+                raise KeyError("vision_cfg")
+        except FileNotFoundError:
+            raise ModelError(f"model folder '{folder}' has no {MODEL_CONFIG}: not a qclip / open_clip model "
+                             f"folder") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"model folder '{folder}': {MODEL_CONFIG} is cut short or not an open_clip model "
+                             f"config ({type(e).__name__}: {e}); re-export or re-train the model") from None
+        timm_name = cfg["vision_cfg"].get("timm_model_name")
+        if timm_name:  # a timm tower the config names: known to this timm (else open_clip's RuntimeError)
+            check_timm_model(timm_name)
+        return spec, open_clip.get_model_config(spec)
     timm_name = _timm_name(spec)
     if timm_name is not None:
         check_timm_model(timm_name)
