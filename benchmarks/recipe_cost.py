@@ -74,8 +74,10 @@ def study_cost(cfg, pretrain_total: float, flops_per_second: float) -> None:
         t = dense_transfer(cfg, d)
         for enc in st.encoders:
             model = encoder_train(cfg, enc).pretrain.model
-            per = transfer_flops_per_sample(model, t.task, t.mode, t.image_size, t.levels, t.decoder_width,
-                                            t.num_classes or 150, t.depth_bins)
+            per = transfer_flops_per_sample(model, t.task, t.mode, t.image_size, t.level_indices or t.levels,
+                                            t.decoder_width, t.num_classes or 150, t.depth_bins,
+                                            aux=t.task == "segmentation" and t.mode == "finetune"
+                                            and t.aux_loss_weight > 0)
             runs = encoders_per_seed * len(t.data_fractions) * st.seeds
             cost = per * t.steps * t.batch_size * runs
             total += cost

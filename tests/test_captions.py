@@ -263,6 +263,7 @@ def test_caption_train_after_a_kill_between_vocabulary_and_config(world_dir, tmp
     load; the next run must write the config again and train (it failed with "No such file: open_clip_config.json")."""
     out = tmp_path / "captioner"
     (out / "model").mkdir(parents=True)
+    (out / ".qclip").write_text("written by qclip caption train")  # as the killed run left it: a folder qclip made
     (out / "model" / "vocab.json").write_text(json.dumps({"vocab": ["<pad>"], "context_length": 8}))  # half-written state
     args = ["caption", "train", "--data", str(world_dir / "curated"), "--out", str(out), "--quiet",
             "captioner.steps=2", "captioner.batch_size=8", "captioner.warmup_steps=1", "captioner.workers=0",

@@ -83,3 +83,7 @@ def commit_dir(staging: str | Path, final: str | Path) -> None:
     os.replace(staging, final)
     if old is not None:
         remove_tree(old)
+
+
+class OutputFolderError(ValueError):
+    """An output path that qclip will not replace: it holds something qclip did not write."""

@@ -59,12 +59,7 @@ def model_id(arg: str, pretrained: str = "") -> str:
 
 
 def _load(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
-    cfg = load_config(args.config, [*args.overrides, *extra])
-    if getattr(args, "_claim", False) and os.environ.get("RANK", "0") == "0":
-        from .provenance import claim_output_folder, hold_output_folder
-
-        hold_output_folder(claim_output_folder(args.out, args.command), args.command)
-    return cfg
+    return load_config(args.config, [*args.overrides, *extra])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -544,7 +539,7 @@ def _remember_parsers(parser: argparse.ArgumentParser) -> None:
 # config error import none of torch, open_clip or timm
 USER_ERRORS = (("qclip.config", "ConfigError"), ("qclip.data.importers", "IngestError"),
                ("qclip.data.skips", "TooManyBadSamples"), ("qclip.data.shards", "ShardIntegrityError"),
-               ("qclip.data.shards", "OutputFolderError"), ("qclip.data.dense", "DenseDataError"),
+               ("qclip.atomic", "OutputFolderError"), ("qclip.data.dense", "DenseDataError"),
                ("qclip.data.policy", "PolicyError"), ("qclip.models.factory", "ModelError"),
                ("qclip.train.shard_dataset", "TrainDataError"), ("qclip.models.checkpoint", "UnsafeCheckpoint"),
                ("qclip.captions.captioners", "CaptionerError"), ("qclip.transfer.encoders", "EncoderError"),
@@ -581,8 +576,7 @@ def check_out(args: argparse.Namespace) -> None:
     if args.command in CLAIMS_OUT or (args.command == "caption" and getattr(args, "action", "") == "train"):
         from .provenance import check_output_folder
 
-        check_output_folder(path)
-        args._claim = True  # made and marked by _load, once the config has loaded (a config error leaves nothing)
+        check_output_folder(path)  # refused before any work; the command claims it when it starts writing
 
 
 def main(argv: Sequence[str] | None = None) -> int:

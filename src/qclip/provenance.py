@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_json, atomic_write_text
+from .atomic import OutputFolderError, atomic_write_json, atomic_write_text
 from .config import dump_yaml
 
 _PACKAGES = ("qclip", "torch", "torchvision", "open_clip_torch", "timm", "webdataset", "numpy", "pillow")
@@ -104,8 +104,6 @@ def check_output_folder(out: str | Path) -> None:
     """The rule every command that writes a folder follows: qclip writes (and later replaces or deletes) only in a
     folder it made or marked. A new or empty folder is fine, and so is one of qclip's; any other folder with files
     in it is the user's, and is refused before any work, untouched."""
-    from .data.shards import OutputFolderError
-
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not written_by_qclip(out):
         mine = sorted(p.name for p in out.iterdir())[:4]
@@ -134,15 +132,15 @@ def hold_output_folder(out: str | Path, command: str) -> None:
     the lock goes with its process, so a killed or crashed run leaves no stale lock behind."""
     import fcntl
 
-    from .data.shards import OutputFolderError
-
     path = (Path(out) / ".qclip.lock").resolve()
     if path in _HELD:  # this process holds it already (a second command run from the same Python process)
         return
     f = open(path, "a+")
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        # a POSIX record lock, not flock: it belongs to this process alone, so forked loader workers that outlive
+        # a killed run for a moment do not keep the folder locked against its re-run
+        fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
@@ -154,3 +152,13 @@ def hold_output_folder(out: str | Path, command: str) -> None:
             f"{' '.join(sys.argv[1:])[:200]})")
     f.flush()
     _HELD[path] = f
+
+
+def take_output_folder(out: str | Path, command: str) -> Path:
+    """What a command does first with its output folder: claim it (refusing a user's) and hold its one-writer lock.
+    Under torchrun rank 0 alone claims and locks (the ranks write one run together)."""
+    if os.environ.get("RANK", "0") != "0":
+        return Path(out)
+    out = claim_output_folder(out, command)
+    hold_output_folder(out, command)
+    return out

@@ -259,14 +259,15 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
 
 def _run_study(cfg: Config, out: Path, fresh: bool, progress: bool, log: Callable[[str], None],
                given_folder: Path | None, t0: float) -> dict:
-    from .provenance import git_commit, write_run_info
+    from .provenance import git_commit, take_output_folder, write_run_info
 
     main = rank() == 0
     if world_size() > 1:
         log(f"      {world_size()} ranks: recaptioning, pretraining (CLIP and baselines) and fine-tuning on every "
             "rank; the world, captioner training, probes and the report on rank 0")
     git_commit()  # read now: results.json records the tree this run's code came from
-    out.mkdir(parents=True, exist_ok=True)
+    take_output_folder(out, "run")
+    out.mkdir(parents=True, exist_ok=True)  # every rank
     cache = StageCache(out, fresh)
     world_dir = out / "world"
     keys, quality = _data_stages(cfg, out, cache, progress, log, given_folder)

@@ -28,7 +28,7 @@ from ..models import create_clip
 from ..models.checkpoint import MODEL_CONFIG, MODEL_VOCAB, save_model_dir
 from ..models.vocab import WordTokenizer
 from ..optim import adamw, load_checkpoint, lr_lambda, optimizer_step, param_groups, save_checkpoint
-from ..provenance import write_run_info
+from ..provenance import take_output_folder, write_run_info
 from ..train.shard_dataset import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 from .regions import RegionHead, box_in_input, object_boxes
 
@@ -71,6 +71,7 @@ def region_targets(data: str | Path, keys: list[str], image_size: int) -> tuple[
 
 def train_captioner(cfg: Config, data: str | Path, out: str | Path, progress: bool = True) -> dict:
     c, out, t0 = cfg.captioner, Path(out), time.time()
+    take_output_folder(out, "caption train")
     torch.manual_seed(cfg.seed)
     policy = CaptionPolicy.parse("reference")
     model_dir = out / "model"

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_expander, valid_sample
 
-from ..atomic import atomic_file, atomic_write_json, commit_dir, remove_tree
+from ..atomic import OutputFolderError, atomic_file, atomic_write_json, commit_dir, remove_tree
 from .sample import SCHEMA_VERSION, Sample
 from .skips import SkipCounter
 
@@ -127,10 +127,6 @@ def shard_stats(path: str | Path) -> ShardInfo:
     path = Path(path)
     n = sum(1 for _ in iter_tar_members(path))
     return ShardInfo(path=f"shards/{path.name}", num_samples=n, sha256=file_sha256(path), bytes=path.stat().st_size)
-
-
-class OutputFolderError(ValueError):
-    """An output path that qclip will not replace: it holds something qclip did not write."""
 
 
 def ensure_replaceable(root: str | Path) -> None:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write_bytes, atomic_write_json, read_json_or_none, remove_tree
 from ..config import Config, ConfigError, without_neutral_world_keys
+from ..provenance import take_output_folder
 from .sample import Sample
 from .shards import MANIFEST, ShardReader, ShardWriter, is_dataset, write_shard_file
 from .world import ALL_SHAPES, SHAPES, STUFF_CLASSES, WorldSpec, make_sample, seg_classes
@@ -75,8 +76,7 @@ def build_world(cfg: Config, out: str | Path, progress: bool = True, splits: Seq
     unknown = set(splits) - set(SPLITS)
     if unknown:
         raise ValueError(f"build_world: unknown splits {sorted(unknown)}; the world's splits are {list(SPLITS)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = take_output_folder(out, "world")
     t0 = time.time()
     shard_size = cfg.world.shard_size
     writers: dict[str, ShardWriter] = {}

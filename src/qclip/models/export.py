@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write_json
+from ..provenance import take_output_folder
 from .checkpoint import MODEL_WEIGHTS, load_weights, read_model_config, save_weights
 
 
@@ -50,7 +51,7 @@ def export_image_tower(model_dir: str | Path, out: str | Path) -> Path:
     eps = model_args.pop("norm_layer_eps", None)
     pp = cfg.get("preprocess_cfg", {})
     size = cfg["model_cfg"]["vision_cfg"].get("image_size", 224)
-    out.mkdir(parents=True, exist_ok=True)
+    take_output_folder(out, "export")
     save_weights(sd, out / "model.safetensors")
     atomic_write_json(out / "config.json", {
         "architecture": arch,

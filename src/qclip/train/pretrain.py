@@ -43,7 +43,7 @@ from ..optim import (
     save_checkpoint,
     to_memory_format,
 )
-from ..provenance import write_run_info
+from ..provenance import take_output_folder, write_run_info
 from .losses import build_loss, contrastive_loss
 from .shard_dataset import ClipShardDataset, TrainDataError, make_loader, steps_per_epoch
 
@@ -180,13 +180,14 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     is_main = rank == 0
     if start_mode == "resume" and not has_run(out):
         raise ConfigError(f"--resume: {out} holds no pretraining checkpoint to resume (drop --resume to start it)")
+    key = run_key(cfg, data, world)  # resolves the model: an unknown one fails here, before any folder exists
+    take_output_folder(out, "pretrain")  # a user's folder is refused here, before --fresh removes anything
     if start_mode == "fresh":
         if is_main and start_fresh(out):
             print(f"pretrain: --fresh: removed the previous run's outputs from {out}")
         if world > 1:
             dist.barrier()
     # settled before anything is built: a finished run returns at once, a changed one fails at once
-    key = run_key(cfg, data, world)
     check_resume(out / "checkpoints", key)
     if (out / "summary.json").is_file() and (out / "model").is_dir() and (out / "checkpoints" / RUN_KEY).is_file():
         done = json.loads((out / "summary.json").read_text())

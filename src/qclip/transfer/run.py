@@ -53,7 +53,7 @@ from ..optim import (
     param_groups,
     save_checkpoint,
 )
-from ..provenance import write_run_info
+from ..provenance import take_output_folder, write_run_info
 from .dataset import (
     TransferDataset,
     collate,
@@ -383,6 +383,7 @@ def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Pa
     encoder = load_encoder(encoder_spec, t.image_size, t.level_indices or t.levels).to(device)
     init_state = copy.deepcopy(encoder.state_dict()) if t.mode == "finetune" else None
     info = encoder.info
+    take_output_folder(out, "transfer")  # after every input has opened: a bad one leaves no folder
     if main:
         write_run_info(out, cfg, "transfer", {"encoder": encoder_spec, "data": str(data), "layout": layout,
                                               "device": str(device), "splits": splits,
