@@ -265,6 +265,7 @@ def test_the_world_study_keeps_its_stage_keys_and_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(qclip.report.build, "build_report", lambda *a, **k: None)
     monkeypatch.setattr("qclip.data.world_shards.summary_line", lambda *a, **k: "")
     (tmp_path / "world_preview.png").write_bytes(b"")  # the world is not rendered
+    (tmp_path / ".qclip").write_text("written by qclip run")  # the study's own folder
     results = run_study(load_config(ROOT / "configs" / "headline.yaml"), tmp_path, progress=False, log=lambda _: None)
     assert records and {n: asked.get(n) for n in records} == {n: r["key"] for n, r in records.items()}
     committed = json.loads((ROOT / "benchmarks" / "headline" / "results.json").read_text())["rows"]

@@ -88,3 +88,11 @@ def test_a_model_folder_with_a_cut_short_or_unknown_config_is_a_model_error(tmp_
     (timm_dir / "config.json").write_text('{"architecture": "vit_tiny')
     with pytest.raises(EncoderError):
         load_encoder(f"timm:local-dir:{timm_dir}", 64)
+
+
+def test_export_of_a_model_folder_without_weights_is_one_line(tmp_path, capsys):
+    from qclip.cli import main
+
+    d = _config_only_folder(tmp_path)
+    assert main(["export", "--model", str(d), "--out", str(tmp_path / "exported")]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -31,14 +31,21 @@ CONFIG_SECTIONS = {
 }
 
 
+# an override each section's commands would take, for their --help
+OVERRIDE_EXAMPLES = {"world": "world.n_pool=2000", "ingest": "ingest.max_bad_fraction=0.1",
+                     "captioner": "captioner.steps=500", "pretrain": "pretrain.batch_size=64",
+                     "transfer": "transfer.steps=1000", "study": "study.seeds=3"}
+
+
 def _add_config_args(p: argparse.ArgumentParser, sections: Sequence[str] = ()) -> None:
     from .config import config_keys_help
 
     p.add_argument("--config", default=None, help="YAML config file (see configs/); without it, the built-in "
                    "defaults listed below (configs/demo.yaml sets the demo's own)" if sections else
                    "YAML config file (see configs/); built-in defaults if omitted")
+    example = " ".join(OVERRIDE_EXAMPLES[s] for s in sections[:2]) if sections else "pretrain.batch_size=64"
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="dotted config overrides, e.g. pretrain.batch_size=64 world.n_pool=2000")
+                   help=f"dotted config overrides, e.g. {example}")
     if sections:
         keys = "config keys (KEY=VALUE or in --config; built-in defaults):\n" + config_keys_help(sections)
         p.epilog = f"{p.epilog}\n\n{keys}" if p.epilog else keys

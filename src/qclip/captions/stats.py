@@ -80,7 +80,8 @@ def plot_stats(stats: dict, path: str | Path) -> None:
     ax[2].set(title="vocabulary (distinct words)", xticks=range(len(kinds)))
     ax[2].set_xticklabels(kinds, rotation=20, ha="right")
     for a in ax[:2]:
-        a.legend(fontsize=8)
+        if a.get_legend_handles_labels()[0]:  # no scores yet: nothing to label (matplotlib warns on an empty legend)
+            a.legend(fontsize=8)
     fig.tight_layout()
     with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)

@@ -284,6 +284,9 @@ def img2dataset_candidates(shards: Iterable[str | Path], skips_out: list[SkipCou
                         meta = json.loads(m["json"].decode("utf-8"))
                     except (UnicodeDecodeError, json.JSONDecodeError):
                         meta = {}
+                    if not isinstance(meta, dict):  # another tool's KEY.json (a list, a number): not metadata
+                        tar_skips.skip("KEY.json not an object (metadata ignored)", where)
+                        meta = {}
                 cap = m["txt"] if "txt" in m else meta.get("caption")
                 extra = {k: meta[k] for k in ("url", "key", "width", "height") if k in meta}
                 yield Candidate(where, (lambda b=img: b), [cap],

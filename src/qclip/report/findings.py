@@ -213,11 +213,17 @@ def data_efficiency(rows: list[dict]) -> list[dict]:
             if len(syn) < 2 or not raw:
                 continue
             top, target = raw[-1]
-            f_match, bound = _matched_fraction(sorted((f, v["mean"]) for f, v in syn.items()), target["mean"], sign)
-            interval = _efficiency_interval({f: v["by_seed"] for f, v in syn.items()}, target["by_seed"], top, sign)
+            curve = sorted((f, v["mean"]) for f, v in syn.items())
+            # a curve that does not improve with more labels (a run too short to learn) has no data efficiency
+            # to read: "matched at the smallest fraction" would turn a flat or falling curve into "at least 20x"
+            improves = sign * (curve[-1][1] - curve[0][1]) > 0
+            f_match, bound = _matched_fraction(curve, target["mean"], sign) if improves else (None, False)
+            interval = (_efficiency_interval({f: v["by_seed"] for f, v in syn.items()}, target["by_seed"], top, sign)
+                        if improves else None)
             out.append({"encoder": enc, "task": task, "metric": metric, "fractions": sorted(syn),
                         "raw_at": top, "matched_at_fraction": f_match, "lower_bound": bound,
-                        "ratio": top / f_match if f_match else None, "interval": interval})
+                        "ratio": top / f_match if f_match else None, "interval": interval,
+                        **({} if improves else {"no_label_trend": [curve[0], curve[-1]]})})
     return out
 
 
@@ -329,6 +335,11 @@ def finding_lines(f: dict) -> list[str]:
             lines.append(f"{e['encoder']} {e['task']}: data efficiency {how}{e['ratio']:.1f}x (clip-synthetic {where}, "
                          f"read from the curve over fractions {', '.join(f'{x:g}' for x in e['fractions'])}"
                          f"{_interval_text(e.get('interval'))}; paper ~10x)")
+        elif e.get("no_label_trend"):
+            (f0, v0), (f1, v1) = e["no_label_trend"]
+            lines.append(f"{e['encoder']} {e['task']}: data efficiency not read: clip-synthetic's {e['metric']} does not "
+                         f"improve with more labels ({v0:.4g} at {f0:g}, {v1:.4g} at {f1:g}), so there is no curve to "
+                         f"read it from (a longer transfer schedule gives one)")
         else:
             lines.append(f"{e['encoder']} {e['task']}: data efficiency not reached (clip-synthetic stays below "
                          f"clip-raw at {e['raw_at']:g} at every measured fraction{_interval_text(e.get('interval'))})")

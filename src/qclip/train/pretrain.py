@@ -81,6 +81,18 @@ def clip_param_groups(model: torch.nn.Module, tc: PretrainConfig) -> list[dict]:
     return out
 
 
+def synthetic_caption_ids(data: str | Path, max_samples: int = 200) -> list[str]:
+    """The captioner ids a dataset's synthetic captions are stored under (read from its first samples)."""
+    from ..data.shards import ShardReader
+
+    ids: set[str] = set()
+    for i, s in enumerate(ShardReader(data)):
+        ids.update(k for k, v in (s.captions.get("synthetic") or {}).items() if v)
+        if i + 1 >= max_samples:
+            break
+    return sorted(ids)
+
+
 def check_resume(ckpt_dir: Path, key: dict) -> None:
     """Refuse to resume a run folder started with other settings, naming the keys that differ."""
     f = ckpt_dir / RUN_KEY
@@ -223,6 +235,11 @@ def pretrain(cfg: Config, data: str | Path, out: str | Path, progress: bool = Tr
     spe = steps_per_epoch(len(ds), tc.batch_size * world, 1) if sliced else steps_per_epoch(len(ds), tc.batch_size,
                                                                                              world)
     if spe == 0:
+        held = synthetic_caption_ids(data) if ds.skips.counts.get("no synthetic caption") else []
+        if held and policy.captioner and policy.captioner not in held:
+            raise TrainDataError(f"{data} holds no synthetic captions with id '{policy.captioner}' "
+                                 f"(pretrain.caption_policy={tc.caption_policy}); its ids: {', '.join(held)} "
+                                 f"(e.g. pretrain.caption_policy=synthetic:{held[0]})")
         raise TrainDataError(
             f"{data}: {len(ds)} usable samples on rank {rank} (policy '{tc.caption_policy}'; "
             f"dropped: {ds.skips.summary('kept', len(ds), len(ds) + ds.skips.total)}), fewer than one batch of "
