@@ -120,3 +120,40 @@ def test_an_output_disk_that_cannot_be_written_is_one_line(tmp_path, monkeypatch
                  "world.n_dev=8", "world.n_val=8", "--quiet"]) == 2
     err_text = capsys.readouterr().err
     assert err_text.count("\n") == 1 and "error: cannot write" in err_text and str(tmp_path / "out") in err_text
+
+
+def test_a_full_disk_while_writing_a_shard_leaves_no_late_error_and_no_lock(tmp_path, monkeypatch):
+    """ENOSPC in the middle of a shard: one error, no "Exception ignored in _Stream.__del__ ... write to closed
+    file" printed later, and `qclip world` leaves no `.SPLIT.lock` beside its splits."""
+    import gc
+    import sys
+
+    from qclip.data import world_shards
+    from qclip.data.sample import Sample
+    from qclip.data.shards import write_shard_file
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    real = Sample.to_members
+    calls = []
+
+    def full(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Sample, "to_members", full)
+    from test_shards import make
+
+    with pytest.raises(OSError):
+        write_shard_file(tmp_path / "s.tar", [make(i) for i in range(3)])
+    gc.collect()
+    assert not unraisable and not list(tmp_path.iterdir())
+    calls.clear()
+    from conftest import tiny_config
+
+    with pytest.raises(OSError):
+        world_shards.build_world(tiny_config(**{"workers": 1}), tmp_path / "w", progress=False)
+    gc.collect()
+    assert not unraisable and [p.name for p in (tmp_path / "w").glob(".*.lock")] == [".qclip.lock"]  # its own

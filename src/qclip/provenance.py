@@ -151,7 +151,18 @@ def hold_output_folder(out: str | Path, command: str) -> None:
     f.write(f"qclip {command} (host {platform.node()}, pid {os.getpid()}, since {time.strftime('%H:%M:%S')}: "
             f"{' '.join(sys.argv[1:])[:200]})")
     f.flush()
+    if not _HELD:  # a clean exit removes the lock files (a killed process leaves one that holds no lock)
+        import atexit
+
+        atexit.register(_release_all)
     _HELD[path] = f
+
+
+def _release_all() -> None:
+    for path, f in list(_HELD.items()):
+        path.unlink(missing_ok=True)
+        f.close()
+    _HELD.clear()
 
 
 def take_output_folder(out: str | Path, command: str) -> Path:

@@ -58,10 +58,19 @@ def write_shard_file(path: str | Path, samples: Iterable[Sample]) -> int:
     n = 0
     with atomic_file(path, "wb") as f:
         tw = wds.TarWriter(f, encoder=False, mtime=_FIXED_MTIME)
-        for s in samples:
-            tw.write(s.to_members())
-            n += 1
-        tw.tarstream.close()  # closes the tar (end blocks) without closing our temp file
+        try:
+            for s in samples:
+                tw.write(s.to_members())
+                n += 1
+            tw.tarstream.close()  # closes the tar (end blocks) without closing our temp file
+        except BaseException:
+            # the half tar goes with its temp file: mark its stream closed, so that tarfile's _Stream.__del__
+            # does not write into the closed file later ("Exception ignored ... write to closed file")
+            stream = getattr(tw.tarstream, "fileobj", None)
+            if stream is not None and hasattr(stream, "closed"):
+                stream.closed = True
+            tw.tarstream.closed = True
+            raise
     return n
 
 

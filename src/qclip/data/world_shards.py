@@ -106,24 +106,30 @@ def build_world(cfg: Config, out: str | Path, progress: bool = True, splits: Seq
     todo = sum(t[3] for t in tasks)
     bar = tqdm(total=todo, desc="world", unit="img", disable=not progress or todo == 0)
     workers = min(cfg.world.workers, max(1, len(tasks)))
-    if workers > 1:
-        # spawn, not fork: the caller may already hold torch thread pools, which fork does not survive
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for _, count in pool.imap_unordered(_shard_task, tasks):
-                bar.update(count)
-    else:
-        for task in tasks:
-            bar.update(_shard_task(task)[1])
-    bar.close()
+    try:
+        if workers > 1:
+            # spawn, not fork: the caller may already hold torch thread pools, which fork does not survive
+            with mp.get_context("spawn").Pool(workers) as pool:
+                for _, count in pool.imap_unordered(_shard_task, tasks):
+                    bar.update(count)
+        else:
+            for task in tasks:
+                bar.update(_shard_task(task)[1])
+        bar.close()
 
-    for split, writer in writers.items():
-        spec, n = plan[split]
-        (writer.staging / _FINGERPRINT).unlink(missing_ok=True)
-        writer.close({
-            "name": split, "source": "qclip world", "world": _fingerprint(spec, n, shard_size),
-            "seg_classes": list(seg_classes(spec.shapes)), "stuff_classes": list(STUFF_CLASSES), "hflip_safe": False,
-            "fields": ["image", "json", "txt"] + (["seg.png", "depth.npy"] if spec.with_dense else []),
-        })
+        for split, writer in writers.items():
+            spec, n = plan[split]
+            (writer.staging / _FINGERPRINT).unlink(missing_ok=True)
+            writer.close({
+                "name": split, "source": "qclip world", "world": _fingerprint(spec, n, shard_size),
+                "seg_classes": list(seg_classes(spec.shapes)), "stuff_classes": list(STUFF_CLASSES),
+                "hflip_safe": False,
+                "fields": ["image", "json", "txt"] + (["seg.png", "depth.npy"] if spec.with_dense else []),
+            })
+    finally:  # a failure (a full disk, Ctrl-C): finished shards stay for the re-run, the writers' locks go
+        for writer in writers.values():
+            if not writer.closed:
+                writer.release()
     seconds = time.time() - t0
     return {"out": str(out), "splits": counts, "generated": todo, "reused": reused, "seconds": round(seconds, 2)}
 
