@@ -13,6 +13,21 @@ from qclip.data.shards import ShardReader
 from qclip.data.skips import TooManyBadSamples
 
 
+def write_tar(path, members: list[tuple[str, bytes]]) -> None:
+    """A tar of (name, bytes) members, as img2dataset writes its shards."""
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     d = tmp_path / "imgs"
@@ -117,25 +132,13 @@ def test_coco_keeps_all_captions(tmp_path, image_folder):
 
 
 def test_img2dataset_shards_with_unsafe_member(tmp_path):
-    import io
-    import tarfile
-
     shard_dir = tmp_path / "i2d"
-    shard_dir.mkdir()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        def add(name, data):
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-        for i in range(6):
-            add(f"{i:09d}.jpg", jpg_bytes(seed=i))
-            add(f"{i:09d}.txt", f"caption {i}".encode())
-            add(f"{i:09d}.json", json.dumps({"url": f"http://x/{i}.jpg", "caption": f"caption {i}"}).encode())
-        add("../evil.jpg", jpg_bytes())
-        add("../evil.txt", b"escape")
-        add("000000099.txt", b"no image")
-    (shard_dir / "00000.tar").write_bytes(buf.getvalue())
+    members = []
+    for i in range(6):
+        members += [(f"{i:09d}.jpg", jpg_bytes(seed=i)), (f"{i:09d}.txt", f"caption {i}".encode()),
+                    (f"{i:09d}.json", json.dumps({"url": f"http://x/{i}.jpg", "caption": f"caption {i}"}).encode())]
+    members += [("../evil.jpg", jpg_bytes()), ("../evil.txt", b"escape"), ("000000099.txt", b"no image")]
+    write_tar(shard_dir / "00000.tar", members)
     out = tmp_path / "ds"
     rc = main(["ingest", "img2dataset", "--shards", str(shard_dir), "--out", str(out), "--quiet",
                "ingest.max_bad_fraction=0.5"])
@@ -246,26 +249,32 @@ def test_img2dataset_sample_with_a_duplicate_member_costs_that_sample_only(tmp_p
     """A second `KEY.txt` in one sample (a re-run downloader appends): that sample is skipped and counted, every
     other sample of the shard is ingested, and the counts are of the input (was: the rest of the tar dropped,
     "ingested 63 of 64; skipped: 1 unreadable shard" for 100 samples)."""
-    import io
-    import tarfile
-
     shard_dir = tmp_path / "i2d"
-    shard_dir.mkdir()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        def add(name, data):
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-        for i in range(20):
-            add(f"{i:05d}.jpg", jpg_bytes(seed=i))
-            add(f"{i:05d}.txt", f"caption {i}".encode())
-            if i == 7:
-                add(f"{i:05d}.txt", b"appended again")
-    (shard_dir / "00000.tar").write_bytes(buf.getvalue())
+    members = []
+    for i in range(20):
+        members += [(f"{i:05d}.jpg", jpg_bytes(seed=i)), (f"{i:05d}.txt", f"caption {i}".encode())]
+        if i == 7:
+            members.append((f"{i:05d}.txt", b"appended again"))
+    write_tar(shard_dir / "00000.tar", members)
     out = tmp_path / "ds"
     assert main(["ingest", "img2dataset", "--shards", str(shard_dir), "--out", str(out), "--quiet",
                  "ingest.max_bad_fraction=0.1"]) == 0
     r = ShardReader(out)
     assert len(r) == 19 and r.manifest["skipped"] == {"duplicate member": 1}
     assert "ingested 19 of 20" in capsys.readouterr().out
+
+
+def test_img2dataset_key_json_that_is_not_an_object_is_counted_and_ignored(tmp_path):
+    """Another tool's KEY.json (a JSON list): the sample is ingested with its KEY.txt caption, the JSON read as no
+    metadata (was AttributeError: 'list' object has no attribute 'get')."""
+    shard_dir = tmp_path / "i2d"
+    members = []
+    for i in range(4):
+        members += [(f"{i:05d}.jpg", jpg_bytes(seed=i)), (f"{i:05d}.txt", f"caption {i}".encode()),
+                    (f"{i:05d}.json", b"[1, 2]" if i == 2 else json.dumps({"url": f"u{i}"}).encode())]
+    write_tar(shard_dir / "00000.tar", members)
+    out = tmp_path / "ds"
+    assert main(["ingest", "img2dataset", "--shards", str(shard_dir), "--out", str(out), "--quiet"]) == 0
+    r = ShardReader(out)
+    assert len(r) == 4 and [s.captions["raw"] for s in r][2] == ["caption 2"]
+    assert not r.manifest.get("skipped")

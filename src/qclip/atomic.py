@@ -87,3 +87,25 @@ def commit_dir(staging: str | Path, final: str | Path) -> None:
 
 class OutputFolderError(ValueError):
     """An output path that qclip will not replace: it holds something qclip did not write."""
+
+
+def exclusive_lock(path: str | Path, holder: str, busy: str):
+    """An exclusive POSIX record lock on `path` for as long as the returned file stays open, with `holder` written
+    in it; if another process holds it, OutputFolderError(`busy` with {holder} filled in). A record lock, not
+    flock: it belongs to this process alone, so forked workers that outlive a killed run for a moment do not keep
+    it, and it goes with the process, so a killed run leaves nothing stale."""
+    import fcntl
+
+    f = open(path, "a+")
+    try:
+        fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        other = f.read().strip() or "another process"
+        f.close()
+        raise OutputFolderError(busy.format(holder=other)) from None
+    f.seek(0)
+    f.truncate()
+    f.write(holder)
+    f.flush()
+    return f

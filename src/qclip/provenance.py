@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import OutputFolderError, atomic_write_json, atomic_write_text
+from .atomic import OutputFolderError, atomic_write_json, atomic_write_text, exclusive_lock
 from .config import dump_yaml
 
 _PACKAGES = ("qclip", "torch", "torchvision", "open_clip_torch", "timm", "webdataset", "numpy", "pillow")
@@ -130,27 +130,13 @@ def hold_output_folder(out: str | Path, command: str) -> None:
     """One writer per output folder: an exclusive lock on OUT/.qclip.lock for this process's lifetime, naming the
     holder (host, pid, command, start). A second qclip command on the same folder fails at once, naming the first;
     the lock goes with its process, so a killed or crashed run leaves no stale lock behind."""
-    import fcntl
-
     path = (Path(out) / ".qclip.lock").resolve()
     if path in _HELD:  # this process holds it already (a second command run from the same Python process)
         return
-    f = open(path, "a+")
-    try:
-        # a POSIX record lock, not flock: it belongs to this process alone, so forked loader workers that outlive
-        # a killed run for a moment do not keep the folder locked against its re-run
-        fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise OutputFolderError(f"'{out}' is being written by {holder}; wait for it to finish or choose another "
-                                f"--out (two writers would mix their runs in one folder)") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"qclip {command} (host {platform.node()}, pid {os.getpid()}, since {time.strftime('%H:%M:%S')}: "
-            f"{' '.join(sys.argv[1:])[:200]})")
-    f.flush()
+    f = exclusive_lock(path, f"qclip {command} (host {platform.node()}, pid {os.getpid()}, since "
+                             f"{time.strftime('%H:%M:%S')}: {' '.join(sys.argv[1:])[:200]})",
+                       f"'{out}' is being written by {{holder}}; wait for it to finish or choose another --out (two "
+                       f"writers would mix their runs in one folder)")
     if not _HELD:  # a clean exit removes the lock files (a killed process leaves one that holds no lock)
         import atexit
 

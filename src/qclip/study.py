@@ -56,14 +56,14 @@ def read_record(path: Path) -> dict | None:
 
 
 def output_files(out_dir: Path | None, root: Path) -> dict[str, int] | None:
-    """Every file a stage left in its folder (path relative to the study folder -> size), checkpoints aside:
-    what a reuse of the stage checks is still there."""
+    """Every file a stage left in its folder (path relative to the study folder -> size), checkpoints and qclip's
+    marker and lock aside (the lock file goes at the writer's exit): what a reuse of the stage checks is there."""
     if out_dir is None or not Path(out_dir).is_dir():
         return None
     root = root.resolve()
     out = {}
     for f in sorted(Path(out_dir).rglob("*")):
-        if f.is_file() and "checkpoints" not in f.relative_to(out_dir).parts:
+        if f.is_file() and "checkpoints" not in f.relative_to(out_dir).parts and not f.name.startswith(".qclip"):
             try:
                 out[f.resolve().relative_to(root).as_posix()] = f.stat().st_size
             except ValueError:  # a folder outside the study (a given dataset): not the stage's to check

@@ -284,8 +284,7 @@ def img2dataset_candidates(shards: Iterable[str | Path], skips_out: list[SkipCou
                         meta = json.loads(m["json"].decode("utf-8"))
                     except (UnicodeDecodeError, json.JSONDecodeError):
                         meta = {}
-                    if not isinstance(meta, dict):  # another tool's KEY.json (a list, a number): not metadata
-                        tar_skips.skip("KEY.json not an object (metadata ignored)", where)
+                    if not isinstance(meta, dict):  # another tool's KEY.json (a list, a number): no metadata
                         meta = {}
                 cap = m["txt"] if "txt" in m else meta.get("caption")
                 extra = {k: meta[k] for k in ("url", "key", "width", "height") if k in meta}

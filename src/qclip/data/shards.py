@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_expander, valid_sample
 
-from ..atomic import OutputFolderError, atomic_file, atomic_write_json, commit_dir, remove_tree
+from ..atomic import OutputFolderError, atomic_file, exclusive_lock, atomic_write_json, commit_dir, remove_tree
 from .sample import SCHEMA_VERSION, Sample
 from .skips import SkipCounter
 
@@ -153,23 +153,11 @@ def ensure_replaceable(root: str | Path) -> None:
 
 def _lock_output(root: Path):
     """An exclusive lock on `.NAME.lock` beside the output, held while a writer is open: a second qclip process
-    writing the same output fails at once instead of mixing its samples into the first one's (the lock goes
-    with the process, so a killed run leaves nothing to clean up)."""
+    writing the same output fails at once instead of mixing its samples into the first one's."""
     root.parent.mkdir(parents=True, exist_ok=True)
-    f = open(root.with_name(f".{root.name}.lock"), "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "?"
-        f.close()
-        raise OutputFolderError(f"another qclip process (pid {holder}) is writing '{root}'; wait for it to finish "
-                                f"or choose another --out") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
+    return exclusive_lock(root.with_name(f".{root.name}.lock"), str(os.getpid()),
+                          f"another qclip process (pid {{holder}}) is writing '{root}'; wait for it to finish or "
+                          f"choose another --out")
 
 
 class ShardWriter:
