@@ -96,6 +96,9 @@ def exclusive_lock(path: str | Path, holder: str, busy: str):
     it, and it goes with the process, so a killed run leaves nothing stale."""
     import fcntl
 
+    key = str(Path(path).resolve())
+    if key in _LOCKED:  # record locks do not conflict within one process: a second writer here is refused too
+        raise OutputFolderError(busy.format(holder=_LOCKED[key]))
     f = open(path, "a+")
     try:
         fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,4 +111,15 @@ def exclusive_lock(path: str | Path, holder: str, busy: str):
     f.truncate()
     f.write(holder)
     f.flush()
+    _LOCKED[key] = holder
     return f
+
+
+_LOCKED: dict[str, str] = {}  # lock files this process holds -> their holder text
+
+
+def release_lock(f) -> None:
+    """Give up a lock `exclusive_lock` returned: its file removed and closed."""
+    _LOCKED.pop(str(Path(f.name).resolve()), None)
+    Path(f.name).unlink(missing_ok=True)
+    f.close()

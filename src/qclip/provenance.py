@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import OutputFolderError, atomic_write_json, atomic_write_text, exclusive_lock
+from .atomic import OutputFolderError, atomic_write_json, atomic_write_text, exclusive_lock, release_lock
 from .config import dump_yaml
 
 _PACKAGES = ("qclip", "torch", "torchvision", "open_clip_torch", "timm", "webdataset", "numpy", "pillow")
@@ -145,9 +145,8 @@ def hold_output_folder(out: str | Path, command: str) -> None:
 
 
 def _release_all() -> None:
-    for path, f in list(_HELD.items()):
-        path.unlink(missing_ok=True)
-        f.close()
+    for f in list(_HELD.values()):
+        release_lock(f)
     _HELD.clear()
 
 

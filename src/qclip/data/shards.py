@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_expander, valid_sample
 
-from ..atomic import OutputFolderError, atomic_file, exclusive_lock, atomic_write_json, commit_dir, remove_tree
+from ..atomic import OutputFolderError, atomic_file, exclusive_lock, release_lock, atomic_write_json, commit_dir, remove_tree
 from .sample import SCHEMA_VERSION, Sample
 from .skips import SkipCounter
 
@@ -248,8 +248,7 @@ class ShardWriter:
 
     def _unlock(self) -> None:
         if not self._lock.closed:
-            Path(self._lock.name).unlink(missing_ok=True)
-            self._lock.close()
+            release_lock(self._lock)
 
     def __enter__(self) -> "ShardWriter":
         return self
