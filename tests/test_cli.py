@@ -144,8 +144,8 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     assert "data:image/png;base64," in html and "clip-synthetic beats clip-raw" in html and "<img src=\"http" not in html
     assert "Object-class mIoU" in html and "IoU per class" in html and "Zero-shot classification" in html
     assert "chance_R@1" in html and "chance_top1" in html  # retrieval and zero-shot beside their chance levels
-    assert "One seed: none of the" in html  # one seed tests nothing, and says so
-    assert "objects named" in html  # caption examples carry their scores
+    assert "none tested, a paired test needs at least two seeds" in html  # one seed tests nothing, and says so
+    assert "caption_examples.png" in (out / "report.md").read_text()  # the examples with their scores, once
     assert "qclip-mci-tiny 3 steps x batch 8" in html  # the budget actually configured per encoder
     # the did-it-learn table names each pretraining by seed, as the re-render does (one row per seed, none dropped)
     assert "| seed0/qclip-mci-tiny-clip-raw | clip |" in report_md
@@ -175,7 +175,7 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     for f in ("results.json", "caption_examples.json", *(p.name for p in out.glob("*.png"))):
         shutil.copy(out / f, kept / f)
     assert main(["report", str(kept)]) == 0
-    assert "objects named" in (kept / "report.html").read_text()  # the caption examples survive the re-render
+    assert "caption_examples.png" in (kept / "report.md").read_text()  # the caption examples survive the re-render
     # so do the figures drawn from run folders (training and probe curves, qualitative grids)
     figures = {p.name for p in out.glob("*.png") if p.name in (out / "report.md").read_text()}
     assert {"training_curves.png", "probe_curves.png", "qualitative_segmentation.png"} <= figures

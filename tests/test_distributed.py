@@ -25,6 +25,13 @@ def _batch(bundle):
     return images, texts
 
 
+def failed(p: subprocess.CompletedProcess) -> str:
+    """A torchrun job's output where it failed: the first rank's error sits near the start of stderr, torchrun's
+    summary at the end."""
+    err = p.stderr if len(p.stderr) < 8000 else p.stderr[:4000] + "\n[...]\n" + p.stderr[-4000:]
+    return p.stdout[-2000:] + err
+
+
 def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -76,7 +83,7 @@ def test_torchrun_two_ranks_read_disjoint_shards(world_dir, tmp_path):
            "pretrain.warmup_steps=1", "pretrain.threads=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert res.returncode == 0, failed(res)
     run = json.loads((out / "run.json").read_text())
     r0, r1 = run["shards_by_rank"]
     assert run["world_size"] == 2 and r0 and r1 and not set(r0) & set(r1)
@@ -104,11 +111,11 @@ def test_the_study_under_torchrun_equals_one_process_with_the_same_global_batch(
     base = ["-m", "qclip", "run", "--config", "configs/demo.yaml", "--quiet", *TORCHRUN_STUDY]
     one = subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one"), "pretrain.batch_size=8"],
                          capture_output=True, text=True, timeout=600, env=env)
-    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
+    assert one.returncode == 0, failed(one)
     two_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
                *base, "--out", str(tmp_path / "two"), "pretrain.batch_size=4"]
     two = subprocess.run(two_cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    assert two.returncode == 0, failed(two)
     a = json.loads((tmp_path / "one" / "results.json").read_text())["rows"]
     b = json.loads((tmp_path / "two" / "results.json").read_text())["rows"]
 
@@ -124,7 +131,7 @@ def test_the_study_under_torchrun_equals_one_process_with_the_same_global_batch(
     assert run["world_size"] == 2
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
     again = subprocess.run(two_cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, failed(again)
     assert json.loads((tmp_path / "two" / "run.json").read_text())["stages_run"] == []
 
 
@@ -156,7 +163,7 @@ def test_ddp_finetune_on_two_ranks_equals_one_process_and_resumes_when_killed(wo
             "transfer.eval_batch_size=4", "transfer.checkpoint_every=2", "transfer.device=cpu"]
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
                          timeout=300, env=env)
-    assert one.returncode == 0, one.stderr[-3000:]
+    assert one.returncode == 0, failed(one)
 
     def two_ranks(port: int) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
@@ -179,7 +186,7 @@ def test_ddp_finetune_on_two_ranks_equals_one_process_and_resumes_when_killed(wo
     killed.wait(timeout=60)
     assert 2 <= checkpointed_step() < steps, "the run finished (or never checkpointed) before the kill"
     two = subprocess.run(two_ranks(29538), capture_output=True, text=True, timeout=300, env=env)
-    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    assert two.returncode == 0, failed(two)
     assert two.stdout.count("transfer random:qclip-mci-tiny -> depth (finetune)") == 1  # rank 0 speaks
     a, b = (json.loads((tmp_path / d / "depth-finetune-f1" / "metrics.json").read_text()) for d in ("one", "two"))
     assert len(a["train_loss"]) == len(b["train_loss"]) == steps

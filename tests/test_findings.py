@@ -106,7 +106,7 @@ def test_more_labels_are_checked():
     rows = (_rows("clip-raw", "segmentation", [0.40, 0.41, 0.39], 1.0) + _rows("clip-raw", "segmentation", [0.45, 0.46, 0.44], 0.1))
     c = checks(rows)
     assert len(c) == 1 and c[0]["kind"] == "labels" and c[0]["holds"] is False
-    assert "at 1 of the labels at least as good as at 0.1" in c[0]["name"]
+    assert "at 100% of the labels at least as good as at 10%" in c[0]["name"]
 
 
 def test_data_efficiency_is_interpolated_from_the_curve():
@@ -124,7 +124,7 @@ def test_data_efficiency_is_interpolated_from_the_curve():
     (e2,) = data_efficiency(rows2)
     assert e2["lower_bound"] and e2["ratio"] == pytest.approx(10.0)
     line = " ".join(finding_lines(findings(rows2)))
-    assert "at least 10.0x" in line and "already matches clip-raw at 1 at the smallest measured fraction, 0.1" in line
+    assert "at least 10.0x" in line and "already matches clip-raw at 100% of the labels at the smallest measured fraction, 10%" in line
     assert "at at least" not in line
 
 
@@ -181,7 +181,7 @@ def test_report_notes_are_written_from_the_runs_config():
     spark = notes({**results, "config": {**results["config"], "pretrain": {"mim_hierarchical": "spark"}}})
     assert "MAE for ViTs, SparK for hierarchical towers" in spark and "SimMIM" not in spark
     assert "clip-synthetic" not in text and "boxes" not in text  # only the methods this run has
-    assert "probe head per labelled fraction (0.1, 1;" in text and "for 7 steps" in text and "'s dev split" in text
+    assert "probe head per labelled fraction (10%, 100%;" in text and "for 7 steps" in text and "'s dev split" in text
 
 
 def test_report_lists_the_weight_decay_each_probe_grid_kept():
@@ -194,7 +194,7 @@ def test_report_lists_the_weight_decay_each_probe_grid_kept():
     rows = [row("clip-raw", 1.0, 1, 1.0), row("clip-raw", 1.0, 0, 10.0), row("clip-raw", 0.1, 0, 0.01),
             row("random", 1.0, 0, 0.01)]
     t = probe_selection_table(rows)
-    assert t[0] == ["encoder", "task", "method", "0.1", "1"]
+    assert t[0] == ["encoder", "task", "method", "@10%", "@100%"]
     assert t[1] == ["e", "depth", "clip-raw", "0.01", "10 / 1"]  # seeds in order
     assert t[2] == ["e", "depth", "random", "-", "0.01"]
     assert probe_selection_table([{**r, "probe": {}} for r in rows]) == []  # single-head runs: no table
@@ -231,9 +231,9 @@ def test_report_says_which_contrastive_pretrainings_left_chance(tmp_path):
     assert sig[1] == "siglip" and float(sig[3]) == pytest.approx(math.log(64) + 1, abs=0.01) and sig[5] == "left chance"
     rows = [{"encoder": "e", "method": "clip-raw", "task": "segmentation", "data_fraction": 1.0, "seed": 0,
              "metrics": {"mIoU": 0.5}}]
-    md, _ = write_report(tmp_path, {"rows": rows}, {}, [], None, dirs)
-    assert "## Did the contrastive pretraining leave chance?" in md.read_text()
-    assert "Did the contrastive" not in write_report(tmp_path, {"rows": rows}, {}, [])[0].read_text()
+    md, _ = write_report(tmp_path, {"rows": rows}, {}, pretrain_dirs=dirs)
+    assert "<summary>Did the contrastive pretraining leave chance?</summary>" in md.read_text()
+    assert "Did the contrastive" not in write_report(tmp_path, {"rows": rows}, {})[0].read_text()
 
 
 def test_report_says_which_seeds_learned_shapes(tmp_path):
@@ -251,8 +251,8 @@ def test_report_says_which_seeds_learned_shapes(tmp_path):
     assert t[2] == ["e", "mim", "0.95", "1 of 1 (seed 0)"]
     assert len(t) == 3
     assert shape_learning_table([r for r in rows if r["method"] != "random"]) == []
-    md, _ = write_report(tmp_path, {"rows": rows}, {}, [])
-    assert "## Did the pretraining learn shapes?" in md.read_text()
+    md, _ = write_report(tmp_path, {"rows": rows}, {})
+    assert "<summary>Did the pretraining learn shapes?</summary>" in md.read_text()
 
 
 def test_report_counts_the_probes_that_converged(tmp_path):
@@ -266,8 +266,8 @@ def test_report_counts_the_probes_that_converged(tmp_path):
             row("random", 1.0, 0, 1.0),
             {"encoder": "e", "method": "clip-raw", "task": "retrieval", "data_fraction": 1.0, "metrics": {}}]
     t = probe_convergence_table(rows)
-    assert t[1] == ["e", "segmentation", "clip-raw", "2 of 3", "7.5% (fraction 0.1, seed 1)"]
-    assert t[2] == ["e", "segmentation", "random", "1 of 1", "1.0% (fraction 1, seed 0)"]
+    assert t[1] == ["e", "segmentation", "clip-raw", "2 of 3", "7.5% (10% of the labels, seed 1)"]
+    assert t[2] == ["e", "segmentation", "random", "1 of 1", "1.0% (100% of the labels, seed 0)"]
     assert len(t) == 3
     assert probe_convergence_table([{**r, "probe": {}} for r in rows]) == []  # rows from before it was recorded
-    assert "## Did the probes converge?" in write_report(tmp_path, {"rows": rows}, {}, [])[0].read_text()
+    assert "<summary>Did the probes converge?</summary>" in write_report(tmp_path, {"rows": rows}, {})[0].read_text()

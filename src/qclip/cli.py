@@ -152,7 +152,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or args.out
     if not run_dir:
         raise ConfigError("qclip report needs the study's folder: qclip report RUN (RUN = qclip run --out)")
-    build_report(run_dir)
+    build_report(run_dir, reference=args.reference)
     return 0
 
 
@@ -363,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", nargs="?", default=None, metavar="RUN",
                    help="the study's output directory (qclip run --out; holds results.json)")
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)  # the old spelling of RUN, still accepted
+    p.add_argument("--reference", default=None, metavar="RESULTS",
+                   help="place this run's numbers among another run's seeds: its results.json or study folder "
+                        "(default: the run's study.reference)")
     _add_config_args(p)
     p.set_defaults(func=cmd_report)
 

@@ -341,6 +341,10 @@ class StudyConfig:
     # baselines given as encoders instead of trained here, name -> any `qclip transfer --encoder` spec, e.g.
     # {mae: timm:vit_base_patch16_224.mae, supervised-in21k: timm:vit_base_patch16_224.augreg_in21k}
     given: dict[str, str] = field(default_factory=dict)
+    # another run's results.json (or its study folder) whose seeds the report places this run's numbers among,
+    # e.g. the committed five-seed headline for the one-seed demo; "" = none. Read by the report only: no stage
+    # depends on it
+    reference: str = ""
 
 
 @dataclass

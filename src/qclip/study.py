@@ -250,11 +250,12 @@ def run_study(cfg: Config, out: str | Path, fresh: bool = False, progress: bool 
 
     created = world_size() > 1 and not dist.is_initialized()
     init_distributed()  # under torchrun: the one process group every stage shares
-    try:
-        return _run_study(cfg, out, fresh, progress, log, given_folder, t0)
-    finally:
-        if created:
-            dist.destroy_process_group()
+    result = _run_study(cfg, out, fresh, progress, log, given_folder, t0)
+    # only after a clean finish: a rank that fails keeps its connections until its error is printed, so torchrun
+    # names the failing rank's error as the root cause (not the others' "connection closed by peer")
+    if created:
+        dist.destroy_process_group()
+    return result
 
 
 def _run_study(cfg: Config, out: Path, fresh: bool, progress: bool, log: Callable[[str], None],
@@ -322,6 +323,13 @@ def preflight(cfg: Config, log: Callable[[str], None] = print) -> None:
     from .transfer.dataset import open_transfer_splits
 
     st = cfg.study
+    if st.reference:  # read now, not after hours of training: the report places this run among its seeds
+        from .report.reference import load_reference
+
+        try:
+            load_reference(st.reference)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     for key, path, kind in (("study.pool", st.pool, "raw"), ("study.curated", st.curated, "reference")):
         if not path:
             continue

@@ -1,5 +1,5 @@
 """One colour per segmentation class id, used by every figure that draws a mask (world preview, transfer
-predictions, the report's qualitative grid), so a class has the same colour everywhere."""
+predictions, the report's qualitative grid), so a class has the same colour everywhere; one colour map for depth."""
 from __future__ import annotations
 
 # matplotlib's tab10 then tab20's light half: distinct for up to 20 classes; class id i -> PALETTE[i % 20]
@@ -7,6 +7,9 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
            "#dbdb8d", "#9edae5"]
 IGNORE_COLOUR = "#000000"  # label 255: not scored
+# depth in every figure (world preview, transfer predictions, the report's qualitative grid), always with a colour
+# bar in metres: near = bright, far = dark, as DPT and Depth Anything draw it
+DEPTH_CMAP = "magma_r"
 
 
 def class_colours(n: int) -> list[str]:

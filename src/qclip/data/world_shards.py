@@ -162,7 +162,7 @@ def write_preview(world_dir: str | Path, path: str | Path, n: int = 6) -> Path:
             break
     if not samples:
         raise ValueError(f"{src}: no samples to preview (set world.n_val > 0)")
-    from .palette import class_legend, mask_cmap
+    from .palette import DEPTH_CMAP, class_legend, mask_cmap
 
     classes = reader.manifest.get("seg_classes") or []
     cmap = mask_cmap(len(classes))
@@ -172,7 +172,7 @@ def write_preview(world_dir: str | Path, path: str | Path, n: int = 6) -> Path:
     for row, s in zip(axes, samples):
         row[0].imshow(s.pil())
         row[1].imshow(s.seg, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, interpolation="nearest")
-        im = row[2].imshow(s.depth, cmap="viridis")
+        im = row[2].imshow(s.depth, cmap=DEPTH_CMAP)
         fig.colorbar(im, ax=row[2], fraction=0.046, label="depth (m)")
         raw = s.captions.get("raw") or ["(empty)"]
         ref = s.captions.get("reference") or ["(none)"]

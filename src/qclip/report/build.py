@@ -8,7 +8,9 @@ from pathlib import Path
 from ..atomic import atomic_write_json
 from .findings import finding_lines, findings, format_table, headline_table
 from .page import write_report
-from .plots import bar_chart, caption_examples_figure, data_efficiency_plot, probe_curves, training_curves
+from .plots import (bar_chart, caption_examples_figure, data_efficiency_plot, probe_curves, reference_plot,
+                    training_curves)
+from .reference import gain_placements, load_reference, placements
 
 
 def study_run_dir(out: Path, stage: str, seed: int, encoder: str, method: str, task: str = "") -> Path:
@@ -88,7 +90,10 @@ class ReportError(ValueError):
 
 
 def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: dict[str, Path] | None = None,
-                 log=print) -> Path:
+                 log=print, reference: str | Path | None = None) -> Path:
+    """Figures, report.md and report.html for a study folder, from its results.json (or `results`). `reference`
+    (default: the run's study.reference) is another run's results.json, or its folder, whose seeds this run's
+    numbers are placed among."""
     out = Path(out)
     if results is None:
         f = out / "results.json"
@@ -105,40 +110,49 @@ def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: di
     if pretrain_dirs is None:
         pretrain_dirs = {p.parent.name + "/" + p.name: p for p in sorted((out / "pretrain").glob("*/*")) if p.is_dir()}
     rows = results["rows"]
+    if reference is None:
+        reference = ((results.get("config") or {}).get("study") or {}).get("reference") or None
+    ref_results = load_reference(reference) if reference else None
     figs: dict[str, Path] = {}
     if any(r["task"] in ("segmentation", "depth") for r in rows):
         figs["data efficiency"] = data_efficiency_plot(rows, out / "data_efficiency.png")
         for task in ("segmentation", "depth"):
             if any(r["task"] == task for r in rows):
                 figs[f"{task} at the full labelled set"] = bar_chart(rows, task, out / f"bar_{task}.png")
+    placed = placements(rows, ref_results["rows"]) if ref_results else []
+    if placed:
+        figs["among the reference's seeds"] = reference_plot(
+            placed, out / "among_reference_seeds.png", f"this run ({results.get('seeds', 1)} seed(s))",
+            f"reference seeds ({ref_results.get('seeds', '?')})")
     # figures drawn from the run folders; a re-render without them (committed results) keeps the copies it has
-    drawn: dict[str, tuple[str, Path | None]] = {
-        "probe training curves": ("probe_curves.png", probe_curves(out / "transfer", out / "probe_curves.png")
-                                  if (out / "transfer").is_dir() else None),
-        "training curves": ("training_curves.png", training_curves(pretrain_dirs, out / "training_curves.png")
-                            if pretrain_dirs else None),
-    }
+    drawn: dict[str, tuple[str, Path | None]] = {}
     for task in ("segmentation", "depth"):
-        drawn[f"qualitative {task}: every method on the same images"] = (
+        drawn[f"qualitative {task}: every method on the same validation images"] = (
             f"qualitative_{task}.png", qualitative_grid(out, rows, task, out / f"qualitative_{task}.png"))
+    drawn["pretraining loss per objective"] = ("training_curves.png", training_curves(
+        pretrain_dirs, out / "training_curves.png") if pretrain_dirs else None)
+    drawn["probe training curves"] = ("probe_curves.png", probe_curves(out / "transfer", out / "probe_curves.png")
+                                      if (out / "transfer").is_dir() else None)
     for title, (name, path) in drawn.items():
         if path is None and (out / name).is_file():
             path = out / name
         if path is not None:
             figs[title] = path
-    if (out / "world_preview.png").is_file():
-        figs["world"] = out / "world_preview.png"
     examples = caption_examples(out / "pool_captioned")
     if examples:
         figs["caption examples"] = caption_examples_figure(examples, out / "caption_examples.png")
         atomic_write_json(out / CAPTION_EXAMPLES, [{k: v for k, v in e.items() if k != "image"} for e in examples])
-    elif (out / CAPTION_EXAMPLES).is_file():  # a re-render without the pool (committed results): the kept copy
-        examples = json.loads((out / CAPTION_EXAMPLES).read_text())
-        if (out / "caption_examples.png").is_file():
-            figs["caption examples"] = out / "caption_examples.png"
-    md, html = write_report(out, results, figs, examples, results.get("caption_quality"), pretrain_dirs)
+    elif (out / "caption_examples.png").is_file():  # a re-render without the pool (committed results): the kept copy
+        figs["caption examples"] = out / "caption_examples.png"
+    md, html = write_report(out, results, figs, results.get("caption_quality"), pretrain_dirs, ref_results,
+                            str(reference or ""))
     log(format_table(headline_table(rows)))
     for line in finding_lines(findings(rows)):
         log("  " + line)
+    if ref_results:
+        for g in gain_placements(rows, ref_results["rows"]):
+            log(f"  among the reference's {len(g['reference'])} seeds ({reference}): {g['encoder']} {g['task']} "
+                f"{g['comparison']} {g['value']:+.1f}% here, {min(g['reference']):+.1f}% to "
+                f"{max(g['reference']):+.1f}% there (better than {g['beats']} of {len(g['reference'])})")
     log(f"report: {html} (self-contained), {md}, figures {', '.join(p.name for p in figs.values())}")
     return html

@@ -28,6 +28,11 @@ ALPHA = 0.05
 TEST = "one-sided paired t-test over seeds, Holm-corrected within each family of checks"
 
 
+def percent(f: float) -> str:
+    """A labelled fraction as the report writes it: 0.05 -> "5%", 0.125 -> "12.5%"."""
+    return f"{f * 100:.3g}%"
+
+
 def aggregate(rows: list[dict], metric: str | None = None) -> dict[tuple, dict]:
     """(encoder, method, task, fraction) -> {"mean", "std", "n", "values", "by_seed"} of the task's headline
     metric (or `metric`, where a row has it)."""
@@ -125,7 +130,7 @@ def checks(rows: list[dict]) -> list[dict]:
         if not t["n"]:
             return
         name = (f"{enc} {task}: {a} beats {b}" if fa == fb else
-                f"{enc} {task}: {a} at {fa:g} of the labels at least as good as at {fb:g}")
+                f"{enc} {task}: {a} at {percent(fa)} of the labels at least as good as at {percent(fb)}")
         out.append({"kind": kind, "name": name, "encoder": enc, "task": task, "metric": metric,
                     "a": a, "b": b, "fraction_a": fa, "fraction_b": fb, "mean_a": x["mean"], "mean_b": y["mean"],
                     "rel_pct": _rel(x["mean"], y["mean"], sign), **t})
@@ -249,21 +254,33 @@ def findings(rows: list[dict]) -> dict:
             "without_boxes": without_boxes(rows), "seeds": max((c["n"] for c in cs), default=0)}
 
 
-def headline_table(rows: list[dict], metric: str | None = None) -> list[list[str]]:
-    """Rows of strings: encoder, method, then `task metric @ fraction` columns (mean, ± std with seeds > 1)."""
+def headline_table(rows: list[dict], metric: str | None = None, largest_only: bool = False,
+                   mark_best: bool = False) -> list[list[str]]:
+    """Rows of strings: encoder, method, then `task metric @ fraction` columns (mean, ± std with seeds > 1); only
+    each task's largest labelled fraction with `largest_only`; with `mark_best` the best mean of each column (and
+    encoder) in **bold**."""
     agg = aggregate(rows, metric)
     cols = sorted({(k[2], k[3]) for k in agg})
-    header = ["encoder", "method"] + [f"{metric or HEADLINE[t][0]} {t[:3]} @{f:g}" for t, f in cols]
-    methods = []
-    for k in agg:
-        if (k[0], k[1]) not in methods:
-            methods.append((k[0], k[1]))
+    if largest_only:
+        cols = [(t, f) for t, f in cols if f == max(g for u, g in cols if u == t)]
+    header = ["encoder", "method"] + [f"{metric or HEADLINE[t][0]} {t[:3]} @{percent(f)}" for t, f in cols]
+    methods = list(dict.fromkeys((k[0], k[1]) for k in agg))
+    best: set[tuple] = set()
+    if mark_best:
+        for enc in {e for e, _ in methods}:
+            for t, f in cols:
+                vals = {m: agg[(e, m, t, f)]["mean"] for e, m in methods if e == enc and (e, m, t, f) in agg}
+                if len(vals) > 1:
+                    sign = HEADLINE[t][1]
+                    top = max(sign * v for v in vals.values())
+                    best |= {(enc, m, t, f) for m, v in vals.items() if sign * v == top}
     table = [header]
     for enc, m in methods:
         cells = []
         for t, f in cols:
             a = agg.get((enc, m, t, f))
-            cells.append("-" if a is None else (f"{a['mean']:.4f}" + (f" ± {a['std']:.4f}" if a["n"] > 1 else "")))
+            cell = "-" if a is None else (f"{a['mean']:.4f}" + (f" ± {a['std']:.4f}" if a["n"] > 1 else ""))
+            cells.append(f"**{cell}**" if (enc, m, t, f) in best else cell)
         table.append([enc, m, *cells])
     return table
 
@@ -304,8 +321,9 @@ def _interval_text(iv: dict | None) -> str:
     return f"; 95% bootstrap interval over {len(iv['seeds'])} seeds {end(iv['ci95'][0])} to {end(iv['ci95'][1])}"
 
 
-def finding_lines(f: dict) -> list[str]:
-    """The finding in sentences: the paper's comparisons beside ours, data efficiency, and the verdict count."""
+def finding_lines(f: dict, checks_line: bool = True) -> list[str]:
+    """The finding in sentences: the paper's comparisons beside ours, data efficiency, and (`checks_line`) the
+    verdict count."""
     lines = []
     by = {(c["encoder"], c["task"], c["a"], c["b"]): c for c in f["checks"] if c["fraction_a"] == c["fraction_b"]}
     for enc, task in sorted({(c["encoder"], c["task"]) for c in f["checks"]}):
@@ -329,22 +347,23 @@ def finding_lines(f: dict) -> list[str]:
         if e["ratio"]:
             at, raw = e["matched_at_fraction"], e["raw_at"]
             if e["lower_bound"]:
-                how, where = "at least ", f"already matches clip-raw at {raw:g} at the smallest measured fraction, {at:.3g}"
+                how, where = "at least ", (f"already matches clip-raw at {percent(raw)} of the labels at the smallest "
+                                           f"measured fraction, {percent(at)}")
             else:
-                how, where = "", f"at {at:.3g} of the labels matches clip-raw at {raw:g}"
+                how, where = "", f"at {percent(at)} of the labels matches clip-raw at {percent(raw)}"
             lines.append(f"{e['encoder']} {e['task']}: data efficiency {how}{e['ratio']:.1f}x (clip-synthetic {where}, "
-                         f"read from the curve over fractions {', '.join(f'{x:g}' for x in e['fractions'])}"
+                         f"read from the curve over {', '.join(percent(x) for x in e['fractions'])} of the labels"
                          f"{_interval_text(e.get('interval'))}; paper ~10x)")
         elif e.get("no_label_trend"):
             (f0, v0), (f1, v1) = e["no_label_trend"]
             lines.append(f"{e['encoder']} {e['task']}: data efficiency not read: clip-synthetic's {e['metric']} does not "
-                         f"improve with more labels ({v0:.4g} at {f0:g}, {v1:.4g} at {f1:g}), so there is no curve to "
+                         f"improve with more labels ({v0:.4g} at {percent(f0)}, {v1:.4g} at {percent(f1)}), so there is no curve to "
                          f"read it from (a longer transfer schedule gives one)")
         else:
             lines.append(f"{e['encoder']} {e['task']}: data efficiency not reached (clip-synthetic stays below "
-                         f"clip-raw at {e['raw_at']:g} at every measured fraction{_interval_text(e.get('interval'))})")
+                         f"clip-raw at {percent(e['raw_at'])} at every measured fraction{_interval_text(e.get('interval'))})")
     cs = f["checks"]
-    if not cs:
+    if not cs or not checks_line:
         return lines
     if f["seeds"] <= 1:
         lines.append(f"One seed: none of the {len(cs)} checks is tested (a paired test needs seeds; run "

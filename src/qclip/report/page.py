@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..config import STUDY_METHODS
 from ..transfer.run import CONVERGED_MAX_DROP_PCT
-from .findings import TEST, aggregate, check_table, finding_lines, findings, headline_table, markdown_table
+from .findings import (TEST, aggregate, check_table, finding_lines, findings, headline_table, markdown_table,
+                       percent)
 
 
 def notes(results: dict) -> str:
@@ -32,7 +34,7 @@ def notes(results: dict) -> str:
                   "labelled subsets and seeds): " + "; ".join(f"{n} = {spec}" for n, spec in given.items()) + ". ")
     if study.get("pool"):
         shared = shared.replace("the pool images", f"the pool images (your pool, {study['pool']})", 1)
-    fractions = ", ".join(f"{f:g}" for f in transfer.get("data_fractions", []))
+    fractions = ", ".join(percent(f) for f in transfer.get("data_fractions", []))
     dense = study.get("dense") or []
     if dense:
         probe = "Transfer, per dense dataset with its own recipe: " + "; ".join(
@@ -52,11 +54,6 @@ def notes(results: dict) -> str:
                   "reported split (the table 'Probe weight decay chosen' lists the choices). ")
     return shared + about + probe + ("Seed s gives every method the same initialisation and labelled subset, which is "
                                      "what makes the checks paired.")
-
-
-def _scored(example: dict, kind: str) -> str:
-    score = example.get("scores", {}).get(kind)
-    return f"{example[kind] or '(empty)'} [{score}]" if score else (example[kind] or "(empty)")
 
 
 def budget_line(results: dict) -> str:
@@ -109,7 +106,7 @@ def probe_selection_table(rows: list[dict]) -> list[list[str]]:
     if not acc:
         return []
     fracs = sorted({f for d in acc.values() for f in d})
-    t = [["encoder", "task", "method", *(f"{f:g}" for f in fracs)]]
+    t = [["encoder", "task", "method", *(f"@{percent(f)}" for f in fracs)]]
     for (enc, task, m), d in acc.items():
         t.append([enc, task, m, *(" / ".join(d.get(f, [])) or "-" for f in fracs)])
     return t
@@ -133,7 +130,7 @@ def probe_convergence_table(rows: list[dict]) -> list[list[str]]:
     for (enc, task, m), probes in acc.items():
         drop, frac, seed, _ = max(probes)
         t.append([enc, task, m, f"{sum(c for *_, c in probes)} of {len(probes)}",
-                  f"{drop:.1f}% (fraction {frac:g}, seed {seed})"])
+                  f"{drop:.1f}% ({percent(frac)} of the labels, seed {seed})"])
     return t
 
 
@@ -233,87 +230,271 @@ def contrastive_learning_table(pretrain_dirs: dict[str, Path]) -> list[list[str]
     return t
 
 
-def write_report(out: Path, results: dict, figures: dict[str, Path], caption_examples: list[dict],
-                 caption_quality: dict | None = None,
-                 pretrain_dirs: dict[str, Path] | None = None) -> tuple[Path, Path]:
+class Doc:
+    """The report as blocks, rendered once to Markdown and once to HTML, so both say the same thing in the same
+    order. `**x**` in a table cell marks a best value (bold in both)."""
+
+    def __init__(self) -> None:
+        self.md: list[str] = []
+        self.html: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md += ["#" * level + " " + text, ""]
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str, md_text: str | None = None) -> None:
+        if text:
+            self.md += [md_text or text, ""]
+            self.html.append(f"<p>{_inline(text)}</p>")
+
+    def items(self, lines: list[str]) -> None:
+        if lines:
+            self.md += [*(f"- {x}" for x in lines), ""]
+            self.html.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in lines) + "</ul>")
+
+    def table(self, t: list[list[str]]) -> None:
+        if len(t) > 1:
+            self.md += [markdown_table(t), ""]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in t[0])
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in t[1:])
+            self.html.append(f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+                             "</table></div>")
+
+    def figure(self, title: str, path: Path) -> None:
+        self.md += [f"![{title}]({Path(path).name})", ""]
+        self.html.append(f"<figure>{_img(path)}<figcaption>{html.escape(title)}</figcaption></figure>")
+
+    def open_details(self, summary: str) -> None:
+        self.md += ["<details>", f"<summary>{html.escape(summary)}</summary>", ""]
+        self.html.append(f"<details><summary>{_inline(summary)}</summary>")
+
+    def close_details(self) -> None:
+        self.md += ["</details>", ""]
+        self.html.append("</details>")
+
+
+def _inline(text: str) -> str:
+    """HTML of a line of the report: escaped, with `**bold**` and `code` kept."""
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.scroll{max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3}td strong{color:#000}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:13px;color:#555}
+details{margin:.5em 0;padding:.3em .6em;border:1px solid #e3e3e3;border-radius:4px}summary{cursor:pointer}
+code{background:#f4f4f4;padding:0 .25em;border-radius:3px;overflow-wrap:anywhere}li{margin:.25em 0}
+.lead{font-size:15px}
+"""
+
+CHECK_FAMILIES = {  # findings' check kinds, in the order the report lists them
+    "synthetic": "clip-synthetic against every other method",
+    "sanity": "every other pretraining against random init (a baseline below random init is broken, not a finding)",
+    "labels": "more labels against fewer (each method at the largest labelled fraction against the smallest)",
+}
+
+
+def compared_lines(results: dict) -> list[str]:
+    """What the run compared, a line each: the methods, the data, the budgets, the transfer and the seeds."""
+    cfg = results.get("config") or {}
+    study, world, transfer = cfg.get("study", {}), cfg.get("world", {}), cfg.get("transfer", {})
     rows = results["rows"]
-    note = notes(results)
+    mim = {"spark": "SparK"}.get(cfg.get("pretrain", {}).get("mim_hierarchical", "simmim"), "SimMIM")
+    methods = list(dict.fromkeys(r["method"] for r in rows)) or study.get("methods", [])
+    given = study.get("given") or {}
+    lines = []
+    for m in methods:
+        if m in given:
+            lines.append(f"**{m}**: given weights, `{given[m]}` (not trained here)")
+        elif m in STUDY_METHODS:
+            about = STUDY_METHODS[m].about.format(mim_hierarchical=mim)
+            if study.get("captioner") and STUDY_METHODS[m].captioner == "main":
+                about = f"CLIP on the captions of `{study['captioner']}`" + (
+                    " (with probability study.mix_p, else the alt-text)" if m == "clip-mix" else "")
+            lines.append(f"**{m}**: {about}")
+    if study.get("pool"):
+        data = f"your pool `{study['pool']}`"
+    elif world:
+        data = (f"the embedded procedural world: {world.get('n_pool', 0):,} pool images at {world.get('image_size')} "
+                f"px with alt-text (synthetic scenes, not photographs)")
+    else:
+        data = "the pool recorded in results.json"
+    dense = study.get("dense") or []
+    if dense:
+        data += "; dense transfer to " + ", ".join(f"{d['name']} ({d['task']})" for d in dense)
+    elif world:
+        data += (f"; dense transfer trains on the world's {world.get('n_dense', 0):,} labelled images and reports "
+                 f"on its {transfer.get('val_split') or 'val'} split ({world.get('n_val', 0):,} images)")
+    lines.append(f"**Data**: {data}.")
+    budget = budget_line(results)
+    if budget:
+        lines.append("**Budget**: " + budget.replace("Pretraining budget, the same", "pretraining, the same"))
+    if transfer:
+        fr = ", ".join(percent(f) for f in transfer.get("data_fractions", []))
+        lines.append(f"**Transfer**: a {transfer.get('mode', '?')} head per labelled fraction ({fr} of the labelled "
+                     f"images), {transfer.get('steps', '?')} steps each.")
     seeds = results.get("seeds", 1)
-    std = " ± std over seeds" if seeds > 1 else " (one seed: no spread)"
+    first = (cfg or {}).get("seed", 0)
+    lines.append(f"**Seeds**: {seeds}" + (f" ({first} to {first + seeds - 1}); seed s gives every method the same "
+                                          "initialisation and labelled subset, so comparisons are paired"
+                                          if seeds > 1 else f" (seed {first}): single measurements, no tests"))
+    return lines
+
+
+def check_summary(f: dict, seeds: int) -> tuple[str, list[tuple[str, list[list[str]]]]]:
+    """The checks in one line, and per family its summary with its table (none with one seed: nothing is tested)."""
+    cs = f["checks"]
+    if not cs:
+        return "", []
+    if seeds <= 1:
+        return (f"{len(cs)} checks ({'; '.join(CHECK_FAMILIES[k] for k in CHECK_FAMILIES if any(c['kind'] == k for c in cs))}): "
+                "none tested, a paired test needs at least two seeds. Run with `--seeds 5` (or `study.seeds=5`) to "
+                "test them; the finding above gives this seed's differences."), []
+    held = sum(bool(c["holds"]) for c in cs)
+    groups = []
+    for kind, title in CHECK_FAMILIES.items():
+        mine = [c for c in cs if c["kind"] == kind]
+        if mine:
+            ok = sum(bool(c["holds"]) for c in mine)
+            failing = [c["name"].partition(": ")[2] + f" ({c['name'].partition(':')[0]})" for c in mine if not c["holds"]]
+            groups.append((f"{title}: {ok} of {len(mine)} hold" + (f"; not holding: {'; '.join(failing)}" if failing
+                                                                    else ""), check_table({"checks": mine})))
+    return f"{held} of {len(cs)} checks hold ({TEST}, alpha 0.05, {seeds} seeds).", groups
+
+
+def reference_section(doc: Doc, results: dict, reference: dict, reference_path: str,
+                      figures: dict[str, Path]) -> None:
+    from .reference import config_differences, gain_placements, placements
+
+    rows, ref_rows = results["rows"], reference["rows"]
+    ps = placements(rows, ref_rows)
+    doc.heading("Among the reference run's seeds")
+    if not ps:
+        doc.para(f"The reference ({reference_path}) measured none of this run's (encoder, method, task): nothing to "
+                 "place.")
+        return
+    n_ref = reference.get("seeds", 1)
+    doc.para(f"The reference is `{reference_path}` ({n_ref} seeds). Each of this run's values (mean over its "
+             f"{results.get('seeds', 1)} seed(s)) against the reference's seeds, at the largest labelled fraction "
+             "both measured; \"better than k of n\" counts the reference seeds it beats.")
+    if "among the reference's seeds" in figures:
+        doc.figure("this run (diamonds) among the reference's seeds (circles)", figures["among the reference's seeds"])
+    t = [["encoder", "method", "task", "metric", "this run", "reference seeds (each)", "this run is better than"]]
+    for p in ps:
+        t.append([p["encoder"], p["method"], p["task"], f"{p['metric']} @{percent(p['fraction'])}", f"{p['value']:.4f}",
+                  " / ".join(f"{v:.4f}" for v in p["reference"]), f"{p['beats']} of {len(p['reference'])}"])
+    for g in gain_placements(rows, ref_rows):
+        t.append([g["encoder"], g["comparison"], g["task"], f"change @{percent(g['fraction'])}", f"{g['value']:+.1f}%",
+                  " / ".join(f"{v:+.1f}%" for v in g["reference"]), f"{g['beats']} of {len(g['reference'])}"])
+    doc.table(t)
+    diff = config_differences(results.get("config") or {}, reference.get("config") or {})
+    if diff:
+        shown = diff[:10]
+        doc.para("The reference ran other settings, so a gap can come from them: " + "; ".join(shown)
+                 + (f"; and {len(diff) - len(shown)} more" if len(diff) > len(shown) else "") + ".")
+    else:
+        doc.para("The reference ran the same settings (seed count aside).")
+
+
+def write_report(out: Path, results: dict, figures: dict[str, Path], caption_quality: dict | None = None, pretrain_dirs: dict[str, Path] | None = None,
+                 reference: dict | None = None, reference_path: str = "") -> tuple[Path, Path]:
+    """report.md and report.html: what was compared and the headline first, then the finding and its checks, the
+    run among a reference's seeds, the figures, and the diagnostics collapsed at the end. `figures` maps a title
+    to a PNG; "data efficiency" is the headline figure."""
+    rows = results["rows"]
+    seeds = results.get("seeds", 1)
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
+    over = f" (mean over {seeds} seeds)" if seeds > 1 else " (one seed)"
     f = findings(rows)
-    lines = finding_lines(f)
-    over = " (mean over seeds)" if seeds > 1 else " (one seed)"
-    sections: list[tuple[str, str, list[list[str]]]] = [  # (title, text before the table, table)
-        ("Checks", f"Every comparison of this run as a {TEST}; A beats B where the change is positive.",
-         check_table(f) if f["checks"] else []),
-        (f"Results (mean{std})", "", headline_table(rows)),
-        (f"Object-class mIoU (mean{std})", "Mean IoU over the object classes, background (floor, wall) left out: "
-         "what the encoders must tell apart.", headline_table(rows, "object_mIoU")),
+    figures = dict(figures)
+    doc = Doc()
+    hw = results.get("hardware")  # absent in results.json written before it was recorded
+    on = (f" on {hw['cpu']} ({hw['cpu_count']} cores{', ' + hw['cuda'] if hw.get('cuda') else ''})" if hw else "")
+    doc.heading("qclip study report", 1)
+    doc.para(f"{len(rows)} measurements, wall time {results.get('wall_seconds', 0):.0f}s{on}, git "
+             f"{results.get('git_commit', '?')}.")
+    doc.heading("What was compared")
+    doc.items(compared_lines(results))
+
+    doc.heading("Headline")
+    if "data efficiency" in figures:
+        doc.figure("each method's metric against the share of labelled images (" + (
+            "error bars: ± 1 std over seeds)" if seeds > 1 else "one seed, no error bars)"), figures.pop("data efficiency"))
+    doc.para(f"At the largest labelled fraction ({spread}); **bold** = the best of each column.")
+    doc.table(headline_table(rows, largest_only=True, mark_best=True))
+    doc.heading("Finding", 3)
+    doc.items(finding_lines(f, checks_line=False))
+    line, groups = check_summary(f, seeds)
+    if line:
+        doc.heading("Checks", 3)
+        doc.para(line)
+        for summary, t in groups:
+            doc.open_details(summary)
+            doc.table(t)
+            doc.close_details()
+
+    if reference is not None:
+        reference_section(doc, results, reference, reference_path, figures)
+    figures.pop("among the reference's seeds", None)
+
+    doc.heading("Figures")
+    for title, path in figures.items():
+        if title != "caption examples":
+            doc.figure(title, path)
+    if caption_quality or "caption examples" in figures:
+        doc.heading("Captions")
+        if caption_quality:
+            doc.para("How well each kind of caption names the objects in its image (the world's measure; "
+                     "pool images).")
+            doc.table([["captions", "objects named correctly", "named objects wrong", "empty"]] + [
+                [k, f"{v['objects_named_correctly']:.1%}", f"{v['named_objects_wrong']:.1%}", f"{v['empty']:.1%}"]
+                for k, v in caption_quality.items()])
+        if "caption examples" in figures:
+            doc.figure("pool images with their raw alt-text, the captioner's caption and a reference description",
+                       figures["caption examples"])
+
+    doc.heading("Diagnostics")
+    doc.para("Whether each run learned and what the heads chose; open a table to read it.")
+    diagnostics = [
+        (f"Every labelled fraction ({spread})", "", headline_table(rows, mark_best=True)),
+        (f"Object-class mIoU ({spread})", "Mean IoU over the object classes, background (floor, wall) left out: "
+         "what the encoders must tell apart.", headline_table(rows, "object_mIoU", mark_best=True)),
         (f"IoU per class at the full labelled set{over}", "", per_class_table(rows)),
-        ("Probe weight decay chosen", "The weight decay of the head kept at each labelled fraction, chosen on the "
-         "selection split (seeds in order, separated by /).", probe_selection_table(rows)),
-        ("Did the probes converge?", f"A probe converged when its training loss fell by at most "
-         f"{CONVERGED_MAX_DROP_PCT:g}% over the last fifth of its steps (the curves: figure 'probe training "
-         "curves').", probe_convergence_table(rows)),
-        (f"Zero-shot classification and retrieval of the CLIP runs{over}",
-         "top1: zero-shot accuracy on the validation split's largest object; chance_top1: always guessing the "
-         "most frequent class; chance_R@1: retrieval by chance (1 / number of images).", pretraining_table(rows)),
         ("Did the contrastive pretraining leave chance?", "Each CLIP run's loss over the last fifth of its logged "
          "steps against the loss of an encoder that tells no pair apart (ln B for CLIP's loss, about ln B + 1 for "
          f"SigLIP's); under {LEARNED_BELOW} x chance counts as having left it. A run near chance is a baseline "
-         "that did not learn, whatever its probe says; one that left chance may still have learned an easier cue "
-         "than the shapes (next table).", contrastive_learning_table(pretrain_dirs or {})),
+         "that did not learn, whatever its probe says.", contrastive_learning_table(pretrain_dirs or {})),
         ("Did the pretraining learn shapes?", "Per seed, each encoder's object-class mIoU over random init's of "
          f"the same seed, at the full labelled set; under {SHAPES_ABOVE}x, the seed's encoder segments the objects "
          "no better than an untrained one.", shape_learning_table(rows)),
+        ("Did the probes converge?", f"A probe converged when its training loss fell by at most "
+         f"{CONVERGED_MAX_DROP_PCT:g}% over the last fifth of its steps (figure 'probe training curves').",
+         probe_convergence_table(rows)),
+        ("Probe weight decay chosen", "The weight decay of the head kept at each labelled fraction, chosen on the "
+         "selection split (seeds in order, separated by /).", probe_selection_table(rows)),
+        (f"Zero-shot classification and retrieval of the CLIP runs{over}",
+         "top1: zero-shot accuracy on the validation split's largest object; chance_top1: always guessing the "
+         "most frequent class; chance_R@1: retrieval by chance (1 / number of images).", pretraining_table(rows)),
     ]
-    sections = [(a, b, t) for a, b, t in sections if len(t) > 1]
-    hw = results.get("hardware")  # absent in results.json written before it was recorded
-    on = (f" on {hw['cpu']} ({hw['cpu_count']} cores{', ' + hw['cuda'] if hw.get('cuda') else ''})" if hw else "")
-    header = (f"{len(rows)} measurements, {seeds} seed(s), wall time {results.get('wall_seconds', 0):.0f}s{on}, "
-              f"git {results.get('git_commit', '?')}. {budget_line(results)}")
-    md = ["# qclip study report", "", header, "",
-          "## Finding (measured in this run, next to the paper's)", "", *[f"- {x}" for x in lines], ""]
-    for title, text, t in sections:
-        md += [f"## {title}", "", *([text, ""] if text else []), markdown_table(t), ""]
-    if caption_quality:
-        md += ["## Caption quality (the world's measure)", "",
-               "| captions | objects named correctly | named objects wrong | empty |", "|---|---|---|---|",
-               *(f"| {k} | {v['objects_named_correctly']:.1%} | {v['named_objects_wrong']:.1%} | {v['empty']:.1%} |"
-                 for k, v in caption_quality.items()), ""]
-    if caption_examples:
-        md += ["## Caption examples", "", "| raw alt-text | synthetic | reference |", "|---|---|---|",
-               *("| " + " | ".join(_scored(e, k) for k in ("raw", "synthetic", "reference")) + " |"
-                 for e in caption_examples), ""]
-    md += ["## Figures", "", *(f"![{k}]({Path(p).name})" for k, p in figures.items()), "",
-           "## Notes", "", note, ""]
-    md_path = out / "report.md"
-    atomic_write_text(md_path, "\n".join(md))
+    for title, text, t in diagnostics:
+        if len(t) > 1:
+            doc.open_details(title)
+            doc.para(text)
+            doc.table(t)
+            doc.close_details()
+    doc.heading("Notes")
+    doc.para(notes(results))
 
-    def tbl(t: list[list[str]]) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in t[0])
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in t[1:])
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>qclip study report</title><style>",
-             "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
-             "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px}",
-             "th{background:#f3f3f3}img{max-width:100%;margin:.5em 0;border:1px solid #eee}li{margin:.3em 0}",
-             "</style></head><body><h1>qclip study report</h1>", f"<p>{html.escape(header)}</p>",
-             "<h2>Finding</h2><ul>", *(f"<li>{html.escape(x)}</li>" for x in lines), "</ul>"]
-    for title, text, t in sections:
-        parts += [f"<h2>{html.escape(title)}</h2>", *([f"<p>{html.escape(text)}</p>"] if text else []), tbl(t)]
-    if caption_quality:
-        q = [["captions", "objects named correctly", "named objects wrong", "empty"]] + [
-            [k, f"{v['objects_named_correctly']:.1%}", f"{v['named_objects_wrong']:.1%}", f"{v['empty']:.1%}"]
-            for k, v in caption_quality.items()]
-        parts += ["<h2>Caption quality</h2>", tbl(q)]
-    if caption_examples:
-        parts += ["<h2>Caption examples</h2>", tbl([["raw alt-text", "synthetic", "reference"]] +
-                                                    [[_scored(e, k) for k in ("raw", "synthetic", "reference")]
-                                                     for e in caption_examples])]
-    parts += ["<h2>Figures</h2>", *(f"<h3>{html.escape(k)}</h3>{_img(p)}" for k, p in figures.items()),
-              f"<h2>Notes</h2><p>{html.escape(note)}</p></body></html>"]
-    html_path = out / "report.html"
-    atomic_write_text(html_path, "\n".join(parts))
+    md_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_text(md_path, "\n".join(doc.md))
+    page = ["<!doctype html><html><head><meta charset='utf-8'>",
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+            f"<title>qclip study report</title><style>{STYLE}</style></head><body>", *doc.html, "</body></html>"]
+    atomic_write_text(html_path, "\n".join(page))
     return md_path, html_path

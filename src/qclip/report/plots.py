@@ -1,11 +1,12 @@
-"""The study's figures: data-efficiency curves, a bar chart per task, training curves, caption examples."""
+"""The study's figures: data-efficiency curves, a bar chart per task, training curves per objective, a run among
+a reference run's seeds, caption examples."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from ..atomic import atomic_file
-from .findings import HEADLINE, aggregate
+from .findings import HEADLINE, aggregate, percent
 
 
 def _plt():
@@ -39,84 +40,154 @@ def method_colour(label: str) -> str:
     return "#17becf"
 
 
+def spread_note(seeds: int) -> str:
+    """What an error bar is, said on every figure that draws one."""
+    return f"error bars: ± 1 std over {seeds} seeds" if seeds > 1 else "one seed: no error bars"
+
+
 def data_efficiency_plot(rows: list[dict], path: Path) -> Path:
-    """Metric vs labelled fraction per (encoder, task), mean over seeds with the seed std as error bars."""
+    """Metric vs labelled fraction per (encoder, task), mean over seeds with the seed std as error bars; the
+    x-axis is logarithmic and labelled with the measured fractions as percentages."""
     plt = _plt()
     agg = aggregate(rows)
     panels = sorted({(k[0], k[2]) for k in agg})
+    seeds = max((v["n"] for v in agg.values()), default=1)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
     for ax, (enc, task) in zip(axes[0], panels):
+        fractions = sorted({k[3] for k in agg if k[0] == enc and k[2] == task})
         for m in dict.fromkeys(k[1] for k in agg if k[0] == enc and k[2] == task):
             pts = sorted((k[3], v) for k, v in agg.items() if k[:3] == (enc, m, task))
-            seeds = max(p[1]["n"] for p in pts)
             ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts],
                         yerr=[p[1]["std"] for p in pts] if seeds > 1 else None, marker="o", capsize=3, label=m,
                         color=method_colour(m), lw=2.2 if m == "clip-synthetic" else 1.2)
         ax.set_xscale("log")
+        ax.set_xticks(fractions, [percent(f) for f in fractions])
+        ax.minorticks_off()
         better = "higher" if HEADLINE[task][1] > 0 else "lower"
-        ax.set(title=f"{enc}: {task}", xlabel="fraction of labelled data (log)",
+        ax.set(title=f"{enc}: {task}", xlabel="labelled training images (log scale)",
                ylabel=f"{HEADLINE[task][0]} ({better} is better)")
+        ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     ncol = min(len(labels), 3 * len(panels))
     rows_ = -(-len(labels) // max(ncol, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.05 + 0.04 * rows_, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False,
+               title=spread_note(seeds), title_fontsize=8)
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * rows_, 1, 1))
     return _save(fig, path)
 
 
 def bar_chart(rows: list[dict], task: str, path: Path) -> Path:
-    """The task's headline metric at the largest fraction per method; the axis starts near the smallest bar so
-    differences of a few hundredths are visible, and error bars (seed std) appear only with several seeds."""
+    """The task's headline metric at the largest fraction per method: bars from zero, each with its value, and
+    error bars (seed std) with several seeds, said in the title."""
     plt = _plt()
     agg = aggregate(rows)
     top = max((k[3] for k in agg if k[2] == task), default=1.0)
     encs = sorted({k[0] for k in agg if k[2] == task})
     methods = list(dict.fromkeys(k[1] for k in agg if k[2] == task))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(methods) * len(encs) / 2, 3.8))
+    seeds = max((v["n"] for k, v in agg.items() if k[2] == task), default=1)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.1 * len(methods) * len(encs) / 2, 3.8))
     w = 0.8 / max(len(encs), 1)
-    lows, highs = [], []
+    high = 0.0
     for j, enc in enumerate(encs):
-        vals = [agg.get((enc, m, task, top)) for m in methods]
-        seeds = max((v["n"] for v in vals if v), default=1)
-        for i, (m, v) in enumerate(zip(methods, vals)):
+        for i, m in enumerate(methods):
+            v = agg.get((enc, m, task, top))
             if v is None:
                 continue
-            ax.bar(i + j * w, v["mean"], w, yerr=v["std"] if seeds > 1 else None, capsize=2,
-                   color=method_colour(m), alpha=1.0 if j == 0 else 0.6, edgecolor="black", linewidth=0.4)
-            lows.append(v["mean"] - v["std"])
-            highs.append(v["mean"] + v["std"])
-    if lows:
-        span = max(highs) - min(lows) or abs(max(highs)) * 0.1 or 1.0
-        ax.set_ylim(max(0.0, min(lows) - 0.5 * span), max(highs) + 0.25 * span)
+            bars = ax.bar(i + j * w, v["mean"], w, yerr=v["std"] if seeds > 1 else None, capsize=2,
+                          color=method_colour(m), alpha=1.0 if j == 0 else 0.6, edgecolor="black", linewidth=0.4)
+            ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+            high = max(high, v["mean"] + v["std"])
+    ax.set_ylim(0, high * 1.15 or 1.0)
     ax.set_xticks([i + w * (len(encs) - 1) / 2 for i in range(len(methods))])
     ax.set_xticklabels(methods, rotation=25, ha="right")
     better = "higher" if HEADLINE[task][1] > 0 else "lower"
     ax.set(ylabel=f"{HEADLINE[task][0]} ({better} is better)",
-           title=f"{task}, {top:.0%} of the labels\n" + (", ".join(encs) if len(encs) == 1 else
-                                                          f"bars per method: {', '.join(encs)}"))
+           title=f"{task}, {percent(top)} of the labels\n" + (", ".join(encs) if len(encs) == 1 else
+                                                            f"bars per method: {', '.join(encs)}")
+           + f"\n{spread_note(seeds)}")
     fig.tight_layout()
     return _save(fig, path)
 
 
+# each pretraining objective's loss, named as the report names it (baselines record theirs as `objective`)
+OBJECTIVES = {"clip": "CLIP (InfoNCE)", "siglip": "SigLIP (sigmoid)", "mae": "MAE (masked-patch MSE)",
+              "spark": "SparK (masked-patch MSE)", "simmim": "SimMIM (masked-pixel L1)",
+              "supervised": "supervised (multi-label BCE)", "boxes": "object boxes (per-cell cross-entropy)"}
+
+
+def pretraining_objective(run_dir: Path) -> str:
+    """The objective a pretraining folder trained with: the baseline's recorded `objective`, else CLIP's loss."""
+    import yaml
+
+    d = Path(run_dir)
+    try:
+        objective = json.loads((d / "summary.json").read_text()).get("objective")
+    except (OSError, ValueError):
+        objective = None
+    if objective:
+        return objective
+    try:
+        return (yaml.safe_load((d / "config.yaml").read_text()) or {}).get("pretrain", {}).get("loss", "clip")
+    except (OSError, ValueError):
+        return "clip"
+
+
 def training_curves(runs: dict[str, Path], path: Path) -> Path:
-    """runs: label -> pretraining folder with metrics.jsonl (CLIP: `loss`; baselines: `loss`)."""
+    """runs: label -> pretraining folder with metrics.jsonl. One panel per objective the run trained with, each
+    loss on its own axis in its own units (a contrastive loss and a reconstruction error share no scale)."""
     from ..train.pretrain import logged_losses
 
     plt = _plt()
-    fig, ax = plt.subplots(1, 1, figsize=(6, 3.6))
-    named, seeds = set(), len({label.split("/")[0] for label in runs})
+    panels: dict[str, dict[str, list]] = {}
     for label, d in runs.items():
         pts = logged_losses(d)
         if pts:
-            first = pts[0]["loss"] or 1.0
+            panels.setdefault(pretraining_objective(d), {})[label] = pts
+    if not panels:
+        panels = {"clip": {}}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.4), squeeze=False)
+    seeds = len({label.split("/")[0] for label in runs})
+    for ax, (objective, curves) in zip(axes[0], panels.items()):
+        named = set()
+        for label, pts in curves.items():
             name = label.split("/")[-1]  # one legend entry per method: its seeds share the colour
-            ax.plot([p["step"] for p in pts], [p["loss"] / first for p in pts], label=None if name in named else name,
+            ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], label=None if name in named else name,
                     lw=1, color=method_colour(label))
             named.add(name)
-    ax.set(title="pretraining loss: each method's own objective (CLIP InfoNCE, supervised BCE, MIM\nreconstruction), divided by its first step's value"
-           + (f"; one line per seed ({seeds})" if seeds > 1 else ""), xlabel="step", ylabel="loss / first loss")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, not over, the data
+        ax.set(title=OBJECTIVES.get(objective, objective), xlabel="step", ylabel="training loss")
+        ax.grid(alpha=0.3)
+        if named:
+            ax.legend(fontsize=7, frameon=False)
+    fig.suptitle("pretraining loss, one panel per objective" + (f" (one line per seed, {seeds} seeds)" if seeds > 1
+                                                               else ""), fontsize=10)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def reference_plot(placements: list[dict], path: Path, this_label: str, reference_label: str) -> Path:
+    """Where this run's values fall among a reference run's seeds: per task a panel, per method the reference's
+    seeds as open circles and this run's value as a filled diamond (placements: `reference.placements`)."""
+    plt = _plt()
+    tasks = list(dict.fromkeys(p["task"] for p in placements))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(1.6 + 1.0 * max(
+        sum(p["task"] == t for p in placements) for t in tasks) * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        ps = [p for p in placements if p["task"] == task]
+        for i, p in enumerate(ps):
+            ref = p["reference"]
+            ax.scatter([i] * len(ref), ref, facecolors="none", edgecolors="#555555", s=28, zorder=2,
+                       label=reference_label if i == 0 else None)
+            ax.scatter([i], [p["value"]], marker="D", s=44, color=method_colour(p["method"]), edgecolors="black",
+                       linewidths=0.5, zorder=3, label=this_label if i == 0 else None)
+        ax.set_xticks(range(len(ps)), [p["method"] for p in ps], rotation=25, ha="right")
+        ax.set_xlim(-0.6, len(ps) - 0.4)
+        metric = ps[0]["metric"]
+        better = "higher" if HEADLINE[task][1] > 0 else "lower"
+        ax.set(title=f"{task}, {percent(ps[0]['fraction'])} of the labels", ylabel=f"{metric} ({better} is better)")
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return _save(fig, path)
 
 

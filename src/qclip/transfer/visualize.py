@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_file
-from ..data.palette import class_legend, mask_cmap
+from ..data.palette import DEPTH_CMAP, class_legend, mask_cmap
 
 
 def save_examples(rows: list[dict], path: str | Path) -> None:
@@ -64,9 +64,9 @@ def save_comparison_grid(rows: list[dict], preds: dict[str, list[np.ndarray]], t
         else:
             valid = row["target"] > 0
             lo, hi = (row["target"][valid].min(), row["target"][valid].max()) if valid.any() else (0, 1)
-            axes[r, 1].imshow(np.ma.masked_where(~valid, maps[0]), cmap="magma_r", vmin=lo, vmax=hi)
+            axes[r, 1].imshow(np.ma.masked_where(~valid, maps[0]), cmap=DEPTH_CMAP, vmin=lo, vmax=hi)
             for c, m in enumerate(maps[1:], start=2):
-                im = axes[r, c].imshow(m, cmap="magma_r", vmin=lo, vmax=hi)
+                im = axes[r, c].imshow(m, cmap=DEPTH_CMAP, vmin=lo, vmax=hi)
             cb = fig.colorbar(im, cax=axes[r, k])
             cb.set_label("depth (m)", fontsize=7)
             cb.ax.tick_params(labelsize=6)
