@@ -1,7 +1,7 @@
 # Two entry points: `make demo` runs the main job, `make test` runs the test suite.
 # Both create .venv if missing and install qclip with its dependencies (`make test` adds the test extras);
 # both are idempotent. Installs go through uv (from PyPI): the same releases as pip, resolved from pip's own
-# index settings (tools/uv_flags.py), in ~25 s where pip took ~110 s here (benchmarks/RESULTS.md, run P);
+# index settings (tools/uv_flags.py), in ~25 s where pip took ~110 s on a 2-core machine;
 # `make demo INSTALLER=pip` installs with pip alone, and pip takes over wherever uv cannot be installed or fails.
 PYTHON ?= python3
 VENV   := .venv
