@@ -96,10 +96,14 @@ def main() -> None:
     data = Path(args.data) if args.data else tmp / "world" / "pool"
     if not args.data:
         n = args.steps * args.batch_size
-        qclip("world", "--out", str(tmp / "world"), "--n", str(n), "--quiet", "world.n_curated=0", "world.n_dense=0",
-              "world.n_dev=0",
-              "world.n_val=0", f"world.shard_size={max(args.batch_size, n // 4)}",
-              f"world.image_size={args.image_size}", "world.alt_text_relevance=1.0")
+        from qclip.config import load_config
+        from qclip.data.world_shards import build_world
+
+        # in this process: the data is not what is timed, and a `qclip world` process would import torch again
+        build_world(load_config(None, [f"world.n_pool={n}", "world.n_curated=0", "world.n_dense=0", "world.n_dev=0",
+                                       "world.n_val=0", f"world.shard_size={max(args.batch_size, n // 4)}",
+                                       f"world.image_size={args.image_size}", "world.alt_text_relevance=1.0",
+                                       "world.workers=1"]), tmp / "world", progress=False)
     import torch
 
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "

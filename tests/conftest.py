@@ -1,6 +1,8 @@
-"""Shared fixtures: a small embedded world (generated once per session) and image-file factories."""
+"""Shared fixtures: a small embedded world (generated once per session), image-file factories, `qclip` run in
+this process, and the order tests are handed to the workers in."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import signal
@@ -15,6 +17,31 @@ from PIL import Image
 
 from qclip.config import load_config
 from qclip.data.world_shards import build_world
+
+
+def pytest_collection_modifyitems(items):
+    """The slow end-to-end tests first: pytest-xdist hands tests out in collection order, and a long test started
+    last keeps one worker busy while the other idles (the suite's wall time is its slowest worker's)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def qclip_main(*args: str) -> tuple[int, str, str]:
+    """`qclip ARGS` run in this process at one torch thread, as the suite's subprocesses run: (exit code, stdout,
+    stderr). For a reference run or a re-run that needs no process of its own (nothing kills it): a subprocess
+    spends ~15 s importing open_clip, torchvision and timm before it does anything."""
+    import torch
+
+    from qclip.cli import main
+
+    threads = torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        torch.set_num_threads(threads)
+    return code, out.getvalue(), err.getvalue()
 
 
 def tiny_config(**world):

@@ -62,6 +62,7 @@ def test_seed_table_agrees_with_the_committed_headline_report():
     assert checked == 10  # five methods, two tasks
 
 
+@pytest.mark.slow
 def test_seed_table_names_the_encoders_when_a_study_has_several(tmp_path):
     path = tmp_path / "results.json"
     path.write_text('{"rows": [{"method": "random", "encoder": "a", "task": "depth", "seed": 0, "data_fraction": 1.0,'

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import qclip_main
 
 from qclip.cli import build_parser, main
 from qclip.data.shards import ShardReader
@@ -102,6 +103,7 @@ TINY_STUDY = ["world.n_pool=48", "world.n_curated=24", "world.n_dense=16", "worl
               "study.encoder_train={qclip-mci-tiny: {steps: 3}}", "study.captioner="]  # the study trains its captioner
 
 
+@pytest.mark.slow
 def test_run_study_end_to_end_cached_and_reported(tmp_path):
     """`qclip run`: every stage, results.json in the DESIGN schema, report files; a re-run with a changed transfer
     setting redoes only the transfers; `qclip report` re-renders from results.json."""
@@ -141,23 +143,24 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     from PIL import Image  # every method's predictions side by side: one column each beside image and truth
     assert Image.open(out / "qualitative_segmentation.png").width >= 220 * (2 + len({r["method"] for r in dense}))
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64," in html and "clip-synthetic beats clip-raw" in html and "<img src=\"http" not in html
+    assert "data:image/png;base64," in html and "clip-synthetic vs clip-raw" in html and "<img src=\"http" not in html
     assert "Object-class mIoU" in html and "IoU per class" in html and "Zero-shot classification" in html
     assert "chance_R@1" in html and "chance_top1" in html  # retrieval and zero-shot beside their chance levels
     assert "none tested, a paired test needs at least two seeds" in html  # one seed tests nothing, and says so
+    # and places its numbers among the committed headline's seeds (configs/demo.yaml's study.reference)
+    assert "Among the reference run&#x27;s seeds" in html and (out / "among_reference_seeds.png").is_file()
     assert "caption_examples.png" in (out / "report.md").read_text()  # the examples with their scores, once
     assert "qclip-mci-tiny 3 steps x batch 8" in html  # the budget actually configured per encoder
     # the did-it-learn table names each pretraining by seed, as the re-render does (one row per seed, none dropped)
     assert "| seed0/qclip-mci-tiny-clip-raw | clip |" in report_md
     assert "clip-synthetic" in res.stdout.split("[5/5] report")[1]  # the console ends with the headline table
 
-    res2 = subprocess.run(cmd[:-len(TINY_STUDY)] + TINY_STUDY + ["transfer.steps=3"], capture_output=True, text=True,
-                          timeout=600)
-    assert res2.returncode == 0, res2.stderr[-3000:]
+    code, stdout2, err = qclip_main(*cmd[3:], "transfer.steps=3")  # in this process: no second ~15 s of imports
+    assert code == 0, err[-3000:]
     run = json.loads((out / "run.json").read_text())
     assert run["stages_run"] and all(s.startswith("transfer-") for s in run["stages_run"])
     assert "world" in run["stages_reused"] and "captioner" in run["stages_reused"]
-    assert f"in {out / 'world'}, from the stage cache" in res2.stdout  # not the first run's "generated ... in"
+    assert f"in {out / 'world'}, from the stage cache" in stdout2  # not the first run's "generated ... in"
     assert any(s.startswith("pretrain-") for s in run["stages_reused"])
     # the reused stages keep the seconds they took when they ran: a cached re-run still says what the study cost
     cached = json.loads((out / "results.json").read_text())["stage_seconds_cached"]
@@ -188,10 +191,9 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
     out2 = tmp_path / "given"
     methods = "study.methods=[clip-synthetic,random]"
     cmd2 = [str(out2) if c == str(out) else c for c in cmd[:-len(TINY_STUDY)]]
-    res3 = subprocess.run(cmd2 + TINY_STUDY + [methods, f"study.captioner={given}"],
-                          capture_output=True, text=True, timeout=600)
-    assert res3.returncode == 0, res3.stderr[-3000:]
-    assert f"captioner: local-dir:{given} as given (not trained here)" in res3.stdout
+    code, stdout3, err = qclip_main(*cmd2[3:], *TINY_STUDY, methods, f"study.captioner={given}")
+    assert code == 0, err[-3000:]
+    assert f"captioner: local-dir:{given} as given (not trained here)" in stdout3
     assert not (out2 / "world" / "curated").exists()  # nothing trains on it: not generated
     run3 = json.loads((out2 / "run.json").read_text())
     assert "captioner" not in run3["stages_run"] and "recaption" in run3["stages_run"]
@@ -200,9 +202,8 @@ def test_run_study_end_to_end_cached_and_reported(tmp_path):
         return {x.key: x.captions["synthetic"]["tiny"] for x in ShardReader(pool)}
 
     assert synthetic(out2 / "pool_captioned") == synthetic(out / "pool_captioned")
-    bad = subprocess.run(cmd2 + TINY_STUDY + [f"study.captioner={tmp_path}"], capture_output=True,
-                         text=True, timeout=600)
-    assert bad.returncode != 0 and "is not a captioner folder" in bad.stderr, bad.stderr[-2000:]
+    code, _, err = qclip_main(*cmd2[3:], *TINY_STUDY, f"study.captioner={tmp_path}")
+    assert code != 0 and "is not a captioner folder" in err, err[-2000:]
 
 
 def test_parser_builds():

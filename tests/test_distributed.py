@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from conftest import qclip_main
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
@@ -36,27 +37,33 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _rank_main(rank, world, init_file, out_file, local_loss):
+def _rank_main(rank, world, init_file, out_file):
+    """One DDP step of CLIP on this rank's half of the batch, with the global loss and with each rank's local
+    loss (open_clip's --local-loss); rank 0 saves the losses and gradients of both."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    bundle = create_clip("qclip-vit-tiny", output_dict=True)
-    images, texts = _batch(bundle)
-    half = slice(rank * B // world, (rank + 1) * B // world)
-    model = DistributedDataParallel(bundle.model)
-    o = model(image=images[half], text=texts[half])
-    loss = build_loss("clip", rank, world, local_loss, True)(o["image_features"], o["text_features"], o["logit_scale"])
-    loss.backward()
-    all_losses = [None] * world
-    dist.all_gather_object(all_losses, loss.item())
+    saved = {}
+    for local_loss in (False, True):
+        torch.manual_seed(0)
+        bundle = create_clip("qclip-vit-tiny", output_dict=True)
+        images, texts = _batch(bundle)
+        half = slice(rank * B // world, (rank + 1) * B // world)
+        model = DistributedDataParallel(bundle.model)
+        o = model(image=images[half], text=texts[half])
+        loss = build_loss("clip", rank, world, local_loss, True)(o["image_features"], o["text_features"],
+                                                                 o["logit_scale"])
+        loss.backward()
+        all_losses = [None] * world
+        dist.all_gather_object(all_losses, loss.item())
+        saved[local_loss] = {"losses": all_losses, "grads": _grads(bundle.model)}
     if rank == 0:
-        torch.save({"losses": all_losses, "grads": _grads(bundle.model)}, out_file)
+        torch.save(saved, out_file)
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("local_loss", [False, True])
-def test_two_ranks_half_batch_equal_one_process_full_batch(tmp_path, local_loss):
-    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pt"), local_loss), nprocs=2)
-    ddp = torch.load(tmp_path / "out.pt", weights_only=True)
+@pytest.mark.slow
+def test_two_ranks_half_batch_equal_one_process_full_batch(tmp_path):
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=2)
+    saved = torch.load(tmp_path / "out.pt", weights_only=True)
 
     torch.manual_seed(0)
     bundle = create_clip("qclip-vit-tiny", output_dict=True)
@@ -66,15 +73,17 @@ def test_two_ranks_half_batch_equal_one_process_full_batch(tmp_path, local_loss)
     loss.backward()
     full = _grads(bundle.model)
 
-    if local_loss:  # each rank holds the loss of its own rows; their mean is the full-batch loss
-        assert sum(ddp["losses"]) / 2 == pytest.approx(loss.item(), abs=1e-5)
-    else:  # every rank computes the full-batch loss
-        assert all(x == pytest.approx(loss.item(), abs=1e-5) for x in ddp["losses"])
-    assert ddp["grads"].keys() == full.keys()
-    for name, g in full.items():
-        assert torch.allclose(ddp["grads"][name], g, atol=1e-6, rtol=1e-4), name
+    for local_loss, ddp in saved.items():
+        if local_loss:  # each rank holds the loss of its own rows; their mean is the full-batch loss
+            assert sum(ddp["losses"]) / 2 == pytest.approx(loss.item(), abs=1e-5)
+        else:  # every rank computes the full-batch loss
+            assert all(x == pytest.approx(loss.item(), abs=1e-5) for x in ddp["losses"])
+        assert ddp["grads"].keys() == full.keys()
+        for name, g in full.items():
+            assert torch.allclose(ddp["grads"][name], g, atol=1e-6, rtol=1e-4), (local_loss, name)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_read_disjoint_shards(world_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
@@ -103,15 +112,15 @@ TORCHRUN_STUDY = ["world.n_pool=48", "world.n_curated=16", "world.n_dense=16", "
 STUDY_TOLERANCE = 1e-4
 
 
+@pytest.mark.slow
 def test_the_study_under_torchrun_equals_one_process_with_the_same_global_batch(tmp_path):
     """`torchrun --nproc-per-node 2 -m qclip run`: recaptioning split by rank, CLIP pretraining DDP (2 ranks x
     batch 4, each its slice of the global batch), transfers and the report on rank 0; results.json equals one
     process at batch 8 within STUDY_TOLERANCE (MAE too: data-parallel baselines); re-run, every stage is reused."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = ["-m", "qclip", "run", "--config", "configs/demo.yaml", "--quiet", *TORCHRUN_STUDY]
-    one = subprocess.run([sys.executable, *base, "--out", str(tmp_path / "one"), "pretrain.batch_size=8"],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert one.returncode == 0, failed(one)
+    code, _, err = qclip_main(*base[2:], "--out", str(tmp_path / "one"), "pretrain.batch_size=8")
+    assert code == 0, err[-3000:]
     two_cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
                *base, "--out", str(tmp_path / "two"), "pretrain.batch_size=4"]
     two = subprocess.run(two_cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -145,6 +154,7 @@ def test_global_rank_data_slices_the_one_process_batches():
     assert list(EpochBatchSampler(50, 8, 6, 14, seed=3, slice_of=(0, 1))) == list(EpochBatchSampler(50, 8, 6, 14, 3))
 
 
+@pytest.mark.slow
 def test_ddp_finetune_on_two_ranks_equals_one_process_and_resumes_when_killed(world_dir, tmp_path):
     """`torchrun --nproc-per-node 2 -m qclip transfer` fine-tuning: each rank trains on its half of every global
     batch (transfer.batch_size) with BatchNorm over the global batch (the MCi's and the UperNet head's) and
@@ -161,9 +171,8 @@ def test_ddp_finetune_on_two_ranks_equals_one_process_and_resumes_when_killed(wo
             "transfer.warmup_steps=1", "transfer.decoder_width=16", "transfer.data_fractions=[1.0]",
             "transfer.depth_loss=l1log", "transfer.depth_bins=16",
             "transfer.eval_batch_size=4", "transfer.checkpoint_every=2", "transfer.device=cpu"]
-    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert one.returncode == 0, failed(one)
+    code, _, err = qclip_main(*args[2:], "--out", str(tmp_path / "one"))
+    assert code == 0, err[-3000:]
 
     def two_ranks(port: int) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),

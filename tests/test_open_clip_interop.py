@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 TINY = {
     "model_cfg": {
         "embed_dim": 32,
@@ -13,6 +15,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_open_clip_train_runs_on_qclip_shards(world_dir, tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()

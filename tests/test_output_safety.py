@@ -63,6 +63,7 @@ def test_a_resumed_shard_job_with_other_settings_starts_afresh(world_dir, tmp_pa
     assert s["resumed_shards"] == 1 and {x.meta["job"] for x in ShardReader(out2)} == {"same"}
 
 
+@pytest.mark.slow
 def test_caption_and_ingest_refuse_to_replace_a_users_folder(world_dir, tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()

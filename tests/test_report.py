@@ -256,3 +256,9 @@ def test_the_report_renders_in_headless_chromium(tmp_path):
             assert got["images"] == n and got["broken"] == [], got
             assert got["page"] <= got["window"], got  # no horizontal scrolling: wide tables scroll in their box
             assert got["wide_figures"] == [], got
+
+
+def test_caption_examples_draw_what_the_font_can():
+    from qclip.report.plots import drawable
+
+    assert drawable("a red cube 👌\x12 café") == "a red cube ?? café"  # emoji and control characters

@@ -98,7 +98,7 @@ def exclusive_lock(path: str | Path, holder: str, busy: str):
 
     key = str(Path(path).resolve())
     if key in _LOCKED:  # record locks do not conflict within one process: a second writer here is refused too
-        raise OutputFolderError(busy.format(holder=_LOCKED[key]))
+        raise OutputFolderError(busy.format(holder=_LOCKED[key][0]))
     f = open(path, "a+")
     try:
         fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -111,11 +111,20 @@ def exclusive_lock(path: str | Path, holder: str, busy: str):
     f.truncate()
     f.write(holder)
     f.flush()
-    _LOCKED[key] = holder
+    if not _LOCKED:  # a clean exit removes the lock files (a killed process leaves ones that hold no lock)
+        import atexit
+
+        atexit.register(release_all_locks)
+    _LOCKED[key] = (holder, f)
     return f
 
 
-_LOCKED: dict[str, str] = {}  # lock files this process holds -> their holder text
+_LOCKED: dict[str, tuple[str, object]] = {}  # the lock files this process holds -> (holder text, open file)
+
+
+def holds_lock(path: str | Path) -> bool:
+    """Whether this process holds the lock on `path` (exclusive_lock)."""
+    return str(Path(path).resolve()) in _LOCKED
 
 
 def release_lock(f) -> None:
@@ -123,3 +132,8 @@ def release_lock(f) -> None:
     _LOCKED.pop(str(Path(f.name).resolve()), None)
     Path(f.name).unlink(missing_ok=True)
     f.close()
+
+
+def release_all_locks() -> None:
+    for _, f in list(_LOCKED.values()):
+        release_lock(f)

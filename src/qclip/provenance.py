@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import OutputFolderError, atomic_write_json, atomic_write_text, exclusive_lock, release_lock
+from .atomic import OutputFolderError, atomic_write_json, atomic_write_text, exclusive_lock, holds_lock
 from .config import dump_yaml
 
 _PACKAGES = ("qclip", "torch", "torchvision", "open_clip_torch", "timm", "webdataset", "numpy", "pillow")
@@ -87,6 +87,8 @@ def write_run_info(out_dir: str | Path, cfg: Any, stage: str, extra: dict | None
 
 # the file that marks a folder as one qclip writes into (its outputs, config.yaml and run.json among them)
 OWNER_MARKER = ".qclip"
+FOLDER_LOCK = ".qclip.lock"  # the one-writer lock of a run folder (hold_output_folder)
+QCLIP_FILES = (OWNER_MARKER, FOLDER_LOCK)  # qclip's own files in a run folder, never a stage's output
 
 
 def written_by_qclip(folder: Path) -> bool:
@@ -123,37 +125,25 @@ def claim_output_folder(out: str | Path, command: str) -> Path:
     return out
 
 
-_HELD: dict = {}  # folder -> the lock file this process holds open (released when it exits, however it exits)
-
-
 def hold_output_folder(out: str | Path, command: str) -> None:
     """One writer per output folder: an exclusive lock on OUT/.qclip.lock for this process's lifetime, naming the
     holder (host, pid, command, start). A second qclip command on the same folder fails at once, naming the first;
     the lock goes with its process, so a killed or crashed run leaves no stale lock behind."""
-    path = (Path(out) / ".qclip.lock").resolve()
-    if path in _HELD:  # this process holds it already (a second command run from the same Python process)
+    path = Path(out) / FOLDER_LOCK
+    if holds_lock(path):  # this process holds it already (a second command run from the same Python process)
         return
-    f = exclusive_lock(path, f"qclip {command} (host {platform.node()}, pid {os.getpid()}, since "
-                             f"{time.strftime('%H:%M:%S')}: {' '.join(sys.argv[1:])[:200]})",
-                       f"'{out}' is being written by {{holder}}; wait for it to finish or choose another --out (two "
-                       f"writers would mix their runs in one folder)")
-    if not _HELD:  # a clean exit removes the lock files (a killed process leaves one that holds no lock)
-        import atexit
-
-        atexit.register(_release_all)
-    _HELD[path] = f
-
-
-def _release_all() -> None:
-    for f in list(_HELD.values()):
-        release_lock(f)
-    _HELD.clear()
+    exclusive_lock(path, f"qclip {command} (host {platform.node()}, pid {os.getpid()}, since "
+                         f"{time.strftime('%H:%M:%S')}: {' '.join(sys.argv[1:])[:200]})",
+                   f"'{out}' is being written by {{holder}}; wait for it to finish or choose another --out (two "
+                   f"writers would mix their runs in one folder)")
 
 
 def take_output_folder(out: str | Path, command: str) -> Path:
     """What a command does first with its output folder: claim it (refusing a user's) and hold its one-writer lock.
     Under torchrun rank 0 alone claims and locks (the ranks write one run together)."""
-    if os.environ.get("RANK", "0") != "0":
+    from .distributed import rank
+
+    if rank() != 0:
         return Path(out)
     out = claim_output_folder(out, command)
     hold_output_folder(out, command)

@@ -40,6 +40,7 @@ from .config import (
     world_result_keys,
 )
 from .distributed import barrier, init_distributed, rank, world_size
+from .provenance import QCLIP_FILES
 from .report.build import study_run_dir
 
 CAPTIONER_ID = "tiny"
@@ -63,7 +64,7 @@ def output_files(out_dir: Path | None, root: Path) -> dict[str, int] | None:
     root = root.resolve()
     out = {}
     for f in sorted(Path(out_dir).rglob("*")):
-        if f.is_file() and "checkpoints" not in f.relative_to(out_dir).parts and not f.name.startswith(".qclip"):
+        if f.is_file() and "checkpoints" not in f.relative_to(out_dir).parts and f.name not in QCLIP_FILES:
             try:
                 out[f.resolve().relative_to(root).as_posix()] = f.stat().st_size
             except ValueError:  # a folder outside the study (a given dataset): not the stage's to check

@@ -7,7 +7,6 @@ writer in resume mode keeps every finished shard and redoes only the rest.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os

@@ -218,6 +218,12 @@ def probe_curves(transfer_dir: Path, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def drawable(text: str) -> str:
+    """`text` with what matplotlib's bundled DejaVu font cannot draw (emoji and other characters beyond the Basic
+    Multilingual Plane, control characters) as "?": a user's alt-text often holds both."""
+    return "".join(c if c.isprintable() and ord(c) <= 0xFFFF else "?" for c in text)
+
+
 def caption_examples_figure(examples: list[dict], path: Path) -> Path:
     """Each example image beside its raw, synthetic and reference caption with their scores."""
     import io
@@ -233,7 +239,7 @@ def caption_examples_figure(examples: list[dict], path: Path) -> Path:
         lines = []
         for kind in ("raw", "synthetic", "reference"):
             score = e.get("scores", {}).get(kind, "")
-            text = f"{kind + ':':<11}{e[kind] or '(empty)'}" + (f"   [{score}]" if score else "")
+            text = f"{kind + ':':<11}{drawable(e[kind]) or '(empty)'}" + (f"   [{score}]" if score else "")
             # wrapped, not cut: 86 monospace characters at 8 pt fit the text column's width
             lines.append(textwrap.fill(text, 86, subsequent_indent=" " * 11, max_lines=3, placeholder=" ..."))
         ax_txt.text(0, 0.5, "\n".join(lines), va="center", fontsize=8, family="monospace")
