@@ -184,7 +184,7 @@ def test_a_run_is_placed_among_a_reference_runs_seeds(tmp_path, drawn):
                          reference_path="ref/results.json")
     text = md.read_text()
     assert "## Among the reference run's seeds" in text and "among.png" in text
-    assert "| enc | clip-synthetic | segmentation | mIoU @100% |" in text and "| 3 of 5 |" in text
+    assert "| clip-synthetic | segmentation | mIoU @100% |" in text and "| 3 of 5 |" in text and "Encoder: enc." in text
     assert "pretrain.steps: 1200 here, 3600 in the reference" in text
 
 
@@ -262,3 +262,11 @@ def test_caption_examples_draw_what_the_font_can():
     from qclip.report.plots import drawable
 
     assert drawable("a red cube 👌\x12 café") == "a red cube ?? café"  # emoji and control characters
+
+
+def test_values_are_placed_only_among_the_same_datasets_seeds():
+    mine = [{**r, "dataset": "ade20k"} for r in study_rows(1)]
+    assert placements(mine, study_rows(5)) == []  # a user's ADE20k against the world's headline: nothing
+    both = placements(mine, [{**r, "dataset": "ade20k"} for r in study_rows(5)])
+    assert both and {p["dataset"] for p in both} == {"ade20k"}
+    assert gain_placements(mine, [{**r, "dataset": "ade20k"} for r in study_rows(5)])

@@ -293,6 +293,8 @@ code{background:#f4f4f4;padding:0 .25em;border-radius:3px;overflow-wrap:anywhere
 .lead{font-size:15px}
 """
 
+CHECK_FAMILY_NAMES = {"synthetic": "clip-synthetic against each other method",
+                      "sanity": "each pretraining against random init", "labels": "more labels against fewer"}
 CHECK_FAMILIES = {  # findings' check kinds, in the order the report lists them
     "synthetic": "clip-synthetic against every other method",
     "sanity": "every other pretraining against random init (a baseline below random init is broken, not a finding)",
@@ -353,9 +355,10 @@ def check_summary(f: dict, seeds: int) -> tuple[str, list[tuple[str, list[list[s
     if not cs:
         return "", []
     if seeds <= 1:
-        return (f"{len(cs)} checks ({'; '.join(CHECK_FAMILIES[k] for k in CHECK_FAMILIES if any(c['kind'] == k for c in cs))}): "
-                "none tested, a paired test needs at least two seeds. Run with `--seeds 5` (or `study.seeds=5`) to "
-                "test them; the finding above gives this seed's differences."), []
+        kinds = [CHECK_FAMILY_NAMES[k] for k in CHECK_FAMILIES if any(c["kind"] == k for c in cs)]
+        return (f"{len(cs)} checks ({', '.join(kinds)}): none tested, a paired test needs at least two seeds. Run "
+                "with `--seeds 5` (or `study.seeds=5`) to test them; the finding above gives this seed's "
+                "differences."), []
     held = sum(bool(c["holds"]) for c in cs)
     groups = []
     for kind, title in CHECK_FAMILIES.items():
@@ -376,22 +379,29 @@ def reference_section(doc: Doc, results: dict, reference: dict, reference_path: 
     ps = placements(rows, ref_rows)
     doc.heading("Among the reference run's seeds")
     if not ps:
-        doc.para(f"The reference ({reference_path}) measured none of this run's (encoder, method, task): nothing to "
-                 "place.")
+        doc.para(f"The reference ({reference_path}) measured none of this run's (dataset, encoder, method, task): "
+                 "nothing to place.")
         return
     n_ref = reference.get("seeds", 1)
-    doc.para(f"The reference is `{reference_path}` ({n_ref} seeds). Each of this run's values (mean over its "
-             f"{results.get('seeds', 1)} seed(s)) against the reference's seeds, at the largest labelled fraction "
-             "both measured; \"better than k of n\" counts the reference seeds it beats.")
+    seeds = results.get("seeds", 1)
+    doc.para(f"The reference is `{reference_path}` ({n_ref} seeds). Each of this run's values ("
+             + ("one seed" if seeds == 1 else f"the mean over its {seeds} seeds") + ") against the reference's "
+             "seeds, at the largest labelled fraction both measured; \"better than k of n\" counts the reference "
+             "seeds it beats.")
     if "among the reference's seeds" in figures:
         doc.figure("this run (diamonds) among the reference's seeds (circles)", figures["among the reference's seeds"])
     t = [["encoder", "method", "task", "metric", "this run", "reference seeds (each)", "this run is better than"]]
     for p in ps:
-        t.append([p["encoder"], p["method"], p["task"], f"{p['metric']} @{percent(p['fraction'])}", f"{p['value']:.4f}",
+        t.append([p["encoder"], p["method"], " ".join(x for x in (p["dataset"], p["task"]) if x),
+                  f"{p['metric']} @{percent(p['fraction'])}", f"{p['value']:.4f}",
                   " / ".join(f"{v:.4f}" for v in p["reference"]), f"{p['beats']} of {len(p['reference'])}"])
     for g in gain_placements(rows, ref_rows):
-        t.append([g["encoder"], g["comparison"], g["task"], f"change @{percent(g['fraction'])}", f"{g['value']:+.1f}%",
+        t.append([g["encoder"], g["comparison"], " ".join(x for x in (g["dataset"], g["task"]) if x),
+                  f"change @{percent(g['fraction'])}", f"{g['value']:+.1f}%",
                   " / ".join(f"{v:+.1f}%" for v in g["reference"]), f"{g['beats']} of {len(g['reference'])}"])
+    if len({r[0] for r in t[1:]}) == 1:  # one encoder: named in the section's text, not on every row
+        t = [r[1:] for r in t]
+        doc.para(f"Encoder: {ps[0]['encoder']}.")
     doc.table(t)
     diff = config_differences(results.get("config") or {}, reference.get("config") or {})
     if diff:

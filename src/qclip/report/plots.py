@@ -168,25 +168,29 @@ def reference_plot(placements: list[dict], path: Path, this_label: str, referenc
     """Where this run's values fall among a reference run's seeds: per task a panel, per method the reference's
     seeds as open circles and this run's value as a filled diamond (placements: `reference.placements`)."""
     plt = _plt()
-    tasks = list(dict.fromkeys(p["task"] for p in placements))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(1.6 + 1.0 * max(
-        sum(p["task"] == t for p in placements) for t in tasks) * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        ps = [p for p in placements if p["task"] == task]
+    panels = list(dict.fromkeys((p.get("dataset", ""), p["task"]) for p in placements))
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.6 + 1.0 * max(
+        sum((p.get("dataset", ""), p["task"]) == k for p in placements) for k in panels) * len(panels), 3.8),
+        squeeze=False)
+    for ax, (dataset, task) in zip(axes[0], panels):
+        ps = [p for p in placements if (p.get("dataset", ""), p["task"]) == (dataset, task)]
         for i, p in enumerate(ps):
             ref = p["reference"]
-            ax.scatter([i] * len(ref), ref, facecolors="none", edgecolors="#555555", s=28, zorder=2,
-                       label=reference_label if i == 0 else None)
+            ax.scatter([i] * len(ref), ref, facecolors="none", edgecolors="#555555", s=28, zorder=2)
             ax.scatter([i], [p["value"]], marker="D", s=44, color=method_colour(p["method"]), edgecolors="black",
-                       linewidths=0.5, zorder=3, label=this_label if i == 0 else None)
+                       linewidths=0.5, zorder=3)
         ax.set_xticks(range(len(ps)), [p["method"] for p in ps], rotation=25, ha="right")
         ax.set_xlim(-0.6, len(ps) - 0.4)
         metric = ps[0]["metric"]
         better = "higher" if HEADLINE[task][1] > 0 else "lower"
-        ax.set(title=f"{task}, {percent(ps[0]['fraction'])} of the labels", ylabel=f"{metric} ({better} is better)")
+        ax.set(title=f"{dataset + ' ' if dataset else ''}{task}, {percent(ps[0]['fraction'])} of the labels",
+               ylabel=f"{metric} ({better} is better)")
         ax.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", mfc="none", mec="#555555", label=reference_label),
+               Line2D([], [], ls="", marker="D", mfc="#bbbbbb", mec="black", label=f"{this_label}, coloured by method")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return _save(fig, path)
 

@@ -39,21 +39,34 @@ def load_reference(path: str | Path) -> dict:
     return results
 
 
+def _by_dataset(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows per dense dataset ("" for the world's): a value is only ever placed among the same dataset's."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r.get("dataset", ""), []).append(r)
+    return out
+
+
 def placements(rows: list[dict], reference_rows: list[dict]) -> list[dict]:
-    """Per (encoder, method, task) that both runs measured: this run's value (mean over its seeds) at the largest
-    labelled fraction both share, the reference's per-seed values there, and how many of them this run beats."""
-    mine, ref = aggregate(rows), aggregate(reference_rows)
+    """Per (dataset, encoder, method, task) that both runs measured: this run's value (mean over its seeds) at the
+    largest labelled fraction both share, the reference's per-seed values there, and how many of them this run
+    beats."""
+    refs = _by_dataset(reference_rows)
     out = []
-    for enc, m, task in dict.fromkeys(k[:3] for k in mine):
-        common = [k[3] for k in mine if k[:3] == (enc, m, task) and (enc, m, task, k[3]) in ref]
-        if not common:
+    for dataset, own in _by_dataset(rows).items():
+        if dataset not in refs:
             continue
-        f = max(common)
-        by_seed = ref[(enc, m, task, f)]["by_seed"]
-        value, sign = mine[(enc, m, task, f)]["mean"], HEADLINE[task][1]
-        out.append({"encoder": enc, "method": m, "task": task, "metric": HEADLINE[task][0], "fraction": f,
-                    "value": value, "reference": list(by_seed.values()), "reference_seeds": list(by_seed),
-                    "beats": sum(sign * (value - v) > 0 for v in by_seed.values())})
+        mine, ref = aggregate(own), aggregate(refs[dataset])
+        for enc, m, task in dict.fromkeys(k[:3] for k in mine):
+            common = [k[3] for k in mine if k[:3] == (enc, m, task) and (enc, m, task, k[3]) in ref]
+            if not common:
+                continue
+            f = max(common)
+            by_seed = ref[(enc, m, task, f)]["by_seed"]
+            value, sign = mine[(enc, m, task, f)]["mean"], HEADLINE[task][1]
+            out.append({"dataset": dataset, "encoder": enc, "method": m, "task": task, "metric": HEADLINE[task][0],
+                        "fraction": f, "value": value, "reference": list(by_seed.values()),
+                        "reference_seeds": list(by_seed), "beats": sum(sign * (value - v) > 0 for v in by_seed.values())})
     return out
 
 
@@ -61,20 +74,20 @@ def gain_placements(rows: list[dict], reference_rows: list[dict], a: str = "clip
                     b: str = "clip-raw") -> list[dict]:
     """`a`'s relative change over `b` in percent (positive = better) in this run, against the same change seed by
     seed in the reference: the headline comparison's own spread."""
-    found = {(p["encoder"], p["task"], p["method"]): p for p in placements(rows, reference_rows)}
-    ref = aggregate(reference_rows)
+    found = {(p["dataset"], p["encoder"], p["task"], p["method"]): p for p in placements(rows, reference_rows)}
+    refs = _by_dataset(reference_rows)
     out = []
-    for (enc, task, m), p in found.items():
-        q = found.get((enc, task, b))
+    for (dataset, enc, task, m), p in found.items():
+        q = found.get((dataset, enc, task, b))
         if m != a or q is None or q["fraction"] != p["fraction"] or not q["value"]:
             continue
-        sign = HEADLINE[task][1]
+        sign, ref = HEADLINE[task][1], aggregate(refs[dataset])
         ref_a, ref_b = (ref[(enc, x, task, p["fraction"])]["by_seed"] for x in (a, b))
         gains = [sign * (ref_a[s] - ref_b[s]) / abs(ref_b[s]) * 100 for s in sorted(set(ref_a) & set(ref_b))
                  if ref_b[s]]
         mine = sign * (p["value"] - q["value"]) / abs(q["value"]) * 100
-        out.append({"encoder": enc, "task": task, "comparison": f"{a} vs {b}", "fraction": p["fraction"],
-                    "value": mine, "reference": gains, "beats": sum(mine > g for g in gains)})
+        out.append({"dataset": dataset, "encoder": enc, "task": task, "comparison": f"{a} vs {b}",
+                    "fraction": p["fraction"], "value": mine, "reference": gains, "beats": sum(mine > g for g in gains)})
     return out
 
 
