@@ -63,3 +63,15 @@ def test_no_data_efficiency_is_read_from_a_curve_that_gets_worse_with_more_label
     assert "data efficiency not read" in line and "at least" not in line
     better = data_efficiency(_rows({0.05: 0.95, 0.5: 0.85, 1.0: 0.80}, {0.05: 1.0, 1.0: 0.90}))[0]
     assert better["ratio"] and "no_label_trend" not in better
+
+
+def test_a_warm_up_longer_than_the_schedule_is_called_out():
+    """A fine-tune recipe cut to a short run by transfer.steps alone keeps its 1,500 warm-up steps: the lr never
+    reaches transfer.lr and the head learns nothing (seen on a user's ADE20k run at 200 steps: mIoU 0.0005)."""
+    from qclip.config import load_config
+    from qclip.transfer.run import schedule_warning
+
+    short = load_config("configs/transfer_ade20k_upernet.yaml", ["transfer.steps=200"]).transfer
+    assert "transfer.warmup_steps=1500 >= transfer.steps=200" in schedule_warning(short)
+    assert schedule_warning(load_config("configs/transfer_ade20k_upernet.yaml").transfer) is None
+    assert schedule_warning(load_config("configs/demo.yaml").transfer) is None

@@ -362,10 +362,28 @@ def convergence(losses: list[float]) -> dict:
     return {"loss_drop_last_fifth_pct": round(drop, 3), "converged": drop <= CONVERGED_MAX_DROP_PCT}
 
 
+def schedule_warning(t) -> str | None:
+    """What is wrong with a schedule whose warm-up outlasts it (a long recipe cut short by `transfer.steps` alone,
+    e.g. ADE20k's 1,500 warm-up steps in a 200-step run): the learning rate never reaches transfer.lr, and the
+    head learns next to nothing."""
+    if t.warmup_steps >= t.steps > 0:
+        return (f"transfer: warning: transfer.warmup_steps={t.warmup_steps} >= transfer.steps={t.steps}: the learning "
+                f"rate never reaches transfer.lr={t.lr:g} (it ends at {t.lr * t.steps / max(t.warmup_steps, 1):.2g}); "
+                f"set transfer.warmup_steps to a tenth of the steps or less")
+    return None
+
+
+_WARNED: set[str] = set()  # each schedule warning once per process (a study transfers many encoders alike)
+
+
 def run_transfer(cfg: Config, encoder_spec: str, data: str | Path, out: str | Path, progress: bool = True,
                  memo: FeatureMemo | None = None) -> dict:
     """memo: share frozen probe features with other calls on the same encoder and images (see FeatureMemo)."""
     t, out, t0 = cfg.transfer, Path(out), time.time()
+    warning = schedule_warning(t)
+    if warning and warning not in _WARNED and rank() == 0:
+        _WARNED.add(warning)
+        print(warning, flush=True)
     if t.threads:
         torch.set_num_threads(t.threads)
     layout, train_ds, val_ds, select_ds = open_transfer_splits(data, t)
