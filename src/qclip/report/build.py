@@ -122,7 +122,8 @@ def build_report(out: str | Path, results: dict | None = None, pretrain_dirs: di
     placed = placements(rows, ref_results["rows"]) if ref_results else []
     if placed:
         figs["among the reference's seeds"] = reference_plot(
-            placed, out / "among_reference_seeds.png", f"this run ({results.get('seeds', 1)} seed(s))",
+            placed, out / "among_reference_seeds.png",
+            "this run (one seed)" if results.get("seeds", 1) == 1 else f"this run (mean of {results['seeds']} seeds)",
             f"reference seeds ({ref_results.get('seeds', '?')})")
     # figures drawn from the run folders; a re-render without them (committed results) keeps the copies it has
     drawn: dict[str, tuple[str, Path | None]] = {}
