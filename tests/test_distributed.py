@@ -204,3 +204,25 @@ def test_ddp_finetune_on_two_ranks_equals_one_process_and_resumes_when_killed(wo
     assert a["metrics"]["images"] == b["metrics"]["images"] == a["val_samples"]  # every image, once
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
     assert checkpointed_step() == steps
+
+
+def test_no_rank_writes_into_the_study_folder_before_rank_0_has_claimed_it(tmp_path, monkeypatch):
+    """Under torchrun rank 1 made OUT/stages before rank 0 claimed OUT, and rank 0 then refused OUT as a folder
+    qclip did not write (seen 2 times in 7 under load). Rank 1's first barrier must come before it creates anything."""
+    import qclip.study as study
+    from qclip.config import load_config
+
+    class Stop(Exception):
+        pass
+
+    out = tmp_path / "study"
+
+    def first_barrier():
+        assert not out.exists(), "rank 1 wrote into OUT before the barrier that waits for rank 0's claim"
+        raise Stop
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(study, "barrier", first_barrier)
+    with pytest.raises(Stop):
+        study._run_study(load_config("configs/demo.yaml"), out, False, False, lambda _: None, None, 0.0)

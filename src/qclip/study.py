@@ -268,7 +268,10 @@ def _run_study(cfg: Config, out: Path, fresh: bool, progress: bool, log: Callabl
         log(f"      {world_size()} ranks: recaptioning, pretraining (CLIP and baselines) and fine-tuning on every "
             "rank; the world, captioner training, probes and the report on rank 0")
     git_commit()  # read now: results.json records the tree this run's code came from
-    take_output_folder(out, "run")
+    take_output_folder(out, "run")  # rank 0 alone
+    # the other ranks create nothing in OUT before rank 0 has claimed it: a `stages` folder made first by rank 1
+    # made rank 0 refuse OUT as a folder qclip did not write
+    barrier()
     out.mkdir(parents=True, exist_ok=True)  # every rank
     cache = StageCache(out, fresh)
     world_dir = out / "world"
